@@ -1,0 +1,157 @@
+"""The chat domain: the chat-message event and the strategies clients call."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import gevent
+from pydantic import BaseModel, Field
+
+from flamigo_actors import (
+    ClientMessage,
+    FlamigoError,
+    Registry,
+    StrategyContext,
+    WebsocketClient,
+    is_authenticated,
+    is_websocket,
+    require_identity,
+    serializable,
+)
+
+ROOM = r"^[A-Za-z0-9_-]{1,64}$"
+MAX_TEXT = 2000
+DEFAULT_ROOMS = ("lobby", "random")
+
+strategies = Registry("app")
+
+
+def room_topic(room: str) -> str:
+    """The bus topic of a room."""
+    return f"rooms/{room}"
+
+
+@serializable("chat.message")
+@dataclass(frozen=True)
+class ChatMessage:
+    """A message said in a room; every member receives it as ``chat:message``."""
+
+    room: str
+    user: str
+    text: str
+    ts: float
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        return (room_topic(self.room),)
+
+    @property
+    def client_message(self) -> ClientMessage:
+        return ClientMessage(
+            "chat:message",
+            {"room": self.room, "user": self.user, "text": self.text, "ts": self.ts},
+        )
+
+
+class RoomPayload(BaseModel):
+    room: str = Field(pattern=ROOM)
+
+
+class SendPayload(BaseModel):
+    room: str = Field(pattern=ROOM)
+    text: str = Field(min_length=1, max_length=MAX_TEXT)
+
+
+class SlowPayload(BaseModel):
+    seconds: float = Field(ge=0, le=60)
+
+
+class RoomDirectory:
+    """Rooms this process has seen joined (plus the default ones)."""
+
+    def __init__(self) -> None:
+        self._rooms: dict[str, None] = dict.fromkeys(DEFAULT_ROOMS)
+
+    def add(self, room: str) -> None:
+        self._rooms[room] = None
+
+    def names(self) -> list[str]:
+        return list(self._rooms)
+
+
+rooms = RoomDirectory()
+
+
+def say(room: str, user: str, text: str) -> ChatMessage:
+    """Build the chat-message event (the same for WebSocket and HTTP senders)."""
+    return ChatMessage(room=room, user=user, text=text, ts=time.time())
+
+
+@strategies.strategy("app::echo")
+def echo(ctx: StrategyContext) -> Any:
+    """Return the payload unchanged."""
+    return ctx.payload
+
+
+@strategies.strategy("app::demo:fail")
+def fail(ctx: StrategyContext) -> None:
+    """Raise an unexpected exception, to show the 500 path."""
+    raise RuntimeError("demo failure: this text stays on the server")
+
+
+@strategies.strategy("app::demo:slow", payload=SlowPayload, timeout=60)
+def slow(ctx: StrategyContext) -> dict[str, float]:
+    """Hold this connection's mailbox for ``seconds`` (shows head-of-line blocking)."""
+    gevent.sleep(ctx.request.data.seconds)
+    return {"slept": ctx.request.data.seconds}
+
+
+@strategies.strategy("app::demo:deferred", payload=SlowPayload, timeout=60)
+def deferred(ctx: StrategyContext) -> None:
+    """Answer after ``seconds`` without holding the mailbox (``ctx.defer``)."""
+    seconds = ctx.request.data.seconds
+
+    def work() -> dict[str, float]:
+        gevent.sleep(seconds)
+        return {"slept": seconds}
+
+    ctx.defer(work)
+
+
+@strategies.strategy("app::rooms:list")
+def list_rooms(ctx: StrategyContext) -> dict[str, list[str]]:
+    """Rooms known to this server."""
+    return {"rooms": rooms.names()}
+
+
+@strategies.strategy("app::rooms:join", payload=RoomPayload)
+def join(ctx: StrategyContext) -> dict[str, Any]:
+    """Subscribe this connection to the room's messages."""
+    client = require_identity(ctx, is_websocket, kind=WebsocketClient)
+    room = ctx.request.data.room
+    client.subscribe(room_topic(room))
+    rooms.add(room)
+    return {"room": room, "joined": True}
+
+
+@strategies.strategy("app::rooms:leave", payload=RoomPayload)
+def leave(ctx: StrategyContext) -> dict[str, Any]:
+    """Unsubscribe this connection from the room's messages."""
+    client = require_identity(ctx, is_websocket, kind=WebsocketClient)
+    room = ctx.request.data.room
+    client.unsubscribe(room_topic(room))
+    return {"room": room, "joined": False}
+
+
+@strategies.strategy("app::rooms:send", payload=SendPayload)
+def send(ctx: StrategyContext) -> dict[str, Any]:
+    """Say something in a room: every member receives a ``chat:message`` push."""
+    identity = require_identity(ctx, is_authenticated)
+    user = getattr(identity, "user", None)
+    if user is None:  # is_authenticated guarantees it; keeps type checkers honest
+        raise FlamigoError("send: no user", public="not authenticated", status=401)
+    data = ctx.request.data
+    ctx.publish(say(data.room, user.username, data.text))
+    return {"room": data.room, "sent": True}

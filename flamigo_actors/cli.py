@@ -1,0 +1,112 @@
+"""The ``flamigo-actors`` command: run an app; attach a debug shell to a running one.
+
+    flamigo-actors run MODULE:FACTORY [--host H] [--port P] [--redis URL] [--debug]
+
+gevent's monkey-patching is applied first, before anything imports socket,
+threading, pykka or flask (the package's ``__init__`` imports nothing eagerly
+for this reason).
+"""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402 - after monkey-patching, on purpose
+import importlib  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from typing import Any  # noqa: E402
+
+__all__ = ["load_app", "main"]
+
+_log = logging.getLogger("flamigo_actors.cli")
+
+
+def load_app(target: str) -> Any:
+    """Import ``module:name`` and return the Flask app it names.
+
+    ``name`` may be an app object or a factory (called without arguments);
+    ``module:factory()`` is accepted too.
+
+    Raises:
+        SystemExit: with a clear message when the target cannot be loaded.
+    """
+    module_name, _, attribute = target.partition(":")
+    attribute = (attribute or "create_app").removesuffix("()")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise SystemExit(f"error: cannot import {module_name!r}: {err}") from None
+    try:
+        found = getattr(module, attribute)
+    except AttributeError:
+        raise SystemExit(f"error: module {module_name!r} has no {attribute!r}") from None
+    app = found() if callable(found) and not hasattr(found, "wsgi_app") else found
+    if not hasattr(app, "extensions") or "flamigo" not in app.extensions:
+        raise SystemExit(
+            f"error: {target} did not give a Flask app with the Flamigo extension "
+            "(call Flamigo(app) in the factory)"
+        )
+    return app
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flamigo-actors", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="serve an application")
+    run.add_argument("target", help="MODULE:FACTORY, e.g. app:create_app")
+    run.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    run.add_argument("--port", type=int, default=8080, help="port to bind (default 8080)")
+    run.add_argument("--redis", metavar="URL", help="Redis URL of the cross-process backplane")
+    run.add_argument("--debug", action="store_true", help="send error traces to clients (never in production)")
+    run.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    return parser
+
+
+def _set_env(args: argparse.Namespace) -> None:
+    # Flags travel as FLAMIGO_* environment variables: the settings read them,
+    # and worker processes inherit them.
+    if args.redis:
+        os.environ["FLAMIGO_REDIS_URL"] = args.redis
+    if args.debug:
+        os.environ["FLAMIGO_DEBUG"] = "true"
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    _set_env(args)
+    app = load_app(args.target)
+
+    def ready(server: Any) -> None:
+        host, port = server.address[:2]
+        print(
+            f"flamigo_actors: serving {args.target} on http://{host}:{port} "
+            f"(WebSocket at {app.extensions['flamigo'].settings.ws_path})",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    try:
+        serve(app, args.host, args.port, ready=ready)
+    except OSError as err:
+        print(f"error: cannot listen on {args.host}:{args.port}: {err.strerror or err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``flamigo-actors`` command; returns the exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "run":
+        return _run(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

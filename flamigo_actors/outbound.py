@@ -1,0 +1,169 @@
+"""The single, bounded path from a connection to its socket.
+
+Every frame a connection sends (replies, pushes, pings, pongs, the close
+frame) goes through one :class:`Outbound`, so two sends never interleave.
+
+The common case costs no greenlet switch: when nothing is pending, a frame is
+written with a non-blocking send straight from the calling greenlet. Only when
+the socket's buffer is full is the rest queued and a writer greenlet started;
+it drains the queue and exits. While it runs, new frames queue behind it.
+
+The queue is bounded in frames and in bytes. A client that stops reading hits
+the bound: the frame is refused, counted, and ``on_overflow`` is called (the
+connection then closes with 1013). Nothing is dropped without a trace.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+import gevent
+
+from .transport import Transport
+
+__all__ = ["Outbound"]
+
+
+class Outbound:
+    """A bounded, ordered write queue in front of a :class:`Transport`.
+
+    Args:
+        transport: where frames go.
+        max_messages: most frames waiting at once.
+        max_bytes: most bytes waiting at once.
+        on_overflow: called once when a frame would exceed a bound.
+        on_failure: called once when the socket fails while writing.
+    """
+
+    __slots__ = (
+        "_transport", "_queue", "_bytes", "_writer", "_close_when_drained", "_finished",
+        "max_messages", "max_bytes", "on_overflow", "on_failure", "closed", "sent", "refused",
+    )
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        max_messages: int,
+        max_bytes: int,
+        on_overflow: Callable[[], None],
+        on_failure: Callable[[], None],
+    ) -> None:
+        self._transport = transport
+        self._queue: deque[bytes | memoryview] = deque()
+        self._bytes = 0
+        self._writer: gevent.Greenlet | None = None
+        self._close_when_drained = False
+        self._finished = False
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.on_overflow = on_overflow
+        self.on_failure = on_failure
+        self.closed = False
+        self.sent = 0
+        self.refused = 0
+
+    @property
+    def depth(self) -> int:
+        """Frames waiting to be written."""
+        return len(self._queue)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes waiting to be written."""
+        return self._bytes
+
+    def push(self, frame: bytes) -> bool:
+        """Send ``frame`` now or queue it; False when it was refused (closed or full)."""
+        if self.closed:
+            self.refused += 1
+            return False
+        if self._writer is None:
+            try:
+                written = self._transport.try_send(frame)
+            except OSError:
+                self._fail()
+                return False
+            self.sent += 1
+            if written == len(frame):
+                return True
+            self._enqueue(memoryview(frame)[written:])
+            self._writer = gevent.spawn(self._drain)
+            return True
+        if len(self._queue) >= self.max_messages or self._bytes + len(frame) > self.max_bytes:
+            self.refused += 1
+            self.closed = True
+            self.on_overflow()
+            return False
+        self.sent += 1
+        self._enqueue(frame)
+        return True
+
+    def _enqueue(self, chunk: bytes | memoryview) -> None:
+        self._queue.append(chunk)
+        self._bytes += len(chunk)
+
+    def _drain(self) -> None:
+        queue = self._queue
+        try:
+            while queue:
+                chunk = queue[0]
+                self._transport.send_all(chunk)
+                queue.popleft()
+                self._bytes -= len(chunk)
+        except OSError:
+            self._fail()
+        finally:
+            self._writer = None
+        if self._close_when_drained:
+            self._transport.abort()
+
+    def _fail(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.refused += len(self._queue)
+            self.on_failure()
+        self._queue.clear()
+        self._bytes = 0
+
+    def finish(self, last_frame: bytes | None, *, flush: bool) -> bool:
+        """Send ``last_frame`` (a close frame) and end the connection.
+
+        With ``flush``, frames already queued are written first; without it
+        (the client is too slow to wait for) they are discarded and counted.
+        The socket is torn down once the last frame is out. Calling it again
+        only matters without ``flush``: it then stops waiting for the drain.
+
+        Returns:
+            True when frames are still draining (the socket ends later), False
+            when the socket was torn down already.
+        """
+        if not flush:
+            self._discard()
+        if self._finished:
+            if not flush:
+                self._transport.abort()
+            return self._writer is not None
+        self._finished = True
+        self.closed = True
+        if self._writer is None:
+            if last_frame is not None:
+                try:
+                    self._transport.try_send(last_frame)
+                except OSError:
+                    pass
+            self._transport.abort()
+            return False
+        if last_frame is not None:
+            self._enqueue(last_frame)
+        self._close_when_drained = True
+        return True
+
+    def _discard(self) -> None:
+        self.refused += len(self._queue)
+        self._queue.clear()
+        self._bytes = 0
+        if self._writer is not None:
+            self._writer.kill(block=False)
+            self._writer = None

@@ -1,0 +1,82 @@
+"""Serving: gevent's WSGI server with the WebSocket handler, signals and a graceful drain."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+from gevent.event import Event
+from gevent.pywsgi import WSGIServer
+
+from .engine import gevent_patched
+from .transport import Handler
+
+__all__ = ["make_server", "serve"]
+
+_log = logging.getLogger("flamigo_actors.server")
+
+
+def make_server(app: Any, host: str = "127.0.0.1", port: int = 8080, **kwargs: Any) -> WSGIServer:
+    """A (not yet started) gevent ``WSGIServer`` for ``app`` with the WebSocket handler.
+
+    Raises:
+        RuntimeError: gevent's monkey-patching is not in effect, or the app has
+            no Flamigo extension.
+    """
+    if not gevent_patched():
+        raise RuntimeError(
+            "flamigo_actors needs gevent's monkey-patching before anything else is imported: "
+            "put `from gevent import monkey; monkey.patch_all()` at the very top of your "
+            "entry point (or start with `flamigo-actors run`)"
+        )
+    flamigo = getattr(app, "extensions", {}).get("flamigo")
+    if flamigo is None:
+        raise RuntimeError("the app has no Flamigo extension: call Flamigo(app) in create_app()")
+    kwargs.setdefault("log", None)  # access logs: opt in with log=sys.stderr
+    kwargs.setdefault("error_log", "default")
+    server = WSGIServer((host, port), app, handler_class=Handler, **kwargs)
+    server.flamigo = flamigo  # type: ignore[attr-defined]
+    return server
+
+
+def serve(
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    ready: Callable[[WSGIServer], None] | None = None,
+    stop: Event | None = None,
+    **kwargs: Any,
+) -> None:
+    """Serve ``app`` until SIGTERM/SIGINT (or ``stop`` is set), then drain gracefully.
+
+    The drain refuses new connections, lets in-flight requests answer, closes
+    every connection with 1001 "going away", fires every disconnected event,
+    and returns within ``FLAMIGO_DRAIN_TIMEOUT`` seconds (plus a short grace).
+
+    Args:
+        ready: called once the server listens (e.g. to print the address).
+        stop: an event that stops the server when set (for embedding and tests).
+    """
+    server = make_server(app, host, port, **kwargs)
+    flamigo = server.flamigo  # type: ignore[attr-defined]
+    stop = stop or Event()
+    server.start()
+    flamigo.start()
+    handlers = [gevent.signal_handler(sig, stop.set) for sig in (signal.SIGTERM, signal.SIGINT)]
+    try:
+        if ready is not None:
+            ready(server)
+        stop.wait()
+        _log.info("shutting down: draining connections (up to %ss)", flamigo.settings.drain_timeout)
+        server.close()  # stop accepting; handlers keep running
+        flamigo.shutdown()
+        server.stop(timeout=1)
+    finally:
+        for handler in handlers:
+            handler.cancel()
+        sys.stderr.flush()

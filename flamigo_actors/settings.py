@@ -1,0 +1,195 @@
+"""Settings: ``FLAMIGO_*`` keys, with documented defaults.
+
+Every field below can be set, from lowest to highest precedence, by
+``app.config["FLAMIGO_<NAME>"]``, by the environment variable
+``FLAMIGO_<NAME>`` (what the command-line flags such as ``--redis`` set, so
+they reach every worker process), or by a keyword argument of the same
+lowercase name to :class:`~flamigo_actors.Flamigo`. Wrong types or values fail
+at ``init_app`` with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Settings"]
+
+PREFIX = "FLAMIGO_"
+
+_log = logging.getLogger("flamigo_actors")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All knobs of the extension (see the README's settings table)."""
+
+    ws_path: str = "/ws"
+    """URL of the WebSocket endpoint."""
+    namespace: str = "app"
+    """Strategy namespace callable over WebSocket (others answer 403)."""
+    debug: bool | None = None
+    """Send error traces to clients. ``None`` follows ``app.debug``. Never in production."""
+    auth_required: bool | None = None
+    """Refuse strategies (401) until ``app::websocket:auth`` succeeds. ``None``: on when an auth verifier is set."""
+    max_message_size: int = 64 * 1024
+    """Largest inbound message in bytes; larger ones close the connection with 1009."""
+    ping_interval: float = 54.0
+    """Seconds between server pings."""
+    pong_timeout: float = 60.0
+    """A connection silent (no frame, no pong) for this long is closed."""
+    allowed_origins: tuple[str, ...] = ()
+    """Origins allowed besides the server's own (``https://app.example.com``); ``"*"`` allows all."""
+    outbound_max_messages: int = 1000
+    """Frames queued for a slow client before it is disconnected (1013)."""
+    outbound_max_bytes: int = 4 * 1024 * 1024
+    """Bytes queued for a slow client before it is disconnected (1013)."""
+    mailbox_max_deliveries: int = 1000
+    """Event deliveries waiting in a connection's mailbox before it is disconnected (1013)."""
+    max_pending_requests: int = 64
+    """Requests read ahead of the one running; beyond, the connection stops reading (TCP backpressure)."""
+    strategy_timeout: float = 30.0
+    """Default time limit of a strategy run over WebSocket; past it the client gets 504."""
+    listener_max_pending: int = 10_000
+    """Events waiting for one in-process listener before further ones are refused (counted, logged)."""
+    publish_sync_timeout: float = 30.0
+    """Default wait of ``publish_sync`` before it raises a 504 error."""
+    rate_limit: float | None = None
+    """Requests per second per connection (token bucket); ``None`` disables. Over it: 429."""
+    rate_limit_burst: int | None = None
+    """Bucket size; ``None`` means twice ``rate_limit``."""
+    rate_limit_close_after: int = 50
+    """Consecutive 429 answers after which the connection closes with 1008."""
+    connect_rate_limit: float | None = None
+    """New connections per second per remote address; ``None`` disables. Over it: HTTP 429."""
+    connect_rate_burst: int | None = None
+    """Bucket size for connection attempts; ``None`` means twice ``connect_rate_limit``."""
+    drain_timeout: float = 10.0
+    """Seconds a graceful shutdown waits for in-flight work before closing anyway."""
+    close_timeout: float = 2.0
+    """Seconds to flush a closing connection's last frames before tearing it down."""
+    redis_url: str | None = None
+    """Redis URL of the cross-process backplane; ``None`` keeps events in this process."""
+    redis_required: bool = True
+    """Refuse to start when Redis is unreachable; False starts local-only with a loud warning."""
+    redis_channel: str = "flamigo"
+    """Prefix of the Redis channels this app uses (several apps may share a Redis)."""
+    inspect_enabled: bool = False
+    """Serve the JSON inspection endpoint and the live dashboard."""
+    admin_token: str | None = None
+    """Token that opens inspection from non-loopback addresses (``Authorization: Bearer``)."""
+    serve_client_js: bool = True
+    """Serve the browser client at ``/_flamigo/flamigo.js``."""
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Mapping[str, Any],
+        overrides: Mapping[str, Any],
+        environ: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """Build settings from ``config``, then ``environ``, then ``overrides``.
+
+        Raises:
+            ValueError: an unknown setting in ``config`` or ``overrides``, or a
+                value of the wrong type or range. Unknown ``FLAMIGO_*``
+                environment variables are only logged.
+        """
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in config.items():
+            if key.startswith(PREFIX):
+                name = key[len(PREFIX):].lower()
+                if name not in names:
+                    raise ValueError(
+                        f"unknown setting {key}: known ones are "
+                        + ", ".join(PREFIX + n.upper() for n in sorted(names))
+                    )
+                values[name] = value
+        for key, value in (os.environ if environ is None else environ).items():
+            if key.startswith(PREFIX):
+                name = key[len(PREFIX):].lower()
+                if name in names:
+                    values[name] = value
+                else:
+                    _log.warning("ignoring unknown environment variable %s", key)
+        for name, value in overrides.items():
+            if name not in names:
+                raise ValueError(f"unknown Flamigo option {name!r}: known ones are {sorted(names)}")
+            values[name] = value
+        for name, value in list(values.items()):
+            values[name] = _coerce(name, names[name].type, value)
+        settings = cls(**values)
+        settings._validate()
+        return settings
+
+    def _validate(self) -> None:
+        if not self.ws_path.startswith("/"):
+            raise ValueError(f"FLAMIGO_WS_PATH must start with '/', got {self.ws_path!r}")
+        positive = (
+            "max_message_size", "ping_interval", "pong_timeout", "outbound_max_messages",
+            "outbound_max_bytes", "mailbox_max_deliveries", "max_pending_requests",
+            "strategy_timeout", "listener_max_pending", "publish_sync_timeout",
+            "drain_timeout", "close_timeout", "rate_limit_close_after",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"FLAMIGO_{name.upper()} must be positive, got {getattr(self, name)!r}")
+        for name in ("rate_limit", "connect_rate_limit", "rate_limit_burst", "connect_rate_burst"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"FLAMIGO_{name.upper()} must be positive or None, got {value!r}")
+        if self.pong_timeout <= self.ping_interval:
+            raise ValueError(
+                f"FLAMIGO_PONG_TIMEOUT ({self.pong_timeout}) must exceed "
+                f"FLAMIGO_PING_INTERVAL ({self.ping_interval}) or live clients would be dropped"
+            )
+
+
+def _coerce(name: str, annotation: Any, value: Any) -> Any:
+    text = str(annotation)
+    key = f"FLAMIGO_{name.upper()}"
+    optional = "None" in text
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"{key} may not be None")
+    if text.startswith("tuple"):
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, (list, tuple, set, frozenset)):
+            raise ValueError(f"{key} must be a list of strings, got {value!r}")
+        return tuple(str(v) for v in value)
+    if text.startswith("bool"):
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+        if not isinstance(value, bool):
+            raise ValueError(f"{key} must be true or false, got {value!r}")
+        return value
+    if text.startswith("int"):
+        try:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} must be an integer, got {value!r}") from None
+    if text.startswith("float"):
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} must be a number, got {value!r}") from None
+    if text.startswith("str"):
+        if not isinstance(value, str):
+            raise ValueError(f"{key} must be a string, got {value!r}")
+        return value
+    return value

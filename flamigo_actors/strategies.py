@@ -1,0 +1,421 @@
+"""Strategies: the named, transport-neutral operations of the API layer.
+
+A strategy is a function taking a :class:`StrategyContext` and returning its
+result (or raising). Names look like ``app::domain:action``; a
+:class:`Registry` belongs to one namespace (``app``) and refuses names outside
+it. The WebSocket interface calls strategies, and so can HTTP views, event
+listeners, other strategies, the debug shell and tests, each with its own
+identity::
+
+    strategies = Registry()
+
+    @strategies.strategy("app::rooms:join", payload=JoinRoom)
+    def join(ctx: StrategyContext) -> dict:
+        room = ctx.request.data.room          # a validated JoinRoom
+        ctx.identity.subscribe(f"rooms/{room}")
+        return {"joined": room}
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import gevent
+import pydantic
+
+from .context import Context
+from .errors import FieldError, FlamigoError, wrap
+
+if TYPE_CHECKING:
+    from .extension import Flamigo
+    from .identity import Identity
+
+__all__ = [
+    "DeferredReply",
+    "Registry",
+    "Request",
+    "Response",
+    "Strategy",
+    "StrategyContext",
+    "StrategyHandler",
+]
+
+T = TypeVar("T")
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*::[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)*$")
+
+
+@lru_cache(maxsize=512)
+def _adapter(model: Any) -> pydantic.TypeAdapter[Any]:
+    return pydantic.TypeAdapter(model)
+
+
+def _field_errors(err: pydantic.ValidationError) -> list[FieldError]:
+    errors: list[FieldError] = []
+    for item in err.errors(include_url=False, include_input=False):
+        field = ".".join(str(part) for part in item["loc"]) or "payload"
+        errors.append({"field": field, "error": item["msg"]})
+    return errors
+
+
+class Request:
+    """The request a strategy serves.
+
+    Attributes:
+        action: the strategy name (``app::rooms:join``).
+        payload: the raw JSON payload as received.
+        data: the payload bound to the strategy's declared model, when it
+            declared one (``payload=`` in :meth:`Registry.strategy`).
+    """
+
+    __slots__ = ("action", "payload", "data")
+
+    def __init__(self, action: str, payload: Any, data: Any = None) -> None:
+        self.action = action
+        self.payload = payload
+        self.data = data
+
+    def bind(self, model: type[T]) -> T:
+        """Validate the payload into ``model`` (a pydantic model, dataclass or type).
+
+        Raises:
+            FlamigoError: status 422 with ``field_errors`` listing each problem.
+        """
+        try:
+            return _adapter(model).validate_python(self.payload)  # type: ignore[no-any-return]
+        except pydantic.ValidationError as err:
+            fields = _field_errors(err)
+            summary = "; ".join(f"{f['field']}: {f['error']}" for f in fields)
+            raise FlamigoError(
+                f"bind({getattr(model, '__name__', model)}): {summary}",
+                public="invalid payload",
+                status=422,
+                field_errors=fields,
+            ) from None
+
+
+class Response:
+    """An explicit response object, for strategies that prefer it to ``return``/``raise``."""
+
+    __slots__ = ("result", "error", "_set")
+
+    def __init__(self) -> None:
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._set = False
+
+    def set_result(self, value: Any) -> None:
+        """Answer with ``value``."""
+        self.result, self.error, self._set = value, None, True
+
+    def set_error(self, error: BaseException) -> None:
+        """Answer with ``error`` (its public message and status reach the caller)."""
+        self.result, self.error, self._set = None, error, True
+
+    @property
+    def is_set(self) -> bool:
+        """Whether :meth:`set_result` or :meth:`set_error` was called."""
+        return self._set
+
+    @property
+    def ok(self) -> bool:
+        """True unless an error was set."""
+        return self.error is None
+
+
+class DeferredReply:
+    """A reply a strategy hands off so the work runs outside the caller's mailbox.
+
+    Obtained from :meth:`StrategyContext.defer`. Exactly one of
+    :meth:`resolve` / :meth:`fail` takes effect; later calls are ignored and
+    return False (e.g. after the time limit already answered 504).
+    """
+
+    __slots__ = ("strategy", "_settle", "_outcome", "settled", "greenlet")
+
+    def __init__(self, strategy: str) -> None:
+        self.strategy = strategy
+        self._settle: Callable[[Any, BaseException | None], None] | None = None
+        self._outcome: tuple[Any, BaseException | None] | None = None
+        self.settled = False
+        self.greenlet: gevent.Greenlet | None = None
+
+    def attach(self, settle: Callable[[Any, BaseException | None], None]) -> None:
+        """Set who receives the outcome (the connection, or a waiting caller).
+
+        An outcome that arrived before anyone was attached is handed over now.
+        """
+        self._settle = settle
+        if self._outcome is not None:
+            value, error = self._outcome
+            self._outcome = None
+            settle(value, error)
+
+    def resolve(self, value: Any = None) -> bool:
+        """Answer the original request with ``value``."""
+        return self._finish(value, None)
+
+    def fail(self, error: BaseException) -> bool:
+        """Answer the original request with ``error``."""
+        return self._finish(None, error)
+
+    def _finish(self, value: Any, error: BaseException | None) -> bool:
+        if self.settled:
+            return False
+        self.settled = True
+        if error is not None and not isinstance(error, FlamigoError):
+            error = wrap(f"strategy({self.strategy}): deferred", error)
+        if self._settle is not None:
+            self._settle(value, error)
+        else:
+            self._outcome = (value, error)
+        return True
+
+    def cancel(self) -> None:
+        """Stop the deferred work (the connection ended); nothing will be sent."""
+        self.settled = True
+        self._outcome = None
+        if self.greenlet is not None and not self.greenlet.dead:
+            self.greenlet.kill(block=False)
+
+
+class StrategyContext(Context):
+    """The context of one strategy execution: identity, request, response.
+
+    Attributes:
+        request: the :class:`Request` being served.
+        response: an explicit :class:`Response` the strategy may fill instead
+            of returning.
+        ack_id: the client's ``ackId`` when the request came over WebSocket
+            with one, else ``None``.
+    """
+
+    __slots__ = ("request", "response", "ack_id", "deferred")
+
+    def __init__(
+        self,
+        flamigo: Flamigo,
+        identity: Identity,
+        request: Request,
+        *,
+        deadline: float | None = None,
+        ack_id: str | int | float | None = None,
+    ) -> None:
+        super().__init__(flamigo, identity, deadline=deadline)
+        self.request = request
+        self.response = Response()
+        self.ack_id = ack_id
+        self.deferred: DeferredReply | None = None
+
+    @property
+    def payload(self) -> Any:
+        """Shortcut for ``request.payload``."""
+        return self.request.payload
+
+    def defer(self, work: Callable[..., Any] | None = None, *args: Any) -> DeferredReply:
+        """Hand the reply off: the strategy returns and the reply is sent later.
+
+        With ``work``, it runs in a new greenlet (with this context's identity)
+        and its return value or exception settles the reply. Without it, keep
+        the returned :class:`DeferredReply` and call ``resolve``/``fail`` later.
+        The connection's mailbox is free meanwhile; the strategy time limit
+        still applies (504 when it passes first).
+        """
+        if self.deferred is not None:
+            raise RuntimeError(f"strategy {self.request.action} already deferred its reply")
+        reply = DeferredReply(self.request.action)
+        self.deferred = reply
+        if work is not None:
+
+            def run() -> None:
+                try:
+                    result = work(*args)
+                except gevent.GreenletExit:
+                    raise
+                except BaseException as err:  # noqa: BLE001 - the reply carries it
+                    reply.fail(err)
+                else:
+                    reply.resolve(result)
+
+            reply.greenlet = gevent.spawn(run)
+        return reply
+
+
+StrategyHandler = Callable[[StrategyContext], Any]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A registered strategy.
+
+    Attributes:
+        name: ``namespace::domain:action``.
+        handler: the function run for each request.
+        payload: model the payload is bound to before the handler runs
+            (422 on failure); ``None`` to leave the raw payload.
+        public: callable by a WebSocket connection before it authenticates.
+        timeout: per-strategy time limit in seconds; ``None`` uses the
+            application's default.
+    """
+
+    name: str
+    handler: StrategyHandler
+    payload: Any = None
+    public: bool = False
+    timeout: float | None = None
+
+    @property
+    def doc(self) -> str:
+        return (self.handler.__doc__ or "").strip().split("\n")[0]
+
+
+class Registry:
+    """Strategies of one namespace, registered by decorator or by call.
+
+    Args:
+        namespace: the only namespace accepted (``app`` accepts ``app::...``).
+    """
+
+    def __init__(self, namespace: str = "app") -> None:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", namespace):
+            raise ValueError(f"invalid namespace {namespace!r}: use letters, digits, '_' or '-'")
+        self.namespace = namespace
+        self._prefix = f"{namespace}::"
+        self._strategies: dict[str, Strategy] = {}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._strategies
+
+    def __iter__(self) -> Iterator[Strategy]:
+        return iter(self._strategies.values())
+
+    def __len__(self) -> int:
+        return len(self._strategies)
+
+    def in_scope(self, name: str) -> bool:
+        """Whether ``name`` belongs to this registry's namespace."""
+        return name.startswith(self._prefix)
+
+    def get(self, name: str) -> Strategy | None:
+        """The strategy registered under ``name``, or ``None``."""
+        return self._strategies.get(name)
+
+    def register(
+        self,
+        name: str,
+        handler: StrategyHandler,
+        *,
+        payload: Any = None,
+        public: bool = False,
+        timeout: float | None = None,
+        replace: bool = False,
+    ) -> Strategy:
+        """Register ``handler`` under ``name``.
+
+        Raises:
+            ValueError: the name is malformed, outside this namespace, or taken
+                (unless ``replace=True``, which exists to customise built-ins
+                such as ``app::websocket:auth``).
+        """
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ValueError(
+                f"invalid strategy name {name!r}: expected '{self.namespace}::domain:action'"
+            )
+        if not self.in_scope(name):
+            raise ValueError(
+                f"strategy {name!r} is outside this registry's namespace: "
+                f"names must start with {self._prefix!r}"
+            )
+        if name in self._strategies and not replace:
+            raise ValueError(
+                f"strategy {name!r} is already registered "
+                f"(by {self._strategies[name].handler.__qualname__}); pick another name"
+            )
+        if not callable(handler):
+            raise TypeError(f"strategy {name!r}: handler must be callable, got {handler!r}")
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"strategy {name!r}: timeout must be positive, got {timeout!r}")
+        strategy = Strategy(name, handler, payload, public, timeout)
+        self._strategies[name] = strategy
+        return strategy
+
+    def strategy(
+        self,
+        name: str,
+        *,
+        payload: Any = None,
+        public: bool = False,
+        timeout: float | None = None,
+        replace: bool = False,
+    ) -> Callable[[StrategyHandler], StrategyHandler]:
+        """Decorator form of :meth:`register`; returns the function unchanged."""
+
+        def decorate(handler: StrategyHandler) -> StrategyHandler:
+            self.register(
+                name, handler, payload=payload, public=public, timeout=timeout, replace=replace
+            )
+            return handler
+
+        return decorate
+
+    def include(self, other: Registry) -> None:
+        """Add every strategy of ``other`` (same namespace); duplicates are refused."""
+        if other.namespace != self.namespace:
+            raise ValueError(
+                f"cannot include namespace {other.namespace!r} into {self.namespace!r}"
+            )
+        for strategy in other:
+            self.register(
+                strategy.name,
+                strategy.handler,
+                payload=strategy.payload,
+                public=strategy.public,
+                timeout=strategy.timeout,
+            )
+
+    def resolve(self, name: str) -> Strategy:
+        """The strategy to run for ``name``.
+
+        Raises:
+            FlamigoError: 403 ("invalid scope") outside the namespace, 404 when unknown.
+        """
+        strategy = self._strategies.get(name)
+        if strategy is not None:
+            return strategy
+        if not self.in_scope(name):
+            raise FlamigoError(
+                f"strategy({name}): outside namespace {self.namespace!r}",
+                public="invalid scope",
+                status=403,
+            )
+        raise FlamigoError(
+            f"strategy({name}): not registered", public=f"unknown strategy {name}", status=404
+        )
+
+
+def run_strategy(strategy: Strategy, ctx: StrategyContext) -> Any:
+    """Run ``strategy`` in the current greenlet and return its result.
+
+    Every error leaves as a :class:`FlamigoError` layer named after the
+    strategy (``strategy(app::x:y): ...``) keeping the original as its cause.
+    """
+    try:
+        if strategy.payload is not None:
+            ctx.request.data = ctx.request.bind(strategy.payload)
+        result = strategy.handler(ctx)
+    except FlamigoError as err:
+        raise wrap(f"strategy({strategy.name})", err)
+    except gevent.Timeout:
+        raise  # the caller who armed the timeout turns it into a 504
+    except Exception as err:  # noqa: BLE001 - every failure becomes a layered error
+        raise wrap(f"strategy({strategy.name})", err)
+    response = ctx.response
+    if response.is_set and result is None:
+        if response.error is not None:
+            raise wrap(f"strategy({strategy.name})", response.error)
+        return response.result
+    return result

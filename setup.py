@@ -1,0 +1,51 @@
+"""flamigo_actors: an actor-system runtime for realtime Flask apps."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+README = Path(__file__).with_name("README.md")
+
+setup(
+    name="flamigo-actors",
+    version="0.1.0",
+    description="Actor-per-connection realtime runtime for Flask: strategies, topic bus, WebSocket",
+    long_description=README.read_text(encoding="utf-8") if README.exists() else "",
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.11",
+    packages=find_packages(include=["flamigo_actors", "flamigo_actors.*", "app", "app.*"]),
+    package_data={
+        "flamigo_actors": ["static/*", "py.typed"],
+        "app": ["static/*", "templates/*"],
+    },
+    install_requires=[
+        "pykka>=4.1,<5",
+        "gevent>=24.2",
+        "gevent-websocket==0.10.1",
+        "flask>=3.0,<4",
+        "blinker>=1.7",
+        "orjson>=3.9",
+        "pydantic>=2.5,<3",
+        "itsdangerous>=2.1",
+    ],
+    extras_require={
+        "redis": ["redis>=5.0"],
+        "test": [
+            "pytest>=8",
+            "hypothesis>=6.90",
+            "websocket-client>=1.7",
+            "requests>=2.31",
+            "psutil>=5.9",
+            "redis>=5.0",
+            "playwright>=1.40",
+        ],
+    },
+    entry_points={"console_scripts": ["flamigo-actors=flamigo_actors.cli:main"]},
+    classifiers=[
+        "Framework :: Flask",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.11",
+        "License :: OSI Approved :: MIT License",
+    ],
+)
