@@ -14,10 +14,9 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.11",
-    packages=find_packages(include=["flamigo_actors", "flamigo_actors.*", "app", "app.*"]),
+    packages=find_packages(include=["flamigo_actors", "flamigo_actors.*"]),
     package_data={
         "flamigo_actors": ["static/*", "py.typed"],
-        "app": ["static/*", "templates/*"],
     },
     install_requires=[
         "pykka>=4.1,<5",

@@ -302,8 +302,13 @@ class Bus:
         ref = self._ref
         if ref is not None and ref.is_alive():
             ref.stop(block=True, timeout=timeout)
+        subscribers = [sub.subscriber for sub in self._subscriptions.values()]
         for subscription in list(self._subscriptions.values()):
             subscription.cancel()
+        for subscriber in subscribers:  # listeners finish what they have, then stop
+            join = getattr(subscriber, "join", None)
+            if join is not None:
+                join(timeout)
 
     # -- publishing ----------------------------------------------------------
 

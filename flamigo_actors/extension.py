@@ -102,8 +102,11 @@ class Flamigo:
     ) -> None:
         self.app: Flask | None = None
         self._options = options
-        self._own_registry = strategies is None
-        self._registry = strategies
+        # An app-local registry: a module-level Registry shared by several apps
+        # (one per test, say) is copied, never changed by what an app adds.
+        self._registry = Registry(options.get("namespace", "app"))
+        if strategies is not None:
+            self._registry.include(strategies)
         self._verifier = auth
         self._hooks: dict[str, list[Hook]] = {"connect": [], "authenticated": [], "disconnect": []}
         self._listeners: list[tuple[Callable[..., Any], tuple[str, ...], dict[str, Any]]] = []
@@ -134,9 +137,7 @@ class Flamigo:
             )
         self.app = app
         self.settings = settings = Settings.from_config(app.config, self._options)
-        if self._registry is None:
-            self._registry = Registry(settings.namespace)
-        elif self._registry.namespace != settings.namespace:
+        if self._registry.namespace != settings.namespace:
             raise ValueError(
                 f"the strategy registry's namespace {self._registry.namespace!r} differs from "
                 f"FLAMIGO_NAMESPACE {settings.namespace!r}"
@@ -187,9 +188,7 @@ class Flamigo:
 
     @property
     def strategies(self) -> Registry:
-        """The strategy registry served by this app."""
-        if self._registry is None:
-            self._registry = Registry(self._options.get("namespace", "app"))
+        """The strategy registry served by this app (its own copy of the one given)."""
         return self._registry
 
     @property

@@ -119,6 +119,10 @@ class ListenerSubscriber:
     def mailbox_depth(self) -> int:
         return self.pending
 
+    def join(self, timeout: float | None = None) -> None:
+        """Wait until the listener's actor has stopped."""
+        self._ref.actor_stopped.wait(timeout)
+
     def on_cancel(self) -> None:
         """The subscription was cancelled: let the actor finish what it has, then stop."""
         if self._ref.is_alive():

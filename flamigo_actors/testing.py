@@ -215,10 +215,12 @@ class TestClient:
         namespace = self.connection.flamigo.strategies.namespace
         return self.request(f"{namespace}::websocket:auth", {"token": token})  # type: ignore[no-any-return]
 
-    def pushes(self, client_topic: str | None = None, *, wait: float = 0.0) -> list[dict[str, Any]]:
+    def pushes(
+        self, client_topic: str | None = None, *, count: int = 1, wait: float = 0.0
+    ) -> list[dict[str, Any]]:
         """Pushes received so far (only ``client_topic`` if given), removed from the backlog.
 
-        Waits up to ``wait`` seconds for at least one to arrive.
+        Waits up to ``wait`` seconds until at least ``count`` have arrived.
         """
         deadline = time.monotonic() + wait
         while True:
@@ -229,7 +231,7 @@ class TestClient:
                 and (client_topic is None or m.get("topic") == client_topic)
             ]
             remaining = deadline - time.monotonic()
-            if found or remaining <= 0:
+            if len(found) >= count or remaining <= 0:
                 break
             try:
                 self._backlog.append(self._next(remaining))

@@ -1,0 +1,251 @@
+"""Test helpers: a live server in this process and a small WebSocket client."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import requests
+import websocket
+from flask import Flask
+
+from flamigo_actors import Flamigo
+from flamigo_actors.server import make_server
+
+
+class LiveServer:
+    """A running server: its URL, app, extension and the gevent server object."""
+
+    def __init__(self, app: Flask, server: Any) -> None:
+        self.app = app
+        self.server = server
+        self.flamigo: Flamigo = app.extensions["flamigo"]
+        self.port = server.server_port
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}{self.flamigo.settings.ws_path}"
+
+    def login(self, username: str) -> str:
+        response = requests.post(f"{self.url}/api/login", json={"username": username}, timeout=5)
+        response.raise_for_status()
+        return str(response.json()["token"])
+
+    def client(self, username: str | None = None, **options: Any) -> WsClient:
+        """A connected client; authenticated as ``username`` when given."""
+        client = WsClient(self.ws_url, **options)
+        if username is not None:
+            client.request("app::websocket:auth", {"token": self.login(username)})
+        return client
+
+    def stop(self) -> None:
+        try:
+            self.flamigo.shutdown(timeout=2)
+        finally:
+            self.server.stop(timeout=1)
+
+
+def start_live_server(app: Flask) -> LiveServer:
+    server = make_server(app, "127.0.0.1", 0)
+    server.start()
+    app.extensions["flamigo"].start()
+    return LiveServer(app, server)
+
+
+class ErrorReply(Exception):
+    """An ``error`` message received in answer to a request."""
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        super().__init__(f"{payload.get('status')} {payload.get('message')}")
+        self.payload = payload
+        self.status = payload.get("status")
+
+
+class WsClient:
+    """A blocking WebSocket client (websocket-client; cooperative under gevent)."""
+
+    def __init__(self, url: str, *, timeout: float = 10.0, **options: Any) -> None:
+        self.ws = websocket.create_connection(url, timeout=timeout, **options)
+        self.timeout = timeout
+        self._acks = itertools.count(1)
+        self.backlog: list[dict[str, Any]] = []
+
+    def send_json(self, message: Any) -> None:
+        self.ws.send(json.dumps(message))
+
+    def send_raw(self, data: str | bytes) -> None:
+        if isinstance(data, bytes):
+            self.ws.send_binary(data)
+        else:
+            self.ws.send(data)
+
+    def recv_json(self, timeout: float | None = None) -> dict[str, Any]:
+        if self.backlog:
+            return self.backlog.pop(0)
+        return self._recv(timeout)
+
+    def _recv(self, timeout: float | None = None) -> dict[str, Any]:
+        self.ws.settimeout(self.timeout if timeout is None else timeout)
+        data = self.ws.recv()
+        if not data:
+            raise ConnectionError("connection closed")
+        return json.loads(data)  # type: ignore[no-any-return]
+
+    def request(self, topic: str, payload: Any = None, *, timeout: float | None = None) -> Any:
+        """Send with a fresh ackId and return the matching reply's payload (pushes are kept)."""
+        ack = next(self._acks)
+        self.send_json({"topic": topic, "payload": payload, "ackId": ack})
+        while True:
+            message = self._recv(timeout)
+            if message.get("ackId") == ack:
+                if message["topic"] == "error":
+                    raise ErrorReply(message["payload"])
+                return message["payload"]
+            self.backlog.append(message)
+
+    def pushes(self, topic: str | None = None, *, count: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """Wait for ``count`` pushes (of ``topic`` if given) and return them."""
+        found: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        for message in list(self.backlog):
+            if "ackId" not in message and (topic is None or message["topic"] == topic):
+                found.append(message)
+                self.backlog.remove(message)
+        while len(found) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                message = self._recv(remaining)
+            except websocket.WebSocketTimeoutException:
+                break
+            if "ackId" not in message and (topic is None or message["topic"] == topic):
+                found.append(message)
+            else:
+                self.backlog.append(message)
+        return found
+
+    def no_push(self, within: float = 0.3) -> bool:
+        """True when nothing arrives within ``within`` seconds."""
+        try:
+            self.ws.settimeout(within)
+            data = self.ws.recv()
+        except websocket.WebSocketTimeoutException:
+            return True
+        self.backlog.append(json.loads(data))
+        return False
+
+    def wait_closed(self, timeout: float = 5.0) -> tuple[int | None, str]:
+        """Read until the server closes; return (close code, reason)."""
+        self.ws.settimeout(timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                opcode, data = self.ws.recv_data(control_frame=True)
+            except websocket.WebSocketConnectionClosedException:
+                return None, ""
+            except (ConnectionError, OSError):
+                return None, ""
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                code = int.from_bytes(data[:2], "big") if len(data) >= 2 else None
+                return code, data[2:].decode("utf-8", "replace")
+        raise TimeoutError("server did not close the connection")
+
+    def close(self) -> None:
+        try:
+            self.ws.close()
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+
+def eventually(check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02) -> Any:
+    """Poll ``check`` until it returns a truthy value; raise AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {check}")
+        gevent.sleep(interval)
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ServerProcess:
+    """A server in a child process (``python -m app`` by default), on a free port.
+
+    Its stderr is collected in ``log`` (read it after :meth:`stop`).
+    """
+
+    def __init__(self, args: list[str], port: int, env: dict[str, str] | None = None) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}/ws"
+        self._log_file = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+        full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(
+            [sys.executable, *args], cwd=REPO, env=full_env,
+            stdout=self._log_file, stderr=subprocess.STDOUT,
+        )
+
+    @classmethod
+    def demo(cls, port: int, *extra: str, env: dict[str, str] | None = None) -> ServerProcess:
+        return cls(["-m", "app", "--port", str(port), *extra], port, env)
+
+    def wait_ready(self, timeout: float = 20.0) -> ServerProcess:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log}")
+            try:
+                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            gevent.sleep(0.1)
+        raise TimeoutError(f"server not ready in {timeout}s:\n{self.log}")
+
+    @property
+    def log(self) -> str:
+        with open(self._log_file.name, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+
+    def login(self, username: str) -> str:
+        response = requests.post(f"{self.url}/api/login", json={"username": username}, timeout=5)
+        response.raise_for_status()
+        return str(response.json()["token"])
+
+    def client(self, username: str | None = None) -> WsClient:
+        client = WsClient(self.ws_url)
+        if username is not None:
+            client.request("app::websocket:auth", {"token": self.login(username)})
+        return client
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None:
+            if time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.process.args, timeout)
+            gevent.sleep(0.05)
+        return int(self.process.returncode)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.wait(15)
+            except Exception:  # noqa: BLE001 - last resort
+                self.process.kill()
+                self.process.wait()

@@ -1,0 +1,328 @@
+"""The event bus: subscriptions, listeners, ordering, publish_sync, deadlocks, supervision."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import gevent
+import pykka
+import pytest
+from flask import Flask
+
+from flamigo_actors import (
+    BackendIdentity,
+    ClientMessage,
+    ClientMessageEvent,
+    Context,
+    DeadlockError,
+    Flamigo,
+    TopicError,
+    event_published,
+    publish,
+)
+from tests.support import eventually
+
+
+@dataclass(frozen=True)
+class Note:
+    topics: tuple[str, ...]
+    n: int = 0
+
+
+@dataclass(frozen=True)
+class Alert:
+    topics: tuple[str, ...]
+    n: int = 0
+
+
+@dataclass(frozen=True)
+class Shout:
+    """A client event of its own kind."""
+
+    topics: tuple[str, ...]
+    text: str = ""
+
+    @property
+    def client_message(self) -> ClientMessage:
+        return ClientMessage("shout", {"text": self.text})
+
+
+@pytest.fixture
+def flamigo() -> Iterator[Flamigo]:
+    app = Flask("bus-test")
+    flamigo = Flamigo(app)
+    yield flamigo
+    flamigo.shutdown(timeout=1)
+
+
+def recorder() -> tuple[list[Any], Any]:
+    seen: list[Any] = []
+
+    def listener(ctx: Context, event: Any) -> None:
+        seen.append(event)
+
+    return seen, listener
+
+
+def test_subscribe_and_unsubscribe_at_run_time(flamigo: Flamigo) -> None:
+    seen, listener = recorder()
+    sub = flamigo.bus.subscribe(listener, "rooms/a")
+    flamigo.publish(Note(("rooms/a",), 1))
+    flamigo.publish(Note(("rooms/b",), 2))
+    eventually(lambda: len(seen) == 1)
+    sub.add("rooms/*")
+    flamigo.publish(Note(("rooms/b",), 3))
+    eventually(lambda: len(seen) == 2)
+    sub.remove("rooms/*", "rooms/a")
+    flamigo.publish_sync(Note(("rooms/a",), 4))
+    assert [e.n for e in seen] == [1, 3]
+    assert sub.patterns == set()
+
+
+def test_an_event_reaches_a_subscriber_once_even_if_many_patterns_match(flamigo: Flamigo) -> None:
+    seen, listener = recorder()
+    flamigo.bus.subscribe(listener, "rooms/a", "rooms/*", "*")
+    flamigo.publish_sync(Note(("rooms/a", "rooms/b")))
+    assert len(seen) == 1
+
+
+def test_client_only_subscription(flamigo: Flamigo) -> None:
+    seen, listener = recorder()
+    flamigo.bus.subscribe(listener, "*", client_only=True)
+    flamigo.publish(Note(("x",)))
+    flamigo.publish(Shout(("x",), "hey"))
+    flamigo.publish_sync(ClientMessageEvent(("x",), "chat:message", {"t": 1}))
+    assert [type(e).__name__ for e in seen] == ["Shout", "ClientMessageEvent"]
+
+
+def test_typed_listener(flamigo: Flamigo) -> None:
+    seen, listener = recorder()
+    flamigo.listen("*", event_type=Alert)(listener)
+    flamigo.publish(Note(("x",), 1))
+    flamigo.publish(Alert(("x",), 2))
+    flamigo.publish_sync(Note(("x",), 3))
+    assert [(type(e).__name__, e.n) for e in seen] == [("Alert", 2)]
+
+
+def test_listener_context_carries_the_publisher_identity(flamigo: Flamigo) -> None:
+    identities: list[Any] = []
+    flamigo.bus.subscribe(lambda ctx, event: identities.append(ctx.identity), "x")
+    flamigo.publish_sync(Note(("x",)))
+    flamigo.publish_sync(Note(("x",)), identity=BackendIdentity("job"))
+    assert identities[0].type == "backend"
+    assert identities[1] == BackendIdentity("job")
+
+
+def test_per_publisher_ordering_over_10000_events(flamigo: Flamigo) -> None:
+    seen, listener = recorder()
+    flamigo.bus.subscribe(listener, "seq/*")
+
+    def producer(name: str) -> None:
+        for n in range(5000):
+            flamigo.publish(Note((f"seq/{name}",), n))
+            if n % 500 == 0:
+                gevent.sleep(0)  # interleave the two publishers
+
+    gevent.joinall([gevent.spawn(producer, "a"), gevent.spawn(producer, "b")])
+    eventually(lambda: len(seen) == 10000, timeout=30)
+    for name in ("a", "b"):
+        ns = [e.n for e in seen if e.topics[0] == f"seq/{name}"]
+        assert ns == list(range(5000))
+
+
+def test_publish_sync_waits_for_slow_listeners(flamigo: Flamigo) -> None:
+    done: list[str] = []
+
+    def slow(ctx: Context, event: Any) -> None:
+        gevent.sleep(0.2)
+        done.append("slow")
+
+    def quick(ctx: Context, event: Any) -> None:
+        done.append("quick")
+
+    flamigo.bus.subscribe(slow, "x")
+    flamigo.bus.subscribe(quick, "x")
+    flamigo.publish(Note(("x",)))
+    assert done == []
+    flamigo.publish_sync(Note(("x",)))
+    assert sorted(done) == ["quick", "quick", "slow", "slow"]
+
+
+def test_publish_sync_to_nobody_returns(flamigo: Flamigo) -> None:
+    flamigo.publish_sync(Note(("nobody/listens",)))
+
+
+def test_publish_sync_from_a_subscriber_of_the_event_raises(flamigo: Flamigo) -> None:
+    outcome: list[Any] = []
+
+    def echo_back(ctx: Context, event: Any) -> None:
+        if event.n == 0:
+            try:
+                ctx.publish_sync(Note(("loop",), 1), timeout=5)
+                outcome.append("returned")
+            except DeadlockError as err:
+                outcome.append(err)
+
+    flamigo.bus.subscribe(echo_back, "loop")
+    flamigo.publish(Note(("loop",), 0))
+    eventually(lambda: outcome, timeout=3)
+    assert isinstance(outcome[0], DeadlockError)
+    assert "itself a subscriber" in str(outcome[0])
+    assert flamigo.bus.stats.deadlocks == 1
+
+
+def test_publish_sync_cycle_between_two_listeners_raises(flamigo: Flamigo) -> None:
+    outcome: list[Any] = []
+
+    def on_a(ctx: Context, event: Any) -> None:
+        try:
+            ctx.publish_sync(Note(("b",), 1), timeout=5)
+            outcome.append("a returned")
+        except DeadlockError as err:
+            outcome.append(err)
+
+    def on_b(ctx: Context, event: Any) -> None:
+        gevent.sleep(0.05)  # let on_a start waiting for us first
+        try:
+            ctx.publish_sync(Note(("a",), 2), timeout=5)
+            outcome.append("b returned")
+        except DeadlockError as err:
+            outcome.append(err)
+
+    flamigo.bus.subscribe(on_a, "a")
+    flamigo.bus.subscribe(on_b, "b")
+    flamigo.publish(Note(("a",), 0))
+    eventually(lambda: len(outcome) >= 2, timeout=5)
+    errors = [o for o in outcome if isinstance(o, DeadlockError)]
+    assert len(errors) == 1 and "waiting for the publishing actor" in str(errors[0])
+    assert "a returned" in outcome
+
+
+def test_a_failing_listener_is_isolated_and_logged(flamigo: Flamigo, caplog: pytest.LogCaptureFixture) -> None:
+    seen, listener = recorder()
+
+    def broken(ctx: Context, event: Any) -> None:
+        raise RuntimeError(f"broken on {event.n}")
+
+    flamigo.bus.subscribe(broken, "x")
+    flamigo.bus.subscribe(listener, "x")
+    with caplog.at_level(logging.ERROR, logger="flamigo_actors.listener"):
+        for n in range(20):
+            flamigo.publish(Note(("x",), n))
+        flamigo.publish_sync(Note(("x",), 99))
+    assert [e.n for e in seen] == [*range(20), 99]
+    assert flamigo.bus.stats.listener_errors == 21
+    assert "broken" in caplog.text and "topics x" in caplog.text
+
+
+def test_cancelled_subscriptions_leave_nothing_behind(flamigo: Flamigo) -> None:
+    flamigo.bus.start()
+    baseline = len(pykka.ActorRegistry.get_all())
+    subs = [flamigo.bus.subscribe(lambda ctx, e: None, f"rooms/{i}", "rooms/*/x", "*") for i in range(100)]
+    assert flamigo.bus.index_size()[0] == 300
+    assert len(pykka.ActorRegistry.get_all()) == baseline + 100
+    for sub in subs:
+        sub.cancel()
+        sub.cancel()  # idempotent
+    assert flamigo.bus.index_size() == (0, 0)
+    assert flamigo.bus.subscriptions() == []
+    eventually(lambda: len(pykka.ActorRegistry.get_all()) == baseline)
+    with pytest.raises(RuntimeError, match="cancelled"):
+        subs[0].add("x")
+
+
+def test_bus_actor_is_restarted_with_its_subscriptions(flamigo: Flamigo, caplog: pytest.LogCaptureFixture) -> None:
+    seen, listener = recorder()
+    flamigo.bus.subscribe(listener, "x")
+    flamigo.bus.start()
+    first = flamigo.bus.actor_urn()
+    with caplog.at_level(logging.ERROR, logger="flamigo_actors.bus"):
+        pykka.ActorRegistry.get_by_urn(first).stop()
+        eventually(lambda: flamigo.bus.stats.restarts == 1)
+    assert flamigo.bus.actor_urn() != first
+    flamigo.publish_sync(Note(("x",), 5))
+    assert [e.n for e in seen] == [5]
+    assert "restarting" in caplog.text
+
+
+def test_bus_failure_keeps_unprocessed_events(flamigo: Flamigo, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen, listener = recorder()
+    flamigo.bus.subscribe(listener, "x")
+    real_route = flamigo.bus._route
+    crashed: list[bool] = []
+
+    def route_once_broken(message: Any) -> None:
+        if not crashed:
+            crashed.append(True)
+            raise RuntimeError("router bug")
+        real_route(message)
+
+    monkeypatch.setattr(flamigo.bus, "_route", route_once_broken)
+    for n in range(5):
+        flamigo.publish(Note(("x",), n))
+    flamigo.publish_sync(Note(("x",), 5))
+    # The event being routed when the bus crashed is lost (and logged); the rest are not.
+    assert [e.n for e in seen] == [1, 2, 3, 4, 5]
+    assert flamigo.bus.stats.restarts == 1
+
+
+def test_invalid_events_are_refused_at_publish_time(flamigo: Flamigo) -> None:
+    with pytest.raises(TypeError, match="is not an event"):
+        flamigo.publish(object())
+    with pytest.raises(TypeError, match="no topics"):
+        flamigo.publish(Note(()))
+    with pytest.raises(TopicError):
+        flamigo.publish(Note(("a//b",)))
+    with pytest.raises(TypeError, match="not JSON-serialisable"):
+        flamigo.publish(ClientMessageEvent(("x",), "t", {"when": object()}))
+
+
+def test_blinker_receivers_see_every_event(flamigo: Flamigo) -> None:
+    heard: list[Any] = []
+
+    def audit(sender: Any, event: Any, identity: Any, **extra: Any) -> None:
+        heard.append((sender, event))
+
+    event_published.connect(audit, sender=flamigo.app)
+    try:
+        flamigo.publish(Note(("x",), 1))
+    finally:
+        event_published.disconnect(audit, sender=flamigo.app)
+    assert heard == [(flamigo.app, Note(("x",), 1))]
+
+
+def test_module_publish_needs_an_app_context(flamigo: Flamigo) -> None:
+    seen, listener = recorder()
+    flamigo.bus.subscribe(listener, "x")
+    with pytest.raises(RuntimeError, match="application context"):
+        publish(Note(("x",)))
+    assert flamigo.app is not None
+    with flamigo.app.app_context():
+        publish(Note(("x",), 7))
+    flamigo.publish_sync(Note(("x",), 8))
+    assert [e.n for e in seen] == [7, 8]
+
+
+def test_listener_over_its_bound_is_refused_and_counted() -> None:
+    app = Flask("bounded")
+    flamigo = Flamigo(app, listener_max_pending=5)
+    try:
+        gate = gevent.event.Event()
+        seen: list[int] = []
+
+        def blocked(ctx: Context, event: Any) -> None:
+            gate.wait()
+            seen.append(event.n)
+
+        flamigo.bus.subscribe(blocked, "x")
+        for n in range(10):
+            flamigo.publish(Note(("x",), n))
+        eventually(lambda: flamigo.bus.stats.refused >= 4)
+        gate.set()
+        eventually(lambda: len(seen) + flamigo.bus.stats.refused == 10)
+        assert seen == sorted(seen)
+    finally:
+        flamigo.shutdown(timeout=1)

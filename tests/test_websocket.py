@@ -1,0 +1,374 @@
+"""The WebSocket interface over real sockets: the wire protocol, auth, pushes, lifecycle."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import pykka
+import pytest
+import requests
+import websocket
+from flask import Flask
+
+from flamigo_actors import Context, Disconnected
+from tests.support import ErrorReply, LiveServer, WsClient, eventually
+
+
+def disconnect_log(server: LiveServer) -> list[Disconnected]:
+    """Every Disconnected event the server publishes, recorded by a listener."""
+    seen: list[Disconnected] = []
+
+    def record(ctx: Context, event: Disconnected) -> None:
+        seen.append(event)
+
+    server.flamigo.bus.subscribe(record, "connection/disconnected/*", event_type=Disconnected)
+    return seen
+
+
+def error_of(message: dict[str, Any]) -> tuple[int, str]:
+    assert message["topic"] == "error", message
+    return message["payload"]["status"], message["payload"]["message"]
+
+
+# -- the protocol table ------------------------------------------------------------
+
+
+def test_replies_echo_ack_ids_with_their_json_type(demo_server: LiveServer) -> None:
+    client = demo_server.client("alice")
+    for ack in ["abc", 7, 7.5, 0, ""]:
+        client.send_json({"topic": "app::echo", "payload": {"v": ack}, "ackId": ack})
+        reply = client.recv_json()
+        assert reply == {"topic": "app::echo", "payload": {"v": ack}, "ackId": ack}
+        assert type(reply["ackId"]) is type(ack)
+    client.send_json({"topic": "app::echo", "payload": [1, "two", None]})
+    assert client.recv_json() == {"topic": "app::echo", "payload": [1, "two", None]}
+
+
+@pytest.mark.parametrize(
+    ("frame", "ack"),
+    [
+        ("not json", None),
+        ("[1, 2]", None),
+        ('"text"', None),
+        ('{"payload": 1, "ackId": "a1"}', "a1"),
+        ('{"topic": 5, "ackId": 3}', 3),
+        ('{"topic": "", "ackId": "e"}', "e"),
+        ('{"topic": "app::echo", "ackId": true}', None),
+        ('{"topic": "app::echo", "ackId": {"x": 1}}', None),
+        ('{"topic": "app::echo", "ackId": null}', None),
+    ],
+)
+def test_malformed_frames_answer_400_and_keep_the_connection(demo_server: LiveServer, frame: str, ack: Any) -> None:
+    client = demo_server.client("alice")
+    client.send_raw(frame)
+    reply = client.recv_json()
+    assert error_of(reply)[0] == 400
+    if ack is None:
+        assert "ackId" not in reply
+    else:
+        assert reply["ackId"] == ack
+    assert client.request("app::echo", "still here") == "still here"
+
+
+def test_binary_frames_answer_400(demo_server: LiveServer) -> None:
+    client = demo_server.client("alice")
+    client.send_raw(b'{"topic": "app::echo"}')
+    assert error_of(client.recv_json())[0] == 400
+    assert client.request("app::echo", 1) == 1
+
+
+def test_statuses_in_order_401_403_404_422_500(demo_server: LiveServer) -> None:
+    client = demo_server.client()
+    # unauthenticated: everything but the auth strategy is 401, even unknown or foreign names
+    for topic in ["app::echo", "app::missing", "other::thing"]:
+        with pytest.raises(ErrorReply) as info:
+            client.request(topic, {})
+        assert info.value.status == 401
+    client.request("app::websocket:auth", {"token": demo_server.login("alice")})
+    expectations = [
+        ("other::thing", {}, 403, "invalid scope"),
+        ("app::missing", {}, 404, "unknown strategy app::missing"),
+        ("app::rooms:join", {"room": "no/slash"}, 422, "invalid payload"),
+        ("app::rooms:send", {}, 422, "invalid payload"),
+        ("app::demo:fail", {}, 500, "internal error"),
+    ]
+    for topic, payload, status, message in expectations:
+        with pytest.raises(ErrorReply) as info:
+            client.request(topic, payload)
+        assert (info.value.status, info.value.payload["message"]) == (status, message)
+        if status == 422:
+            fields = {f["field"] for f in info.value.payload["fieldErrors"]}
+            assert fields == ({"room"} if topic.endswith("join") else {"room", "text"})
+        else:
+            assert "fieldErrors" not in info.value.payload
+        assert "trace" not in info.value.payload
+    assert client.request("app::echo", "alive") == "alive"
+
+
+def test_500_never_leaks_the_exception_text(demo_server: LiveServer) -> None:
+    client = demo_server.client("alice")
+    client.send_json({"topic": "app::demo:fail", "ackId": 1})
+    raw = json.dumps(client.recv_json())
+    assert "stays on the server" not in raw and "RuntimeError" not in raw
+
+
+def test_debug_mode_sends_the_trace(demo_app: Callable[..., Flask], live_server: Callable[[Flask], LiveServer]) -> None:
+    server = live_server(demo_app(FLAMIGO_DEBUG=True))
+    client = server.client("alice")
+    with pytest.raises(ErrorReply) as info:
+        client.request("app::demo:fail")
+    assert "demo failure" in info.value.payload["trace"]
+    assert info.value.payload["message"] == "internal error"
+
+
+def test_200_pipelined_requests_are_answered_in_order(demo_server: LiveServer) -> None:
+    client = demo_server.client("alice")
+    for n in range(200):
+        client.send_json({"topic": "app::echo", "payload": n, "ackId": n})
+    replies = [client.recv_json() for _ in range(200)]
+    assert [r["ackId"] for r in replies] == list(range(200))
+    assert [r["payload"] for r in replies] == list(range(200))
+
+
+def test_auth_gating_and_retry_after_a_bad_token(demo_server: LiveServer) -> None:
+    client = demo_server.client()
+    with pytest.raises(ErrorReply) as info:
+        client.request("app::websocket:auth", {"token": "forged"})
+    assert info.value.status == 401 and info.value.payload["message"] == "invalid token"
+    with pytest.raises(ErrorReply) as info:
+        client.request("app::websocket:auth", {})
+    assert info.value.status == 422
+    reply = client.request("app::websocket:auth", {"token": demo_server.login("Bob")})
+    assert reply == {"success": True, "user": {"id": "bob", "username": "Bob"}}
+    assert client.request("app::echo", 5) == 5
+    # the same user refreshing the token is fine; another user is refused
+    client.request("app::websocket:auth", {"token": demo_server.login("bob")})
+    with pytest.raises(ErrorReply) as info:
+        client.request("app::websocket:auth", {"token": demo_server.login("eve")})
+    assert info.value.status == 409
+
+
+def test_authenticated_event_and_user_topic(demo_server: LiveServer) -> None:
+    seen: list[Any] = []
+    demo_server.flamigo.bus.subscribe(lambda ctx, e: seen.append(e), "auth/authenticated/*")
+    client = demo_server.client("carol")
+    eventually(lambda: seen)
+    assert seen[0].user_id == "carol" and seen[0].topics == ("auth/authenticated/carol",)
+    conn = next(iter(demo_server.flamigo.connections.values()))
+    assert "user/carol" in conn.client.subscriptions  # the demo's on_authenticated hook
+    client.close()
+
+
+# -- pushes ------------------------------------------------------------------------
+
+
+def test_pushes_reach_room_members_only(demo_server: LiveServer) -> None:
+    alice, bob, eve = (demo_server.client(name) for name in ("alice", "bob", "eve"))
+    alice.request("app::rooms:join", {"room": "tea"})
+    bob.request("app::rooms:join", {"room": "tea"})
+    eve.request("app::rooms:join", {"room": "coffee"})
+    assert alice.request("app::rooms:send", {"room": "tea", "text": "hello"}) == {"room": "tea", "sent": True}
+    for member in (alice, bob):
+        (push,) = member.pushes("chat:message")
+        assert push["payload"]["room"] == "tea" and push["payload"]["user"] == "alice"
+        assert push["payload"]["text"] == "hello" and isinstance(push["payload"]["ts"], float)
+        assert set(push) == {"topic", "payload"}
+    assert eve.no_push()
+    bob.request("app::rooms:leave", {"room": "tea"})
+    alice.request("app::rooms:send", {"room": "tea", "text": "again"})
+    assert len(alice.pushes("chat:message")) == 1
+    assert bob.no_push()
+
+
+def test_flask_view_sends_the_same_push(demo_server: LiveServer) -> None:
+    alice = demo_server.client("alice")
+    alice.request("app::rooms:join", {"room": "tea"})
+    token = demo_server.login("dave")
+    url = f"{demo_server.url}/api/rooms/tea/messages"
+    response = requests.post(url, json={"text": "from http"}, headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 202
+    (push,) = alice.pushes("chat:message")
+    assert push["payload"]["user"] == "dave" and push["payload"]["text"] == "from http"
+    assert requests.post(url, json={"text": "x"}).status_code == 401
+    assert requests.post(url, json={"text": "x"}, headers={"Authorization": "Bearer forged"}).status_code == 401
+    assert requests.post(url, json={"text": ""}, headers={"Authorization": f"Bearer {token}"}).status_code == 400
+    assert alice.no_push()
+
+
+def test_login_validates_the_username(demo_server: LiveServer) -> None:
+    for body in [{}, {"username": ""}, {"username": "   "}, {"username": 5}, None]:
+        response = requests.post(f"{demo_server.url}/api/login", json=body)
+        assert response.status_code == 400, body
+    assert requests.get(f"{demo_server.url}/healthz").json()["status"] == "ok"
+
+
+# -- how connections end -----------------------------------------------------------
+
+
+def ended_once(seen: list[Disconnected], conn_id: str) -> Disconnected:
+    eventually(lambda: any(e.conn_id == conn_id for e in seen))
+    gevent.sleep(0.1)
+    matching = [e for e in seen if e.conn_id == conn_id]
+    assert len(matching) == 1, matching
+    return matching[0]
+
+
+def only_conn_id(server: LiveServer) -> str:
+    eventually(lambda: len(server.flamigo.connections) == 1)
+    return next(iter(server.flamigo.connections))
+
+
+def test_client_close_fires_disconnected_once(demo_server: LiveServer) -> None:
+    seen = disconnect_log(demo_server)
+    user_seen: list[Any] = []
+    demo_server.flamigo.bus.subscribe(lambda ctx, e: user_seen.append(e), "user/disconnected/alice")
+    client = demo_server.client("alice")
+    conn_id = only_conn_id(demo_server)
+    client.ws.close(status=1000)
+    event = ended_once(seen, conn_id)
+    assert (event.code, event.reason, event.user_id) == (1000, "client closed", "alice")
+    eventually(lambda: user_seen)
+    assert event.topics == (f"connection/disconnected/{conn_id}", "user/disconnected/alice")
+
+
+def test_network_drop_fires_disconnected_once(demo_server: LiveServer) -> None:
+    seen = disconnect_log(demo_server)
+    client = demo_server.client("alice")
+    conn_id = only_conn_id(demo_server)
+    client.ws.sock.shutdown(socket.SHUT_RDWR)
+    client.ws.sock.close()
+    event = ended_once(seen, conn_id)
+    assert event.code == 1006 and event.reason.startswith("connection lost")
+
+
+def test_ping_timeout_fires_disconnected_once(demo_app: Callable[..., Flask], live_server: Callable[[Flask], LiveServer]) -> None:
+    server = live_server(demo_app(FLAMIGO_PING_INTERVAL=0.1, FLAMIGO_PONG_TIMEOUT=0.4))
+    seen = disconnect_log(server)
+    alive = server.client("bob")  # answers pings because it keeps reading
+    client = server.client("alice")  # never reads again: never answers pings
+    conn_id = [c for c, conn in server.flamigo.connections.items() if conn.client.user.id == "alice"][0]
+    for _ in range(10):
+        assert alive.request("app::echo", 1) == 1
+        gevent.sleep(0.1)
+    event = ended_once(seen, conn_id)
+    assert (event.code, event.reason) == (1001, "ping timeout")
+    assert alive.request("app::echo", 2) == 2
+    assert len(server.flamigo.connections) == 1
+    client.close()
+
+
+def test_kick_fires_disconnected_once(demo_server: LiveServer) -> None:
+    seen = disconnect_log(demo_server)
+    client = demo_server.client("alice")
+    conn_id = only_conn_id(demo_server)
+    assert demo_server.flamigo.kick(conn_id, "bye now")
+    assert client.wait_closed() == (4000, "bye now")
+    event = ended_once(seen, conn_id)
+    assert (event.code, event.reason) == (4000, "bye now")
+    assert not demo_server.flamigo.kick("no-such-connection")
+
+
+def test_oversize_message_closes_with_1009(demo_app: Callable[..., Flask], live_server: Callable[[Flask], LiveServer]) -> None:
+    server = live_server(demo_app(FLAMIGO_MAX_MESSAGE_SIZE=1024))
+    seen = disconnect_log(server)
+    other = server.client("bob")
+    client = server.client("alice")
+    conn_id = [c for c, conn in server.flamigo.connections.items() if conn.client.user.id == "alice"][0]
+    assert client.request("app::echo", "x" * 900) == "x" * 900
+    client.send_json({"topic": "app::echo", "payload": "x" * 2000})
+    assert client.wait_closed()[0] == 1009
+    event = ended_once(seen, conn_id)
+    assert event.code == 1009
+    assert other.request("app::echo", "fine") == "fine"
+
+
+def test_crash_in_the_connection_actor_closes_with_1011(
+    demo_server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flamigo_actors import connection as connection_module
+
+    seen = disconnect_log(demo_server)
+    other = demo_server.client("bob")
+    client = demo_server.client("alice")
+    conn_id = [c for c, conn in demo_server.flamigo.connections.items() if conn.client.user.id == "alice"][0]
+    real = connection_module.protocol.encode_reply
+
+    def broken(topic: str, result: Any, ack_id: Any) -> bytes:
+        if result == "crash":
+            raise RuntimeError("machinery bug")  # not a TypeError: escapes the reply path
+        return real(topic, result, ack_id)
+
+    monkeypatch.setattr(connection_module.protocol, "encode_reply", broken)
+    client.send_json({"topic": "app::echo", "payload": "crash", "ackId": 1})
+    assert client.wait_closed()[0] == 1011
+    event = ended_once(seen, conn_id)
+    assert event.code == 1011
+    assert other.request("app::echo", "unaffected") == "unaffected"
+    eventually(lambda: len(demo_server.flamigo.connections) == 1)
+
+
+def test_connected_event_fires_once(demo_server: LiveServer) -> None:
+    seen: list[Any] = []
+    demo_server.flamigo.bus.subscribe(lambda ctx, e: seen.append(e), "connection/connected/*")
+    client = demo_server.client()
+    eventually(lambda: seen)
+    gevent.sleep(0.05)
+    assert len(seen) == 1 and seen[0].conn_id in demo_server.flamigo.connections
+    client.close()
+
+
+def test_registry_returns_to_baseline_after_500_connections(demo_server: LiveServer) -> None:
+    demo_server.flamigo.bus.start()
+    baseline = len(pykka.ActorRegistry.get_all())
+    token = demo_server.login("alice")
+
+    def session(n: int) -> None:
+        client = WsClient(demo_server.ws_url)
+        client.request("app::websocket:auth", {"token": token})
+        client.request("app::rooms:join", {"room": f"r{n % 7}"})
+        if n % 2:
+            client.ws.close()
+        else:
+            client.ws.sock.close()  # abrupt
+
+    for batch in range(10):
+        gevent.joinall([gevent.spawn(session, batch * 50 + i) for i in range(50)], raise_error=True)
+    eventually(lambda: len(demo_server.flamigo.connections) == 0, timeout=10)
+    eventually(lambda: len(pykka.ActorRegistry.get_all()) == baseline, timeout=10)
+    assert demo_server.flamigo.bus.index_size() == (0, 0)
+    stats = demo_server.flamigo.stats
+    assert stats.connections_opened == stats.connections_closed == 500
+
+
+# -- before the upgrade ------------------------------------------------------------
+
+
+def test_origins_are_checked_before_the_upgrade(demo_app: Callable[..., Flask], live_server: Callable[[Flask], LiveServer]) -> None:
+    server = live_server(demo_app(FLAMIGO_ALLOWED_ORIGINS=["https://chat.example"]))
+    with pytest.raises(websocket.WebSocketBadStatusException) as info:
+        WsClient(server.ws_url, origin="https://evil.example")
+    assert info.value.status_code == 403
+    assert server.flamigo.stats.connections_refused == 1
+    WsClient(server.ws_url, origin="https://chat.example").close()
+    WsClient(server.ws_url, origin=f"http://127.0.0.1:{server.port}").close()  # same origin
+    WsClient(server.ws_url).close()  # no Origin header: not a browser
+    assert server.flamigo.stats.connections_refused == 1
+
+
+def test_plain_get_on_the_websocket_path_is_400(demo_server: LiveServer) -> None:
+    assert requests.get(f"{demo_server.url}/ws").status_code == 400
+
+
+def test_counts_per_client(demo_server: LiveServer) -> None:
+    client = demo_server.client("alice")
+    for n in range(5):
+        client.request("app::echo", n)
+    conn = next(iter(demo_server.flamigo.connections.values()))
+    info = conn.client.info()
+    assert (info["messages_in"], info["messages_out"]) == (6, 6)
+    assert info["user"] == {"id": "alice", "username": "alice"}
+    assert info["subscriptions"] == ["user/alice"] and info["state"] == "connected"
