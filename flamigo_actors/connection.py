@@ -499,6 +499,8 @@ class Connection:
         client.close_code, client.close_reason = code, reason
         self.outbound.closed = True
         self.transport.abort()
+        # A reader waiting for a request slot of a dead actor would wait forever.
+        self.slots.release()
         if self.subscription is not None:
             self.subscription.cancel()
         for reply in list(self.deferred):
