@@ -432,6 +432,7 @@ class Connection:
             client = self.client
             stats = self.stats
             slots = self.slots
+            heartbeat, heartbeat_reply = flamigo.heartbeat_frames or (None, b"")
             while True:
                 binary, data = receive()
                 client.messages_in += 1
@@ -446,6 +447,11 @@ class Connection:
                         continue
                 else:
                     self.limited_in_a_row = 0
+                if not limited and not binary and data == heartbeat:
+                    # Answered ahead of the mailbox: a long strategy must not
+                    # make a live connection look dead to the client's heartbeat.
+                    self._send(heartbeat_reply)
+                    continue
                 if slots.locked():
                     # The actor is behind: stop reading so TCP pushes back on the client.
                     self.reader_paused = True

@@ -38,6 +38,7 @@ from .bus import Bus
 from .connection import GOING_AWAY, KICKED, Connection, WebsocketClient
 from .errors import FlamigoError
 from .identity import BackendIdentity, Identity, User
+from .protocol import HEARTBEAT_ACTION, HEARTBEAT_PAYLOAD, heartbeat_frames
 from .ratelimit import AddressLimiter
 from .settings import Settings
 from .strategies import Registry, Request, StrategyContext, run_strategy
@@ -116,6 +117,9 @@ class Flamigo:
         self._draining = False
         self._keepalive: gevent.Greenlet | None = None
         self._address_limiter: AddressLimiter | None = None
+        self.heartbeat_frames: tuple[bytes, bytes] | None = None
+        """The heartbeat request a connection's reader answers itself, and its reply
+        (``None`` when the app registered its own ``websocket:ping``)."""
         self.settings: Settings = Settings()
         self.bus: Bus = Bus(self)
         if app is not None:
@@ -144,6 +148,7 @@ class Flamigo:
             )
         if self._verifier is not None:
             self._register_auth_strategy()
+        self._register_heartbeat_strategy()
         if settings.connect_rate_limit:
             self._address_limiter = AddressLimiter(
                 settings.connect_rate_limit, settings.connect_rate_burst
@@ -185,6 +190,24 @@ class Flamigo:
             return {"success": True, "user": user.public()}
 
         self.strategies.register(name, authenticate, payload=AuthPayload, public=True)
+
+    def _register_heartbeat_strategy(self) -> None:
+        # Browsers answer the server's pings without telling page scripts, so a
+        # client proves its connection alive with this application-level ping
+        # (public: it works before authentication). The exact frame
+        # {"topic":"<ns>::websocket:ping"} is answered by the connection's reader
+        # without queuing in the mailbox (see Connection.run); any other form
+        # (e.g. with an ackId) comes here.
+        name = f"{self.strategies.namespace}::{HEARTBEAT_ACTION}"
+        if name in self.strategies:
+            return  # the application customised it: every ping goes to its strategy
+        self.heartbeat_frames = heartbeat_frames(self.strategies.namespace)
+
+        def ping(ctx: StrategyContext) -> dict[str, bool]:
+            """Answer a client's heartbeat: ``{"pong": true}``."""
+            return dict(HEARTBEAT_PAYLOAD)
+
+        self.strategies.register(name, ping, public=True)
 
     @property
     def strategies(self) -> Registry:

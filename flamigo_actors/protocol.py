@@ -30,6 +30,8 @@ from .errors import FlamigoError, as_payload
 
 __all__ = [
     "ERROR_TOPIC",
+    "HEARTBEAT_ACTION",
+    "HEARTBEAT_PAYLOAD",
     "InvalidText",
     "NO_ACK",
     "ProtocolError",
@@ -37,10 +39,16 @@ __all__ = [
     "encode_error",
     "encode_push",
     "encode_reply",
+    "heartbeat_frames",
     "parse",
 ]
 
 ERROR_TOPIC = "error"
+
+HEARTBEAT_ACTION = "websocket:ping"
+"""The public heartbeat strategy is ``<namespace>::websocket:ping``."""
+HEARTBEAT_PAYLOAD = {"pong": True}
+"""What the heartbeat strategy answers."""
 
 
 class _NoAck:
@@ -147,3 +155,14 @@ def encode_error(err: BaseException, ack_id: Any, *, debug: bool) -> bytes:
 def encode_push(client_topic: str, payload: Any) -> bytes:
     """A push of a client event; raises ``TypeError`` when ``payload`` is not JSON-serialisable."""
     return orjson.dumps({"topic": client_topic, "payload": payload})
+
+
+def heartbeat_frames(namespace: str) -> tuple[bytes, bytes]:
+    """The canonical heartbeat request ``{"topic":"<ns>::websocket:ping"}`` and its reply.
+
+    A connection's reader answers exactly this frame itself, without queuing it
+    behind the strategies in the mailbox (so a long strategy never makes a live
+    connection look dead to the browser client's heartbeat).
+    """
+    topic = f"{namespace}::{HEARTBEAT_ACTION}"
+    return orjson.dumps({"topic": topic}), orjson.dumps({"topic": topic, "payload": HEARTBEAT_PAYLOAD})
