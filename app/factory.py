@@ -12,6 +12,7 @@ from flamigo_actors import BackendIdentity, Flamigo, WebsocketClient, publish
 
 from .auth import InvalidUsername, TokenService
 from .chat import MAX_TEXT, ROOM, rooms, say, strategies
+from .ui import register_ui
 
 _log = logging.getLogger("app")
 
@@ -48,6 +49,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         )
 
     register_views(app, tokens)
+    register_ui(app)
     return app
 
 

@@ -1,0 +1,179 @@
+"""The demo chat UI in headless Chromium: two users, live messages, errors, a server restart.
+
+Everything is polled with Playwright's waits (``expect``), never timed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.conftest import free_port
+from tests.support import LiveServer, ServerProcess
+
+WAIT = 30_000  # ms: generous upper bound for a poll, never an expected duration
+
+
+@pytest.fixture
+def new_page(browser: Any) -> Iterator[Callable[[], Any]]:
+    """Pages in separate browser contexts (separate storage: separate users)."""
+    contexts: list[Any] = []
+
+    def make() -> Any:
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        contexts.append(context)
+        return context.new_page()
+
+    yield make
+    for context in contexts:
+        context.close()
+
+
+def log_in(page: Any, base_url: str, username: str) -> None:
+    page.goto(f"{base_url}/")
+    page.fill("#username", username)
+    page.click("#login-form button[type=submit]")
+    expect(page.locator("#conn-state")).to_have_attribute("data-state", "connected", timeout=WAIT)
+    expect(page.locator("#whoami")).to_have_text(f"signed in as {username}")
+
+
+def join(page: Any, room: str) -> None:
+    page.fill("#room-name", room)
+    page.click("#join-form button[type=submit]")
+    expect(page.locator("#room-title")).to_have_text(f"#{room}", timeout=WAIT)
+    expect(page.locator(f'#room-list button[data-room="{room}"]')).to_have_attribute("aria-current", "true")
+
+
+def send(page: Any, text: str, *, via: str = "ws") -> None:
+    page.fill("#message-text", text)
+    page.click("#send-ws" if via == "ws" else "#send-http")
+    expect(page.locator("#message-text")).to_have_value("", timeout=WAIT)
+
+
+def expect_message(page: Any, user: str, text: str) -> None:
+    message = page.locator("#messages .message", has_text=text)
+    expect(message).to_have_count(1, timeout=WAIT)
+    expect(message.locator(".user")).to_have_text(user)
+
+
+def test_two_users_chat_over_websocket_and_http(
+    demo_server: LiveServer, new_page: Callable[[], Any], artifacts_dir: str
+) -> None:
+    alice, bob = new_page(), new_page()
+    log_in(alice, demo_server.url, "alice")
+    log_in(bob, demo_server.url, "bob")
+    join(alice, "e2e")
+    join(bob, "e2e")
+
+    send(alice, "hello from alice over the WebSocket")
+    for page in (alice, bob):
+        expect_message(page, "alice", "hello from alice over the WebSocket")
+
+    send(bob, "bob posted this through the Flask view", via="http")
+    for page in (alice, bob):
+        expect_message(page, "bob", "bob posted this through the Flask view")
+
+    alice.screenshot(path=os.path.join(artifacts_dir, "chat-alice.png"), full_page=True)
+    bob.screenshot(path=os.path.join(artifacts_dir, "chat-bob.png"), full_page=True)
+
+    # Rooms are separate: a room alice has not joined stays silent for her.
+    join(bob, "elsewhere")
+    send(bob, "only for elsewhere")
+    expect_message(bob, "bob", "only for elsewhere")
+    expect(alice.locator("#messages .message", has_text="only for elsewhere")).to_have_count(0)
+    expect(alice.locator("#messages .message")).to_have_count(2)
+
+
+def test_request_errors_show_in_the_page(demo_server: LiveServer, new_page: Callable[[], Any]) -> None:
+    page = new_page()
+    log_in(page, demo_server.url, "erin")
+
+    page.click("#demo-fail")
+    expect(page.locator("#errors li", has_text="app::demo:fail: 500 internal error")).to_have_count(1, timeout=WAIT)
+    # The server's exception text never reaches the page.
+    expect(page.locator("body")).not_to_contain_text("stays on the server")
+
+    page.fill("#call-topic", "app::no:such-strategy")
+    page.click("#call-form button[type=submit]")
+    expect(page.locator("#call-result")).to_contain_text("✗ 404", timeout=WAIT)
+    rejected = page.evaluate(
+        """() => window.chat.client.request("app::no:such-strategy", {}).then(
+            () => null, (error) => ({status: error.status, code: error.code, message: error.message}))"""
+    )
+    assert rejected is not None and rejected["status"] == 404 and rejected["code"] == "server"
+
+    page.fill("#call-topic", "app::rooms:join")
+    page.fill("#call-payload", '{"room": "no spaces allowed"}')
+    page.click("#call-form button[type=submit]")
+    expect(page.locator("#call-result")).to_contain_text("✗ 422", timeout=WAIT)
+
+    # And the connection is still fine afterwards.
+    page.fill("#call-topic", "app::echo")
+    page.fill("#call-payload", '{"still": "alive"}')
+    page.click("#call-form button[type=submit]")
+    expect(page.locator("#call-result")).to_have_text('→ {"still":"alive"}', timeout=WAIT)
+    expect(page.locator("#conn-state")).to_have_attribute("data-state", "connected")
+
+
+def test_pages_reconnect_reauthenticate_and_rejoin_after_a_server_restart(
+    new_page: Callable[[], Any], artifacts_dir: str
+) -> None:
+    port = free_port()
+    server = ServerProcess.demo(port)
+    try:
+        server.wait_ready()
+        alice, bob = new_page(), new_page()
+        log_in(alice, server.url, "alice")
+        log_in(bob, server.url, "bob")
+        join(alice, "restart")
+        join(bob, "restart")
+        send(alice, "before the restart")
+        expect_message(bob, "alice", "before the restart")
+
+        server.stop()  # SIGTERM: graceful drain, every connection closed with 1001
+        for page in (alice, bob):
+            expect(page.locator("#conn-state")).to_have_attribute("data-state", "reconnecting", timeout=WAIT)
+            expect(page.locator("#conn-log li", has_text="connection lost (1001")).to_have_count(1)
+        alice.screenshot(path=os.path.join(artifacts_dir, "chat-reconnecting-alice.png"), full_page=True)
+
+        server = ServerProcess.demo(port)  # same port; same SECRET_KEY, so tokens stay valid
+        server.wait_ready()
+        for page in (alice, bob):
+            expect(page.locator("#conn-state")).to_have_attribute("data-state", "connected", timeout=WAIT)
+            expect(page.locator("#conn-log li", has_text="reconnected after")).to_have_count(1)
+            expect(page.locator("#conn-log li", has_text="re-joined")).to_contain_text("#restart")
+
+        # The new server knows nothing of the old connections: the messages flow
+        # only because both pages re-authenticated and re-joined by themselves.
+        send(bob, "after the restart, over the WebSocket")
+        send(alice, "after the restart, over HTTP", via="http")
+        for page in (alice, bob):
+            expect_message(page, "bob", "after the restart, over the WebSocket")
+            expect_message(page, "alice", "after the restart, over HTTP")
+
+        figures = {
+            name: page.evaluate("() => ({...window.chat.client.stats})")
+            for name, page in (("alice", alice), ("bob", bob))
+        }
+        with open(os.path.join(artifacts_dir, "browser-reconnect.json"), "w", encoding="utf-8") as handle:
+            json.dump(figures, handle, indent=2)
+        for stats in figures.values():
+            assert stats["reconnects"] == 1 and stats["connects"] == 2
+        alice.screenshot(path=os.path.join(artifacts_dir, "chat-after-restart-alice.png"), full_page=True)
+        bob.screenshot(path=os.path.join(artifacts_dir, "chat-after-restart-bob.png"), full_page=True)
+    finally:
+        server.stop()
+
+
+def test_the_page_loads_the_client_from_the_extension(demo_server: LiveServer, page: Any) -> None:
+    response = page.goto(f"{demo_server.url}/_flamigo/flamigo.js")
+    assert response is not None and response.status == 200
+    assert "javascript" in response.headers["content-type"]
+    page.goto(f"{demo_server.url}/")
+    expect(page.locator("#login-view")).to_be_visible()
+    expect(page.locator("#conn-state")).to_have_attribute("data-state", "offline")
