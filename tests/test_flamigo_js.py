@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -36,9 +37,18 @@ def node_command() -> list[str]:
 def test_flamigo_js_unit_tests(artifacts_dir: str) -> None:
     command = [*node_command(), "--test", "--test-reporter=tap", JS_TESTS]
     env = {**os.environ, "PYTHON": sys.executable, "FLAMIGO_ARTIFACTS": artifacts_dir}
-    result = subprocess.run(
-        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    # Its own process group: on a timeout the servers the tests started go too.
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
     )
+    try:
+        stdout, stderr = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"node --test did not finish within 300 s:\n{stdout[-8000:]}{stderr[-2000:]}")
+    result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     report = result.stdout + result.stderr
     with open(os.path.join(artifacts_dir, "flamigo-js-tests.tap"), "w", encoding="utf-8") as handle:
         handle.write(report)

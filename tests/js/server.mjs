@@ -7,6 +7,12 @@ import { dirname, resolve } from "node:path";
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const PYTHON = process.env.PYTHON || "python3";
 
+// Servers still running when this process exits (a crashed test) are killed with it.
+const running = new Set();
+process.on("exit", () => {
+  for (const child of running) child.kill("SIGKILL");
+});
+
 /** A TCP port on 127.0.0.1 that nothing listens on right now. */
 export function freePort() {
   return new Promise((done, fail) => {
@@ -54,6 +60,8 @@ export class DemoServer {
       stdio: ["ignore", "pipe", "pipe"],
     });
     this.process = child;
+    running.add(child);
+    child.once("exit", () => running.delete(child));
     child.stdout.on("data", (d) => { this.log += d; });
     child.stderr.on("data", (d) => { this.log += d; });
     let exited = null;
