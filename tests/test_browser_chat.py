@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -177,3 +178,51 @@ def test_the_page_loads_the_client_from_the_extension(demo_server: LiveServer, p
     page.goto(f"{demo_server.url}/")
     expect(page.locator("#login-view")).to_be_visible()
     expect(page.locator("#conn-state")).to_have_attribute("data-state", "offline")
+
+
+def test_the_heartbeat_finds_a_frozen_server_dead_in_a_real_browser(
+    new_page: Callable[[], Any], artifacts_dir: str
+) -> None:
+    """Chromium does not notice a peer that stops answering; flamigo.js's heartbeat does."""
+    server = ServerProcess.demo(free_port())
+    try:
+        server.wait_ready()
+        page = new_page()
+        page.goto(f"{server.url}/")
+        page.evaluate(
+            """async ([url, token]) => {
+                const { connect } = await import("/_flamigo/flamigo.js");
+                const events = [];
+                const client = connect(url, {
+                    token, heartbeatInterval: 300, heartbeatTimeout: 600, connectTimeout: 1000,
+                    reconnectDelay: 200, reconnectDelayMax: 500,
+                });
+                client.listen("close", (e) => events.push({type: "close", code: e.code, at: Date.now()}));
+                client.listen("open", (e) => events.push({type: "open", reconnect: e.reconnect}));
+                window.probe = { client, events };
+                await client.ready();
+            }""",
+            [server.ws_url, server.login("hank")],
+        )
+        frozen_at = page.evaluate("() => Date.now()")
+        server.signal(signal.SIGSTOP)  # sockets stay open, nothing answers
+        try:
+            page.wait_for_function(
+                "() => window.probe.events.some((e) => e.type === 'close' && e.code === 4001)",
+                timeout=WAIT,
+            )
+        finally:
+            server.signal(signal.SIGCONT)
+        detected = page.evaluate(
+            "(t) => window.probe.events.find((e) => e.type === 'close').at - t", frozen_at
+        )
+        page.wait_for_function(
+            "() => window.probe.events.some((e) => e.type === 'open' && e.reconnect)", timeout=WAIT
+        )
+        assert page.evaluate("() => window.probe.client.request('app::echo', 'thawed')") == "thawed"
+        page.evaluate("() => window.probe.client.close()")
+        with open(os.path.join(artifacts_dir, "browser-heartbeat.json"), "w", encoding="utf-8") as handle:
+            json.dump({"dead_connection_detected_ms": detected, "heartbeat_interval_ms": 300,
+                       "heartbeat_timeout_ms": 600}, handle, indent=2)
+    finally:
+        server.stop()

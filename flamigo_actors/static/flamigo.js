@@ -253,6 +253,8 @@ export class FlamigoClient {
     this._attempt = 0;
     this._everConnected = false;
     this._onOnline = () => this.reconnectNow();
+    // The network went away: probe now rather than at the next heartbeat.
+    this._onOffline = () => this._heartbeat(true);
     this._onVisible = () => {
       if (typeof document !== "undefined" && document.visibilityState === "visible") {
         // Back from the background: check liveness now instead of at the next throttled tick.
@@ -262,6 +264,7 @@ export class FlamigoClient {
     };
     if (typeof window !== "undefined" && window.addEventListener) {
       window.addEventListener("online", this._onOnline);
+      window.addEventListener("offline", this._onOffline);
     }
     if (typeof document !== "undefined" && document.addEventListener) {
       document.addEventListener("visibilitychange", this._onVisible);
@@ -290,10 +293,16 @@ export class FlamigoClient {
       return Promise.reject(new FlamigoError(`${topic}: the client is closed`, { code: "closed", topic }));
     }
     const entry = this._entry(topic, payload, options);
+    if (entry.done) return entry.promise; // the payload could not be serialised
     if (this.state === "open") {
       this._transmit(entry);
     } else {
       if (this._queue.length >= this.options.queueLimit) {
+        if (this._queue.length === 0) {
+          this._settle(entry, new FlamigoError(`${topic}: not connected and queueLimit is 0`,
+            { code: "queue_full", topic }));
+          return entry.promise;
+        }
         const oldest = this._queue.shift();
         this._settle(oldest, new FlamigoError(
           `${oldest.topic}: dropped from the offline queue (more than ${this.options.queueLimit} requests waiting)`,
@@ -413,6 +422,7 @@ export class FlamigoClient {
     this._failAll("closed", `the client was closed (${reason})`);
     if (typeof window !== "undefined" && window.removeEventListener) {
       window.removeEventListener("online", this._onOnline);
+      window.removeEventListener("offline", this._onOffline);
     }
     if (typeof document !== "undefined" && document.removeEventListener) {
       document.removeEventListener("visibilitychange", this._onVisible);
@@ -585,10 +595,14 @@ export class FlamigoClient {
     this._pingSentAt = null;
     if (ws) {
       ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
-      try {
-        // A dead peer never completes the closing handshake; we do not wait for it.
-        if (ws.readyState === 0 || ws.readyState === 1) ws.close(code, reason.slice(0, 120));
-      } catch (_) { /* already closing */ }
+      // A dead peer never completes the closing handshake; we do not wait for it.
+      if (ws.readyState === 0 || ws.readyState === 1) {
+        try {
+          ws.close(code, reason.slice(0, 40));
+        } catch (_) {
+          try { ws.close(); } catch (__) { /* already closing */ }
+        }
+      }
     }
   }
 
@@ -627,11 +641,18 @@ export class FlamigoClient {
   // -- requests and replies ---------------------------------------------------
 
   _entry(topic, payload, options) {
-    const entry = { topic, payload, ackId: null, retry: !!options.retry, done: false, timer: null };
+    const entry = { topic, body: null, ackId: null, retry: !!options.retry, done: false, timer: null };
     entry.promise = new Promise((resolve, reject) => {
       entry.resolve = resolve;
       entry.reject = reject;
     });
+    try {
+      // Serialised now, so a payload that is not JSON fails this call, not a later flush.
+      entry.body = JSON.stringify({ topic, payload });
+    } catch (error) {
+      this._settle(entry, error);
+      return entry;
+    }
     const timeout = options.timeout ?? this.options.requestTimeout;
     if (timeout > 0 && Number.isFinite(timeout)) {
       entry.timer = setTimeout(() => {
@@ -660,8 +681,8 @@ export class FlamigoClient {
     if (entry.done) return;
     entry.ackId = ++this._nextAck;
     this._pending.set(entry.ackId, entry);
-    const frame = JSON.stringify({ topic: entry.topic, payload: entry.payload, ackId: entry.ackId });
-    this._write(frame);
+    // {"topic":...,"payload":...} + the ackId of this transmission.
+    this._write(`${entry.body.slice(0, -1)},"ackId":${entry.ackId}}`);
   }
 
   _write(frame) {

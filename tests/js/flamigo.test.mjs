@@ -91,6 +91,14 @@ describe("requests against a live server", () => {
     assert.equal(client.state, "open");
   });
 
+  test("a request without payload works; a payload that is not JSON rejects at once", async () => {
+    const { rooms } = await client.request("app::rooms:list");
+    assert.ok(rooms.includes("lobby"));
+    const error = await rejection(client.request("app::echo", { big: 1n }));
+    assert.ok(error instanceof TypeError);
+    assert.equal(client.pendingCount, 0);
+  });
+
   test("replies are matched by ackId even when they arrive out of order", async () => {
     const slow = client.request("app::demo:deferred", { seconds: 0.3 });
     const fast = client.request("app::echo", "fast");
