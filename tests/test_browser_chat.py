@@ -226,3 +226,59 @@ def test_the_heartbeat_finds_a_frozen_server_dead_in_a_real_browser(
                        "heartbeat_timeout_ms": 600}, handle, indent=2)
     finally:
         server.stop()
+
+
+def test_a_page_back_from_the_background_checks_its_connection_at_once(
+    new_page: Callable[[], Any],
+) -> None:
+    """A tab that becomes visible again probes its connection at once.
+
+    The heartbeat interval is a minute here: only the client's
+    ``visibilitychange`` handler can find the dead server within the poll's
+    bound. (Headless Chromium never hides a page, so the test tells the page
+    it was hidden and is visible again, the way the browser would.)
+    """
+    server = ServerProcess.demo(free_port())
+    try:
+        server.wait_ready()
+        page = new_page()
+        page.goto(f"{server.url}/")
+        page.evaluate(
+            """async ([url, token]) => {
+                const { connect } = await import("/_flamigo/flamigo.js");
+                window.visibility = "visible";
+                Object.defineProperty(document, "visibilityState", {
+                    configurable: true, get: () => window.visibility,
+                });
+                const events = [];
+                const client = connect(url, {
+                    token, heartbeatInterval: 60000, heartbeatTimeout: 500, connectTimeout: 1000,
+                    reconnectDelay: 200, reconnectDelayMax: 500,
+                });
+                client.listen("close", (e) => events.push({type: "close", code: e.code}));
+                client.listen("open", (e) => events.push({type: "open", reconnect: e.reconnect}));
+                window.probe = { client, events };
+                await client.ready();
+            }""",
+            [server.ws_url, server.login("iris")],
+        )
+        switch = """(state) => {
+            window.visibility = state;
+            document.dispatchEvent(new Event("visibilitychange"));
+        }"""
+        page.evaluate(switch, "hidden")
+        server.signal(signal.SIGSTOP)  # dies while the tab is in the background
+        try:
+            page.evaluate(switch, "visible")
+            page.wait_for_function(
+                "() => window.probe.events.some((e) => e.type === 'close' && e.code === 4001)",
+                timeout=20_000,  # far below the 60 s heartbeat interval
+            )
+        finally:
+            server.signal(signal.SIGCONT)
+        page.wait_for_function(
+            "() => window.probe.events.some((e) => e.type === 'open' && e.reconnect)", timeout=WAIT
+        )
+        page.evaluate("() => window.probe.client.close()")
+    finally:
+        server.stop()

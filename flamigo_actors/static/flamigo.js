@@ -255,12 +255,14 @@ export class FlamigoClient {
     this._onOnline = () => this.reconnectNow();
     // The network went away: probe now rather than at the next heartbeat.
     this._onOffline = () => this._heartbeat(true);
+    // Back from the background (or from a frozen page): check liveness now
+    // instead of at the next throttled timer tick.
+    this._onResume = () => {
+      if (this.state === "reconnecting") this.reconnectNow();
+      else this._heartbeat(true);
+    };
     this._onVisible = () => {
-      if (typeof document !== "undefined" && document.visibilityState === "visible") {
-        // Back from the background: check liveness now instead of at the next throttled tick.
-        if (this.state === "reconnecting") this.reconnectNow();
-        else this._heartbeat(true);
-      }
+      if (typeof document !== "undefined" && document.visibilityState === "visible") this._onResume();
     };
     if (typeof window !== "undefined" && window.addEventListener) {
       window.addEventListener("online", this._onOnline);
@@ -268,6 +270,7 @@ export class FlamigoClient {
     }
     if (typeof document !== "undefined" && document.addEventListener) {
       document.addEventListener("visibilitychange", this._onVisible);
+      document.addEventListener("resume", this._onResume);
     }
     this._open();
   }
@@ -426,6 +429,7 @@ export class FlamigoClient {
     }
     if (typeof document !== "undefined" && document.removeEventListener) {
       document.removeEventListener("visibilitychange", this._onVisible);
+      document.removeEventListener("resume", this._onResume);
     }
     this._setState("closed");
     if (wasOpen) this._emit("close", { code, reason, wasOpen: true });
