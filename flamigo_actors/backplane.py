@@ -388,9 +388,9 @@ class RedisBackplane:
         """Connect, note where the stream ends, start the reader and sender greenlets.
 
         Raises:
-            RedisUnavailable: Redis cannot be reached and ``required`` is true.
+            RedisUnavailable: Redis cannot be reached and ``required`` is true, or
+                the URL is not a Redis URL (whatever ``required`` says).
             RuntimeError: redis-py is not installed.
-            ValueError: the URL is not a Redis URL.
         """
         if self._client is not None:
             raise RuntimeError("this backplane was already started")
@@ -416,8 +416,8 @@ class RedisBackplane:
                 retry=Retry(NoBackoff(), 0),
                 health_check_interval=0,
             )
-        except ValueError as err:
-            raise ValueError(f"FLAMIGO_REDIS_URL {redact(self.url)!r} is not a Redis URL: {err}") from None
+        except ValueError as err:  # refused even when Redis is optional: it can never work
+            raise RedisUnavailable(self.url, f"not a Redis URL: {err}") from None
         try:
             self._client.ping()
             self._last_id = self._stream_end()

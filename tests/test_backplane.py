@@ -8,7 +8,10 @@ concerned; the tests with real server processes are in test_scale_out.py.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +42,7 @@ from flamigo_actors.backplane import (
 from flamigo_actors.events import EventEncodingError, decode_event
 from flamigo_actors.inspect import stats
 from tests.conftest import free_port
-from tests.support import LiveServer, RedisServer, eventually
+from tests.support import REPO, LiveServer, RedisServer, eventually
 
 
 @serializable("test.backplane.audit")
@@ -286,6 +289,9 @@ def test_unreachable_redis_refuses_to_start(demo_app: Callable[..., Flask]) -> N
     assert "s3cret" not in str(info.value) and "FLAMIGO_REDIS_REQUIRED=false" in str(info.value)
     assert flamigo.bus.backplane is None
     flamigo.shutdown(timeout=0.1)
+    optional = demo_app(FLAMIGO_REDIS_URL="http://127.0.0.1/0", FLAMIGO_REDIS_REQUIRED=False)
+    with pytest.raises(RedisUnavailable, match="not a Redis URL"):
+        optional.extensions["flamigo"].start()  # a wrong URL is refused even when Redis is optional
 
 
 def test_local_only_start_warns_and_connects_later(
@@ -342,3 +348,17 @@ def test_many_events_arrive_in_publish_order(pair: Pair) -> None:
     eventually(lambda: len(on_b.events) == 2000, timeout=20)
     assert on_b.whats() == [f"e{n}" for n in range(2000)]
     assert backplane_of(b).stats.duplicates == 0 and backplane_of(b).stats.missed == 0
+
+
+@pytest.mark.parametrize(("ci", "outcome", "status"), [("true", "1 error", 1), ("", "1 skipped", 0)])
+def test_a_missing_redis_server_fails_under_ci(tmp_path: Any, ci: str, outcome: str, status: int) -> None:
+    probe = tmp_path / "test_probe.py"
+    probe.write_text("def test_needs_redis(redis_server):\n    pass\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rfs", "-p", "tests.conftest",
+         "-p", "no:cacheprovider", str(probe)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "CI": ci, "PATH": str(tmp_path)},  # no redis-server on this PATH
+    )
+    assert (outcome in result.stdout, result.returncode) == (True, status), result.stdout + result.stderr
+    assert "redis-server is not installed (apt-get install -y redis-server)" in result.stdout
