@@ -32,6 +32,11 @@ reconnects with exponential backoff and jitter; once back, the sender flushes
 the outbox and the reader catches up. Redis unreachable at start →
 :meth:`RedisBackplane.start` raises :class:`RedisUnavailable`, unless
 ``FLAMIGO_REDIS_REQUIRED`` is false (then: local-only, a loud warning, retries).
+A flood from other processes does not swamp this one: the reader pauses while
+the local bus has more than :data:`BUS_BACKLOG_LIMIT` events waiting (the
+stream holds them meanwhile). Entry ids are Redis's clock: after a failover to
+a server whose clock is behind the last id read here, entries with earlier ids
+are not read; the sequence gap counts them as ``missed``.
 
 ``import redis`` happens in :meth:`RedisBackplane.start` only: the package
 works without redis-py installed as long as no Redis URL is configured.
@@ -86,6 +91,9 @@ _log = logging.getLogger("flamigo_actors.backplane")
 
 REMOTE = "remote"
 """Identity type of an event's publisher in another process."""
+
+BUS_BACKLOG_LIMIT = 10_000
+"""Events waiting in the local bus's mailbox above which the reader pauses."""
 
 class RedisUnavailable(RuntimeError):
     """Redis cannot be reached at start and ``FLAMIGO_REDIS_REQUIRED`` is true."""
@@ -561,6 +569,9 @@ class RedisBackplane:
         block_ms = max(1, int(self.block * 1000))
         while True:
             self._up.wait()
+            # Backpressure: let the local bus catch up; meanwhile the stream holds the events.
+            while self.bus.mailbox_depth() > BUS_BACKLOG_LIMIT:
+                gevent.sleep(0.005)
             try:
                 if self._last_id is None:  # first link after a local-only start
                     self._last_id = self._stream_end()
