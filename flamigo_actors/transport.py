@@ -305,7 +305,6 @@ class Handler(WebSocketHandler):
         return result
 
 
-
 def gunicorn_worker_base() -> type[Any]:
     """gevent-websocket's gunicorn worker class, to subclass with ``wsgi_handler = Handler``.
 

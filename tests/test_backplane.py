@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -320,6 +321,7 @@ def test_local_only_start_warns_and_connects_later(
         assert backplane_of(a).stats.reconnects == 1
     finally:
         redis_server.stop()
+        shutil.rmtree(redis_server.dir, ignore_errors=True)
 
 
 def test_backoff_grows_with_jitter_and_is_capped() -> None:
