@@ -30,6 +30,8 @@ setup(
     ],
     extras_require={
         "redis": ["redis>=5.0"],
+        # --workers N: gunicorn runs the worker processes, which share the Redis backplane.
+        "workers": ["gunicorn>=22", "redis>=5.0"],
         "test": [
             "pytest>=8",
             "hypothesis>=6.90",
@@ -37,6 +39,7 @@ setup(
             "requests>=2.31",
             "psutil>=5.9",
             "redis>=5.0",
+            "gunicorn>=22",
             "playwright>=1.40",
         ],
     },

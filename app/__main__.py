@@ -1,4 +1,4 @@
-"""``python -m app [--host H] [--port P] [--redis URL]``: serve the demo chat."""
+"""``python -m app [--host H] [--port P] [--redis URL] [--workers N]``: serve the demo chat."""
 
 from gevent import monkey
 

@@ -264,7 +264,8 @@ class Bus:
         self._closing = False
         self._app: Any = None
         self.backplane: Any = None
-        """Set by the Redis backplane: an object with ``send(event, identity)``."""
+        """Set by the Redis backplane (:class:`~flamigo_actors.backplane.RedisBackplane`):
+        an object with ``send(event, identity)``, which must never block."""
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -362,7 +363,7 @@ class Bus:
             identity = BACKEND
         self.stats.published += 1
         self._actor().tell(_Publish(event, topics, frame, identity, waiter))
-        if self.backplane is not None and waiter is None:
+        if self.backplane is not None:  # publish_sync waits for local subscribers only
             self.backplane.send(event, identity)
 
     def deliver_remote(self, event: object, identity: Identity) -> None:

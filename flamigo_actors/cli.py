@@ -1,6 +1,6 @@
 """The ``flamigo-actors`` command: run an app; attach a debug shell to a running one.
 
-    flamigo-actors run MODULE:FACTORY [--host H] [--port P] [--redis URL] [--debug]
+    flamigo-actors run MODULE:FACTORY [--host H] [--port P] [--redis URL] [--workers N] [--debug]
 
 gevent's monkey-patching is applied first, before anything imports socket,
 threading, pykka or flask (the package's ``__init__`` imports nothing eagerly
@@ -59,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     run.add_argument("--port", type=int, default=8080, help="port to bind (default 8080)")
     run.add_argument("--redis", metavar="URL", help="Redis URL of the cross-process backplane")
+    run.add_argument(
+        "--workers", type=int, default=1, metavar="N",
+        help="worker processes on one port (gunicorn; N > 1 needs --redis)",
+    )
     run.add_argument("--debug", action="store_true", help="send error traces to clients (never in production)")
     run.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     return parser
@@ -74,9 +78,23 @@ def _set_env(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from .backplane import RedisUnavailable
     from .server import serve
 
     _set_env(args)
+    if args.workers < 1:
+        print(f"error: --workers must be at least 1, got {args.workers}", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        try:
+            from .workers import exec_arbiter
+        except ImportError as err:
+            print(
+                f"error: --workers needs gunicorn ({err}): pip install 'flamigo-actors[workers]'",
+                file=sys.stderr,
+            )
+            return 2
+        return exec_arbiter(args.target, args.host, args.port, args.workers, args.log_level)
     app = load_app(args.target)
 
     def ready(server: Any) -> None:
@@ -92,6 +110,9 @@ def _run(args: argparse.Namespace) -> int:
         serve(app, args.host, args.port, ready=ready)
     except OSError as err:
         print(f"error: cannot listen on {args.host}:{args.port}: {err.strerror or err}", file=sys.stderr)
+        return 1
+    except RedisUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
 

@@ -442,9 +442,19 @@ class Flamigo:
     # -- running -----------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the runtime eagerly (the server calls this; otherwise it starts on first use)."""
+        """Start the runtime eagerly (the server calls this; otherwise it starts on first use).
+
+        With ``FLAMIGO_REDIS_URL`` set, this also starts the Redis backplane.
+
+        Raises:
+            RedisUnavailable: Redis cannot be reached and ``FLAMIGO_REDIS_REQUIRED`` is true.
+        """
         if self.app is None:
             raise RuntimeError("call init_app(app) before start()")
+        if self.settings.redis_url and self.bus.backplane is None:
+            from .backplane import RedisBackplane
+
+            RedisBackplane.from_settings(self.bus, self.settings).start()
         self.bus.start()
 
     # -- shutdown --------------------------------------------------------------
@@ -477,6 +487,8 @@ class Flamigo:
         if self._keepalive is not None:
             self._keepalive.kill(block=False)
             self._keepalive = None
+        if self.bus.backplane is not None:  # after the disconnected events, before the bus
+            self.bus.backplane.close()
         self.bus.close()
 
     # -- tools -----------------------------------------------------------------

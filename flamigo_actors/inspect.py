@@ -123,7 +123,10 @@ _rates: weakref.WeakKeyDictionary[Flamigo, _Rates] = weakref.WeakKeyDictionary()
 
 
 def stats(flamigo: Flamigo) -> dict[str, Any]:
-    """Counts and rates: connections, messages in/out per second, events published/delivered/refused."""
+    """Counts and rates: connections, messages in/out per second, events published/delivered/refused.
+
+    ``"backplane"`` holds the Redis backplane's state and counters (``None`` without one).
+    """
     bus, own = flamigo.bus.stats, flamigo.stats
     totals = {
         "messages_in": own.messages_in,
@@ -152,6 +155,7 @@ def stats(flamigo: Flamigo) -> dict[str, Any]:
         "slow_consumers": own.slow_consumers,
         "rate_limited": own.rate_limited,
         "rates_per_second": rates,
+        "backplane": None if flamigo.bus.backplane is None else flamigo.bus.backplane.snapshot(),
         "uptime": round(time.time() - flamigo.started_at, 1),
     }
 

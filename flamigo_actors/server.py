@@ -66,7 +66,11 @@ def serve(
     flamigo = server.flamigo  # type: ignore[attr-defined]
     stop = stop or Event()
     server.start()
-    flamigo.start()
+    try:
+        flamigo.start()
+    except BaseException:  # e.g. Redis unreachable: do not keep the port open
+        server.stop(timeout=0)
+        raise
     handlers = [gevent.signal_handler(sig, stop.set) for sig in (signal.SIGTERM, signal.SIGINT)]
     try:
         if ready is not None:

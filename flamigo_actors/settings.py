@@ -78,6 +78,10 @@ class Settings:
     """Refuse to start when Redis is unreachable; False starts local-only with a loud warning."""
     redis_channel: str = "flamigo"
     """Prefix of the Redis channels this app uses (several apps may share a Redis)."""
+    redis_stream_maxlen: int = 10_000
+    """Entries the Redis stream keeps (approximately): how far a briefly disconnected process can catch up."""
+    redis_outbox_max: int = 10_000
+    """Events waiting to be written to Redis; beyond, the oldest are dropped and counted."""
     inspect_enabled: bool = False
     """Serve the JSON inspection endpoint and the live dashboard."""
     admin_token: str | None = None
@@ -135,6 +139,7 @@ class Settings:
             "outbound_max_bytes", "mailbox_max_deliveries", "max_pending_requests",
             "strategy_timeout", "listener_max_pending", "publish_sync_timeout",
             "drain_timeout", "close_timeout", "rate_limit_close_after",
+            "redis_stream_maxlen", "redis_outbox_max",
         )
         for name in positive:
             if getattr(self, name) <= 0:

@@ -32,6 +32,7 @@ __all__ = [
     "SocketTransport",
     "Transport",
     "close_frame",
+    "gunicorn_worker_base",
     "text_frame",
 ]
 
@@ -303,3 +304,13 @@ class Handler(WebSocketHandler):
             self.environ["wsgi.websocket"] = transport
         return result
 
+
+def gunicorn_worker_base() -> type[Any]:
+    """gevent-websocket's gunicorn worker class, to subclass with ``wsgi_handler = Handler``.
+
+    Imported on demand: it imports gunicorn, which only multi-worker serving
+    needs (``pip install 'flamigo-actors[workers]'``).
+    """
+    from geventwebsocket.gunicorn.workers import GeventWebSocketWorker
+
+    return GeventWebSocketWorker

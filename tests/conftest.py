@@ -13,7 +13,7 @@ from typing import Any  # noqa: E402
 import pytest  # noqa: E402
 from flask import Flask  # noqa: E402
 
-from tests.support import LiveServer, start_live_server  # noqa: E402
+from tests.support import LiveServer, RedisServer, start_live_server  # noqa: E402
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -110,3 +110,12 @@ def live_server() -> Iterator[Callable[[Flask], LiveServer]]:
 def demo_server(demo_app: Callable[..., Flask], live_server: Callable[[Flask], LiveServer]) -> LiveServer:
     """The demo app served live with default settings."""
     return live_server(demo_app())
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on a free port, for this test only (killed afterwards)."""
+    server = RedisServer(need_binary("redis-server"), free_port()).start()
+    yield server
+    server.stop()
+    shutil.rmtree(server.dir, ignore_errors=True)

@@ -1,0 +1,678 @@
+"""The Redis backplane: an event published in one process reaches subscribers in every process.
+
+One Redis **stream** per application channel (``<FLAMIGO_REDIS_CHANNEL>:events``)
+carries every event that may cross processes:
+
+* The bus calls :meth:`RedisBackplane.send` for each local publish, in the
+  publisher's greenlet (a connection actor, a Flask view...). ``send`` encodes
+  the event and appends it to a bounded in-memory *outbox*; it never touches
+  the network, so no publisher ever waits for Redis, whatever state Redis is in.
+* A sender greenlet writes the outbox with pipelined ``XADD ... MAXLEN ~ N``:
+  under load, whatever piled up while one pipeline was on the wire goes out
+  together in the next one.
+* A reader greenlet ``XREAD``s the whole stream (no consumer group: every
+  process needs every event) from the last entry id it saw, and hands each
+  event published by *another* process to :meth:`Bus.deliver_remote`, which
+  routes it to local subscribers only. Entries carry the origin process id and
+  a per-process sequence number: a process skips its own entries (its local
+  subscribers had them already), and drops duplicates that a retried write
+  could produce. A gap in a sequence (entries trimmed away before they were
+  read) is counted as ``missed``.
+
+Why streams rather than pub/sub: pub/sub forgets a message the moment it is
+sent, so a process whose connection to Redis blips loses, without a trace,
+everything published meanwhile. A stream keeps the last ``MAXLEN`` entries: a
+process that was briefly disconnected reads on from its last id and catches
+up, and one that fell further behind than ``MAXLEN`` sees (and counts) the gap.
+
+Faults: Redis lost while running → local delivery goes on untouched; events
+for other processes wait in the outbox (bounded by ``FLAMIGO_REDIS_OUTBOX_MAX``;
+beyond it the oldest are dropped and counted as ``failed``); one greenlet
+reconnects with exponential backoff and jitter; once back, the sender flushes
+the outbox and the reader catches up. Redis unreachable at start →
+:meth:`RedisBackplane.start` raises :class:`RedisUnavailable`, unless
+``FLAMIGO_REDIS_REQUIRED`` is false (then: local-only, a loud warning, retries).
+A flood from other processes does not swamp this one: the reader pauses while
+the local bus has more than :data:`BUS_BACKLOG_LIMIT` events waiting (the
+stream holds them meanwhile). Entry ids are Redis's clock: after a failover to
+a server whose clock is behind the last id read here, entries with earlier ids
+are not read; the sequence gap counts them as ``missed``.
+
+``import redis`` happens in :meth:`RedisBackplane.start` only: the package
+works without redis-py installed as long as no Redis URL is configured.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import gevent
+import orjson
+from gevent.event import Event
+
+from .events import (
+    ClientMessageEvent,
+    EventEncodingError,
+    decode_event,
+    encode_event,
+    event_type_name,
+    topics_of,
+)
+from .identity import User, user_of
+
+if TYPE_CHECKING:
+    from .bus import Bus
+    from .identity import Identity
+    from .settings import Settings
+
+__all__ = [
+    "REMOTE",
+    "BackplaneStats",
+    "RedisBackplane",
+    "RedisUnavailable",
+    "RemoteIdentity",
+    "backoff",
+    "describe_identity",
+    "encode_for_backplane",
+    "redact",
+]
+
+_log = logging.getLogger("flamigo_actors.backplane")
+
+REMOTE = "remote"
+"""Identity type of an event's publisher in another process."""
+
+BUS_BACKLOG_LIMIT = 10_000
+"""Events waiting in the local bus's mailbox above which the reader pauses."""
+
+class RedisUnavailable(RuntimeError):
+    """Redis cannot be reached at start and ``FLAMIGO_REDIS_REQUIRED`` is true."""
+
+    def __init__(self, url: str, error: BaseException | str) -> None:
+        super().__init__(
+            f"cannot reach Redis at {redact(url)} ({error}): start Redis or fix the URL "
+            "(--redis / FLAMIGO_REDIS_URL); or set FLAMIGO_REDIS_REQUIRED=false to start "
+            "local-only (events stay in this process until Redis is reachable)"
+        )
+        self.url = url
+
+
+@dataclass(frozen=True)
+class RemoteIdentity:
+    """Who published an event in another process (rebuilt from a minimal description).
+
+    Its ``type`` is ``"remote"``, never the original type: a remote websocket
+    user is not a local connection (no ``subscribe``), and a remote backend is
+    not trusted as this process's own backend by :func:`is_backend`. The user,
+    when there was one, is carried along, so :func:`is_authenticated` and
+    :func:`has_permission` work on it.
+
+    Attributes:
+        origin_type: the publisher's identity type over there (``"websocket"``, ``"backend"``...).
+        process: the origin process id (``host:pid:random``).
+        user: the publisher's user, if any.
+        interface: the backend interface over there (``"http"``, ``"call"``...), if any.
+        conn_id: the publishing connection's id, if it was a connection.
+    """
+
+    origin_type: str
+    process: str
+    user: User | None = None
+    interface: str | None = None
+    conn_id: str | None = None
+
+    @property
+    def type(self) -> str:
+        return REMOTE
+
+
+@dataclass
+class BackplaneStats:
+    """Counters of the backplane (also in ``flamigo_actors.inspect.stats()["backplane"]``)."""
+
+    sent: int = 0
+    """Events written to Redis."""
+    failed: int = 0
+    """Events that could not be sent: outbox overflow while Redis was away, a Redis
+    error reply, or still queued at shutdown."""
+    unserialisable: int = 0
+    """Events delivered locally only because they cannot be encoded (logged with the class)."""
+    received: int = 0
+    """Events from other processes handed to the local bus."""
+    reconnects: int = 0
+    """Times the link to Redis came back after being lost (or after a local-only start)."""
+    decode_errors: int = 0
+    """Entries from other processes that could not be decoded or routed (logged)."""
+    duplicates: int = 0
+    """Entries skipped because their sequence number was already seen (a retried write)."""
+    missed: int = 0
+    """Entries of other processes never read: trimmed from the stream (``MAXLEN``)
+    or lost by Redis before this process read them."""
+
+
+def redact(url: str) -> str:
+    """``url`` without its password (for messages and inspection)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def backoff(attempt: int, base: float = 0.1, cap: float = 3.0) -> float:
+    """Seconds to wait before reconnect ``attempt`` (0, 1, 2...).
+
+    Exponential (``base * 2**attempt``, at most ``cap``) with "equal jitter":
+    half of it fixed, half random, so that many processes losing the same
+    Redis do not hammer it in lockstep when it comes back.
+    """
+    delay = min(cap, base * (2 ** min(attempt, 30)))
+    return delay / 2 + random.uniform(0, delay / 2)
+
+
+def describe_identity(identity: Identity) -> dict[str, Any]:
+    """The minimal description of a publisher that crosses processes."""
+    if isinstance(identity, RemoteIdentity):  # re-published: keep what it was
+        doc: dict[str, Any] = {"type": identity.origin_type}
+    else:
+        doc = {"type": str(identity.type)}
+    interface = getattr(identity, "interface", None)
+    if isinstance(interface, str):
+        doc["interface"] = interface
+    conn_id = getattr(identity, "conn_id", None)
+    if isinstance(conn_id, str):
+        doc["conn"] = conn_id
+    user = user_of(identity)
+    if user is not None:
+        doc["user"] = {"id": user.id, "username": user.username}
+        if user.permissions:
+            doc["user"]["permissions"] = sorted(user.permissions)
+    return doc
+
+
+def rebuild_identity(doc: dict[str, Any], process: str) -> RemoteIdentity:
+    """The :class:`RemoteIdentity` of a description made by :func:`describe_identity`."""
+    user_doc = doc.get("user")
+    user = None
+    if isinstance(user_doc, dict):
+        user = User(
+            str(user_doc["id"]),
+            str(user_doc.get("username", "")),
+            frozenset(user_doc.get("permissions", ())),
+        )
+    return RemoteIdentity(
+        origin_type=str(doc.get("type", "unknown")),
+        process=process,
+        user=user,
+        interface=doc.get("interface"),
+        conn_id=doc.get("conn"),
+    )
+
+
+def encode_for_backplane(event: object) -> bytes:
+    """The JSON document ``{"type": name, "data": ...}`` that carries ``event`` to other processes.
+
+    * An event registered with ``@serializable(name)`` travels as itself.
+    * Any other client event travels as a ready-made
+      :class:`~flamigo_actors.ClientMessageEvent` (same topics, same push):
+      remote connections receive the same frame, remote listeners receive a
+      ``ClientMessageEvent`` (register the class to keep it).
+
+    Raises:
+        EventEncodingError: the event is neither; or its fields are not JSON.
+    """
+    try:
+        if event_type_name(event) is not None:
+            return orjson.dumps(encode_event(event))
+        message = getattr(event, "client_message", None)
+        if message is not None:
+            client_topic, payload = message
+            generic = ClientMessageEvent(
+                tuple(str(t) for t in topics_of(event)), client_topic, payload
+            )
+            return orjson.dumps(encode_event(generic))
+    except EventEncodingError:
+        raise
+    except (TypeError, ValueError) as err:  # orjson.JSONEncodeError is a TypeError
+        raise EventEncodingError(
+            f"{type(event).__qualname__} cannot be encoded as JSON for other processes: {err}; "
+            "give its fields JSON values (or to_json()/from_json())"
+        ) from None
+    raise EventEncodingError(
+        f"{type(event).__qualname__} cannot cross processes: it is not a client event and "
+        "not registered; decorate the class with @flamigo_actors.serializable('a.name') "
+        "(a dataclass of JSON fields, or to_json()/from_json())"
+    )
+
+
+class _Throttle:
+    """Logs one message per key at most every ``interval`` seconds, counting the rest."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last: dict[Any, tuple[float, int]] = {}
+
+    def __call__(self, key: Any, level: int, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        last, suppressed = self._last.get(key, (None, 0))
+        if last is not None and now - last < self.interval:
+            self._last[key] = (last, suppressed + 1)
+            return
+        if suppressed:
+            message += f" ({suppressed} more like this since the last report)"
+        _log.log(level, message, *args)
+        self._last[key] = (now, 0)
+
+
+class RedisBackplane:
+    """Carries the bus's events between processes through one Redis stream.
+
+    Args:
+        bus: the local bus (``bus.backplane`` is set to this object by :meth:`start`).
+        url: ``redis://[:password@]host:port/db``.
+        channel: prefix of the stream key (``<channel>:events``); apps sharing a
+            Redis use different channels.
+        required: refuse to start when Redis is unreachable (else: local-only,
+            loud warning, keep retrying).
+        maxlen: approximate number of entries the stream keeps: how far behind
+            a process may fall (e.g. while disconnected) and still catch up.
+        outbox_max: events waiting to be written; beyond, the oldest are dropped
+            (counted in ``stats.failed``).
+        batch: most entries per pipeline and per ``XREAD``.
+        block: seconds an ``XREAD`` waits for new entries.
+        reconnect_base / reconnect_cap: backoff of reconnection attempts (seconds).
+        socket_timeout: a Redis call silent for this long counts as a lost link.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        url: str,
+        *,
+        channel: str = "flamigo",
+        required: bool = True,
+        maxlen: int = 10_000,
+        outbox_max: int = 10_000,
+        batch: int = 500,
+        block: float = 2.0,
+        reconnect_base: float = 0.1,
+        reconnect_cap: float = 3.0,
+        socket_timeout: float = 5.0,
+    ) -> None:
+        self.bus = bus
+        self.url = url
+        self.stream = f"{channel}:events"
+        self.required = required
+        self.maxlen = maxlen
+        self.outbox_max = outbox_max
+        self.batch = batch
+        self.block = block
+        self.reconnect_base = reconnect_base
+        self.reconnect_cap = reconnect_cap
+        self.socket_timeout = socket_timeout
+        self.origin = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.stats = BackplaneStats()
+        self.last_error: str | None = None
+        """The last Redis error seen (for inspection)."""
+        self._origin = self.origin.encode()
+        self._seq = itertools.count(1)
+        self._outbox: deque[tuple[int, bytes, bytes]] = deque()
+        self._in_flight = 0
+        self._seen: dict[bytes, int] = {}
+        self._last_id: Any = None
+        self._up = Event()
+        self._wake = Event()
+        self._client: Any = None
+        self._reader: gevent.Greenlet | None = None
+        self._sender: gevent.Greenlet | None = None
+        self._reconnector: gevent.Greenlet | None = None
+        self._down_since: float | None = None
+        self._closed = False
+        self._throttle = _Throttle(10.0)
+        # redis-py's exception classes, known once it is imported (start()).
+        self._link_errors: tuple[type[BaseException], ...] = (OSError,)
+        self._redis_error: type[BaseException] = OSError
+
+    @classmethod
+    def from_settings(cls, bus: Bus, settings: Settings) -> RedisBackplane:
+        """A backplane configured by ``FLAMIGO_REDIS_*`` settings."""
+        if not settings.redis_url:
+            raise ValueError("FLAMIGO_REDIS_URL is not set: there is no backplane to build")
+        return cls(
+            bus,
+            settings.redis_url,
+            channel=settings.redis_channel,
+            required=settings.redis_required,
+            maxlen=settings.redis_stream_maxlen,
+            outbox_max=settings.redis_outbox_max,
+        )
+
+    # -- state -------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """Whether the link to Redis is up right now."""
+        return self._up.is_set()
+
+    @property
+    def pending(self) -> int:
+        """Events waiting in the outbox (or on the wire) to be written to Redis."""
+        return len(self._outbox) + self._in_flight
+
+    def snapshot(self) -> dict[str, Any]:
+        """State and counters as plain data (for ``inspect.stats()``)."""
+        return {
+            "url": redact(self.url),
+            "stream": self.stream,
+            "origin": self.origin,
+            "connected": self.connected,
+            "closed": self._closed,
+            "pending": self.pending,
+            **asdict(self.stats),
+            "last_error": self.last_error,
+        }
+
+    def greenlets(self) -> list[gevent.Greenlet]:
+        """The backplane's live greenlets (none once closed)."""
+        return [g for g in (self._reader, self._sender, self._reconnector) if g is not None and not g.dead]
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect, note where the stream ends, start the reader and sender greenlets.
+
+        Raises:
+            RedisUnavailable: Redis cannot be reached and ``required`` is true, or
+                the URL is not a Redis URL (whatever ``required`` says).
+            RuntimeError: redis-py is not installed.
+        """
+        if self._client is not None:
+            raise RuntimeError("this backplane was already started")
+        try:
+            import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+        except ImportError:
+            raise RuntimeError(
+                "FLAMIGO_REDIS_URL is set but redis-py is not installed: "
+                "pip install 'flamigo-actors[redis]'"
+            ) from None
+        self._link_errors = (redis.ConnectionError, redis.TimeoutError, OSError)
+        self._redis_error = redis.RedisError
+        try:
+            self._client = redis.Redis.from_url(
+                self.url,
+                socket_timeout=self.socket_timeout + self.block,
+                socket_connect_timeout=min(2.0, self.socket_timeout),
+                socket_keepalive=True,
+                # No retries inside redis-py: a failure must surface at once so the
+                # backplane can switch to its own reconnect loop (and count it).
+                retry=Retry(NoBackoff(), 0),
+                health_check_interval=0,
+            )
+        except ValueError as err:  # refused even when Redis is optional: it can never work
+            raise RedisUnavailable(self.url, f"not a Redis URL: {err}") from None
+        try:
+            self._client.ping()
+            self._last_id = self._stream_end()
+        except redis.RedisError as err:
+            if self.required:
+                self._client.close()
+                self._client = None
+                raise RedisUnavailable(self.url, err) from None
+            self.last_error = f"{type(err).__name__}: {err}"
+            self._down_since = time.monotonic()
+            _log.warning(
+                "!!! REDIS UNREACHABLE at %s (%s): starting LOCAL-ONLY because "
+                "FLAMIGO_REDIS_REQUIRED=false. Events published here reach only this "
+                "process's clients, and other processes' events do not arrive, until Redis "
+                "is reachable; retrying with backoff.",
+                redact(self.url), err,
+            )
+            self._start_reconnecting()
+        else:
+            self._up.set()
+            _log.info(
+                "backplane: connected to Redis at %s, stream %s, reading after %s",
+                redact(self.url), self.stream, _text(self._last_id),
+            )
+        self.bus.backplane = self
+        self._reader = gevent.spawn(self._read_loop)
+        self._sender = gevent.spawn(self._send_loop)
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Flush the outbox (while Redis is reachable, within ``timeout``), then stop.
+
+        Events still queued afterwards are counted in ``stats.failed``. No
+        greenlet of the backplane is left running. Idempotent.
+        """
+        if self._closed:
+            return
+        deadline = time.monotonic() + timeout
+        while self.pending and self._up.is_set() and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        self._closed = True
+        gevent.killall(self.greenlets(), block=True, timeout=max(0.1, deadline - time.monotonic()))
+        left = self.pending
+        if left:
+            self.stats.failed += left
+            _log.warning("backplane: %d events not sent to Redis at shutdown", left)
+            self._outbox.clear()
+            self._in_flight = 0
+        self._up.clear()
+        if self._client is not None:
+            try:
+                self._client.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection
+                pass
+
+    # -- sending (publisher's greenlet: no network here) -----------------------------
+
+    def send(self, event: object, identity: Identity) -> None:
+        """Queue ``event`` for the other processes; never blocks, never raises.
+
+        An event that cannot be encoded was already delivered locally: it is
+        counted (``stats.unserialisable``) and reported with an error log
+        naming its class and the fix, at most every 10 s per class.
+        """
+        if self._closed:
+            self.stats.failed += 1
+            self._throttle("closed", logging.WARNING,
+                           "backplane: %s published after the backplane closed: not sent "
+                           "to other processes", type(event).__qualname__)
+            return
+        try:
+            document = encode_for_backplane(event)
+            described = orjson.dumps(describe_identity(identity))
+        except Exception as err:  # noqa: BLE001 - reported, never raised to the publisher
+            self.stats.unserialisable += 1
+            self._throttle(
+                ("unserialisable", type(event)), logging.ERROR,
+                "backplane: %s was delivered in this process only: %s",
+                type(event).__qualname__, err,
+            )
+            return
+        outbox = self._outbox
+        outbox.append((next(self._seq), document, described))
+        if len(outbox) > self.outbox_max:
+            outbox.popleft()
+            self.stats.failed += 1
+            self._throttle(
+                "overflow", logging.ERROR,
+                "backplane: outbox full (%d events; Redis %s): dropped the oldest event "
+                "for other processes", self.outbox_max,
+                "unreachable" if not self.connected else "too slow",
+            )
+        self._wake.set()
+
+    def _send_loop(self) -> None:
+        outbox = self._outbox
+        while True:
+            while not outbox:
+                self._wake.clear()
+                self._wake.wait()
+            self._up.wait()
+            batch = [outbox.popleft() for _ in range(min(len(outbox), self.batch))]
+            self._in_flight = len(batch)
+            pipe = self._client.pipeline(transaction=False)
+            for seq, document, described in batch:
+                pipe.xadd(
+                    self.stream,
+                    {b"o": self._origin, b"s": seq, b"e": document, b"i": described},
+                    maxlen=self.maxlen,
+                    approximate=True,
+                )
+            try:
+                pipe.execute()
+            except self._link_errors as err:
+                # Some entries may have been written: resending is safe because
+                # receivers skip sequence numbers they have seen.
+                self._in_flight = 0
+                outbox.extendleft(reversed(batch))
+                while len(outbox) > self.outbox_max:
+                    outbox.popleft()
+                    self.stats.failed += 1
+                self._lost(err)
+            except self._redis_error as err:  # an error reply: retrying would not help
+                self._in_flight = 0
+                self.stats.failed += len(batch)
+                self.last_error = f"{type(err).__name__}: {err}"
+                self._throttle("reply", logging.ERROR,
+                               "backplane: Redis refused %d events: %s", len(batch), err)
+            else:
+                self._in_flight = 0
+                self.stats.sent += len(batch)
+            finally:
+                pipe.reset()
+
+    # -- receiving ---------------------------------------------------------------------
+
+    def _stream_end(self) -> Any:
+        entries = self._client.xrevrange(self.stream, count=1)
+        return entries[0][0] if entries else b"0-0"
+
+    def _read_loop(self) -> None:
+        block_ms = max(1, int(self.block * 1000))
+        while True:
+            self._up.wait()
+            # Backpressure: let the local bus catch up; meanwhile the stream holds the events.
+            while self.bus.mailbox_depth() > BUS_BACKLOG_LIMIT:
+                gevent.sleep(0.005)
+            try:
+                if self._last_id is None:  # first link after a local-only start
+                    self._last_id = self._stream_end()
+                reply = self._client.xread(
+                    {self.stream: self._last_id}, count=self.batch, block=block_ms
+                )
+            except self._link_errors as err:
+                self._lost(err)
+                continue
+            except self._redis_error as err:  # e.g. WRONGTYPE: the key is not a stream
+                self.last_error = f"{type(err).__name__}: {err}"
+                self._throttle("read", logging.ERROR,
+                               "backplane: reading %s failed: %s", self.stream, err)
+                gevent.sleep(self.reconnect_cap)
+                continue
+            if not reply:
+                continue
+            streams = reply.items() if isinstance(reply, dict) else reply
+            for _name, entries in streams:
+                for entry_id, fields in entries:
+                    self._last_id = entry_id
+                    self._receive(fields)
+
+    def _receive(self, fields: dict[bytes, bytes]) -> None:
+        origin = fields.get(b"o")
+        if origin == self._origin:
+            return  # our own: local subscribers had it at publish time
+        if self._closed:
+            return
+        try:
+            seq = int(fields[b"s"])
+            seen = self._seen
+            last = seen.pop(origin, None)  # type: ignore[arg-type]
+            seen[origin] = seq if last is None else max(last, seq)  # type: ignore[index]
+            if len(seen) > 4096:  # processes come and go: forget the longest silent
+                del seen[next(iter(seen))]
+            if last is not None:
+                if seq <= last:
+                    self.stats.duplicates += 1
+                    return
+                if seq > last + 1:
+                    self.stats.missed += seq - last - 1
+                    self._throttle(("missed", origin), logging.WARNING,
+                                   "backplane: missed %d events of %s (trimmed from the "
+                                   "stream or lost by Redis before they were read)",
+                                   seq - last - 1, _text(origin))
+            event = decode_event(orjson.loads(fields[b"e"]))
+            identity = rebuild_identity(orjson.loads(fields[b"i"]), _text(origin))
+            self.bus.deliver_remote(event, identity)
+        except Exception as err:  # noqa: BLE001 - one bad entry must not stop the reader
+            if self.bus._closing:
+                return
+            self.stats.decode_errors += 1
+            self._throttle("decode", logging.ERROR,
+                           "backplane: cannot deliver an entry from %s: %s: %s",
+                           _text(origin), type(err).__name__, err)
+            return
+        self.stats.received += 1
+
+    # -- faults ------------------------------------------------------------------------
+
+    def _lost(self, err: BaseException) -> None:
+        self.last_error = f"{type(err).__name__}: {err}"
+        if self._closed:
+            return
+        if self._up.is_set():
+            self._up.clear()
+            self._down_since = time.monotonic()
+            _log.error(
+                "backplane: lost Redis at %s (%s): local delivery goes on; events for other "
+                "processes wait in the outbox (up to %d); reconnecting with backoff",
+                redact(self.url), err, self.outbox_max,
+            )
+        self._start_reconnecting()
+
+    def _start_reconnecting(self) -> None:
+        if self._reconnector is None or self._reconnector.dead:
+            self._reconnector = gevent.spawn(self._reconnect_loop)
+
+    def _reconnect_loop(self) -> None:
+        attempt = 0
+        while not self._closed:
+            gevent.sleep(backoff(attempt, self.reconnect_base, self.reconnect_cap))
+            attempt += 1
+            try:
+                self._client.ping()
+            except self._redis_error as err:
+                self.last_error = f"{type(err).__name__}: {err}"
+                continue
+            down = time.monotonic() - (self._down_since or time.monotonic())
+            self.stats.reconnects += 1
+            _log.warning(
+                "backplane: Redis at %s is back after %.1fs (%d attempts); sending %d queued "
+                "events and catching up from %s",
+                redact(self.url), down, attempt, self.pending,
+                _text(self._last_id) if self._last_id is not None else "the stream's end",
+            )
+            self._down_since = None
+            self._up.set()
+            return
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

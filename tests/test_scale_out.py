@@ -1,0 +1,223 @@
+"""Scale out, with real processes: servers sharing a real redis-server, Redis faults, workers.
+
+Every server here is ``python -m app`` in a child process on its own free
+port; Redis is a real redis-server started by the ``redis_server`` fixture.
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+from collections.abc import Iterable, Iterator
+
+import psutil
+import pytest
+import requests
+
+from tests.conftest import free_port
+from tests.support import RedisServer, ServerProcess, WsClient, eventually
+
+_texts = itertools.count(1)
+
+
+def start_servers(*servers: ServerProcess) -> None:
+    for server in servers:  # they boot concurrently; wait for each in turn
+        server.wait_ready()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[ServerProcess]]:
+    """Server processes to stop (SIGTERM, then SIGKILL) whatever happens in the test."""
+    started: list[ServerProcess] = []
+    yield started
+    for server in started:
+        server.stop()
+
+
+def joined(server: ServerProcess, username: str, room: str = "lobby") -> WsClient:
+    client = server.client(username)
+    client.request("app::rooms:join", {"room": room})
+    return client
+
+
+def say(client: WsClient, text: str, room: str = "lobby") -> None:
+    assert client.request("app::rooms:send", {"room": room, "text": text}) == {"room": room, "sent": True}
+
+
+def post(server: ServerProcess, username: str, text: str, room: str = "lobby") -> None:
+    response = requests.post(
+        f"{server.url}/api/rooms/{room}/messages",
+        json={"text": text},
+        headers={"Authorization": f"Bearer {server.login(username)}"},
+        timeout=5,
+    )
+    assert response.status_code == 202, response.text
+
+
+def next_text(client: WsClient, timeout: float = 10.0) -> str:
+    pushes = client.pushes("chat:message", count=1, timeout=timeout)
+    assert pushes, "no chat message arrived"
+    client.backlog[:0] = pushes[1:]  # pushes() hands over all it had kept aside: one at a time
+    return str(pushes[0]["payload"]["text"])
+
+
+def everyone_receives(clients: Iterable[WsClient], text: str, timeout: float = 10.0) -> None:
+    for client in clients:
+        assert next_text(client, timeout) == text
+
+
+def nothing_else_before(clients: Iterable[WsClient], sender: WsClient) -> None:
+    """Exactly once: a last message, sent after everything else crossed, is the next one everywhere.
+
+    The stream is one ordered log, so a duplicate of any earlier message would
+    reach a client before this one.
+    """
+    marker = f"end-{next(_texts)}"
+    say(sender, marker)
+    for client in clients:
+        assert next_text(client) == marker
+
+
+def connections(server: ServerProcess) -> int:
+    return int(requests.get(f"{server.url}/healthz", timeout=5).json()["connections"])
+
+
+def redis_links(pid: int, redis_port: int) -> int:
+    """Established TCP connections from process ``pid`` to Redis."""
+    return sum(
+        1
+        for c in psutil.Process(pid).net_connections("tcp")
+        if c.raddr and c.raddr.port == redis_port and c.status == psutil.CONN_ESTABLISHED
+    )
+
+
+def test_two_servers_deliver_each_others_messages_exactly_once(
+    redis_server: RedisServer, processes: list[ServerProcess]
+) -> None:
+    a = ServerProcess.demo(free_port(), "--redis", redis_server.url)
+    b = ServerProcess.demo(free_port(), "--redis", redis_server.url)
+    processes += [a, b]
+    start_servers(a, b)
+    alice, carol, bob = joined(a, "alice"), joined(a, "carol"), joined(b, "bob")
+    members = [alice, carol, bob]
+
+    post(b, "dave", "via HTTP on B")  # the Flask view on B
+    everyone_receives(members, "via HTTP on B")
+    say(bob, "via app::rooms:send on B")  # a strategy on B
+    everyone_receives(members, "via app::rooms:send on B")
+    say(alice, "via app::rooms:send on A")  # A's own clients get it locally, once
+    everyone_receives(members, "via app::rooms:send on A")
+    nothing_else_before(members, bob)
+    nothing_else_before(members, alice)
+
+    for client in members:
+        client.close()
+    eventually(lambda: connections(a) == 0 and connections(b) == 0)
+
+
+def test_redis_killed_and_restarted_while_both_servers_run(
+    redis_server: RedisServer, processes: list[ServerProcess]
+) -> None:
+    a = ServerProcess.demo(free_port(), "--redis", redis_server.url)
+    b = ServerProcess.demo(free_port(), "--redis", redis_server.url)
+    processes += [a, b]
+    start_servers(a, b)
+    alice, carol, bob = joined(a, "alice"), joined(a, "carol"), joined(b, "bob")
+    say(bob, "before")
+    everyone_receives([alice, carol, bob], "before")
+
+    redis_server.kill()
+    # Local delivery never stops.
+    say(alice, "A during the outage")
+    everyone_receives([alice, carol], "A during the outage")
+    say(bob, "B during the outage")
+    everyone_receives([bob], "B during the outage")
+    assert connections(a) == 2 and connections(b) == 1
+    late_joiner = joined(a, "erin")  # new connections are served too
+    say(carol, "A again")
+    everyone_receives([alice, carol, late_joiner], "A again")
+
+    redis_server.start()  # same port, empty: a restart without persistence
+    # What was published during the outage crosses once Redis is back (each
+    # process flushes its outbox), then new messages flow both ways again.
+    assert next_text(bob, timeout=20) == "A during the outage"
+    assert next_text(bob) == "A again"
+    assert next_text(alice, timeout=20) == "B during the outage"
+    everyone_receives([carol, late_joiner], "B during the outage")
+    say(bob, "after")
+    everyone_receives([alice, carol, late_joiner, bob], "after")
+    nothing_else_before([alice, carol, late_joiner, bob], alice)
+    nothing_else_before([alice, carol, late_joiner, bob], bob)
+
+    # Neither server crashed or leaked: same processes, connections and Redis links back to normal.
+    assert a.process.poll() is None and b.process.poll() is None
+    for client in (alice, carol, late_joiner, bob):
+        client.close()
+    eventually(lambda: connections(a) == 0 and connections(b) == 0)
+    for server in (a, b):
+        assert redis_links(server.process.pid, redis_server.port) <= 3
+        server.signal(signal.SIGTERM)
+        assert server.wait(15) == 0
+        assert "lost Redis at" in server.log and "is back after" in server.log
+
+
+def test_two_workers_on_one_port_share_every_message(
+    redis_server: RedisServer, processes: list[ServerProcess]
+) -> None:
+    server = ServerProcess.demo(free_port(), "--workers", "2", "--redis", redis_server.url)
+    processes.append(server)
+    server.wait_ready()
+    arbiter = psutil.Process(server.process.pid)
+    eventually(lambda: len(arbiter.children()) == 2, timeout=20)
+    workers = arbiter.children()
+
+    def worker_of(client: WsClient) -> int:
+        port = client.ws.sock.getsockname()[1]
+        for worker in workers:
+            if any(c.raddr and c.raddr.port == port for c in worker.net_connections("tcp")):
+                return int(worker.pid)
+        raise AssertionError(f"no worker holds the connection from port {port}")
+
+    # Open clients until both workers serve some (the kernel spreads the accepts).
+    members: list[WsClient] = []
+    served_by: dict[int, int] = {}
+    for n in range(60):
+        client = joined(server, f"user{n}")
+        members.append(client)
+        pid = worker_of(client)
+        served_by[pid] = served_by.get(pid, 0) + 1
+        if len(served_by) == 2 and len(members) >= 4:
+            break
+    assert set(served_by) == {w.pid for w in workers}, served_by
+
+    texts = []
+    for n, client in enumerate(members[:6]):
+        texts.append(f"from member {n}")
+        say(client, texts[-1])
+    texts.append("via HTTP")
+    post(server, "zoe", "via HTTP")
+    for client in members:
+        got = [next_text(client) for _ in texts]
+        assert sorted(got) == sorted(texts)  # every message, once (order across senders may vary)
+    nothing_else_before(members, members[-1])
+
+    server.signal(signal.SIGTERM)  # the arbiter forwards it; each worker drains
+    for client in members:
+        assert client.wait_closed()[0] == 1001
+    assert server.wait(20) == 0
+    assert server.log.count("Worker exiting") == 2
+
+
+def test_unreachable_redis_refuses_to_start(processes: list[ServerProcess]) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    single = ServerProcess.demo(free_port(), "--redis", url)
+    workers = ServerProcess.demo(free_port(), "--redis", url, "--workers", "2")
+    no_redis = ServerProcess.demo(free_port(), "--workers", "2")
+    processes += [single, workers, no_redis]
+    assert single.wait(30) == 1
+    assert f"error: cannot reach Redis at {url}" in single.log
+    assert "FLAMIGO_REDIS_REQUIRED=false" in single.log
+    assert workers.wait(30) != 0
+    assert f"cannot reach Redis at {url}" in workers.log
+    assert no_redis.wait(30) != 0
+    assert "--workers 2 needs the Redis backplane" in no_redis.log
