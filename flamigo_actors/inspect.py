@@ -121,14 +121,16 @@ class Stats(dict):  # type: ignore[type-arg]
 
     def __repr__(self) -> str:
         rates = self.get("rates_per_second") or {}
-        width = max(len(k) for k in self) if self else 0
+        shown = [(k, _cell(v)) for k, v in self.items() if k not in ("rates_per_second", "rate_window")]
+        if not shown:
+            return "(none)"
+        key_width = max(len(k) for k, _ in shown)
+        value_width = max(len(v) for _, v in shown)
         lines = []
-        for key, value in self.items():
-            if key in ("rates_per_second", "rate_window"):
-                continue
-            line = f"{key.ljust(width)}  {_cell(value)}"
+        for key, value in shown:
+            line = f"{key.ljust(key_width)}  {value.rjust(value_width)}"
             if key in rates:
-                line += f"  ({rates[key]:.1f}/s)"
+                line += f"  {rates[key]:.1f}/s"
             lines.append(line)
         if "rate_window" in self:
             lines.append(f"(rates over the last {self['rate_window']:.1f} s)")
