@@ -24,11 +24,13 @@ import socket
 import sys
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
+import gevent
 import pykka
 from gevent.backdoor import BackdoorServer
+from gevent.fileobject import FileObjectPosix
 from gevent.hub import getcurrent
 
 from . import inspect
@@ -52,6 +54,10 @@ _log = logging.getLogger("flamigo_actors.shell")
 
 PS1 = ">>> "
 PS2 = "... "
+SCRIPT_MODE = "# flamigo-actors shell: script mode"
+"""A comment line (a no-op to any Python console) after which a session stops prompting."""
+RESET = "# flamigo-actors shell: reset"
+"""A comment line that drops the statement being typed (the client's Ctrl-C)."""
 _PROMPTS = (PS1.encode(), PS2.encode())
 
 HELPERS = (
@@ -263,10 +269,6 @@ class _SocketReader:
         """See :meth:`_SocketWriter.close`."""
 
 
-class _SessionEnd(SystemExit):
-    """Raised by ``exit()`` / ``quit()`` in a session: ends that session only."""
-
-
 class _EndSession:
     """``exit`` and ``quit`` inside the backdoor: they end the session, never the server."""
 
@@ -274,7 +276,7 @@ class _EndSession:
         return "Use exit() or Ctrl-D to end this session (the server keeps running)"
 
     def __call__(self, code: Any = None) -> None:
-        raise _SessionEnd(code)
+        raise SystemExit(code)  # caught by the session's handler, not the process
 
 
 class _Console(code.InteractiveConsole):
@@ -285,9 +287,11 @@ class _Console(code.InteractiveConsole):
         self._stdin = stdin
         self._stdout = stdout
         self._flushed_at_eof = False
+        self.prompting = True
 
     def raw_input(self, prompt: str = "") -> str:
-        self._stdout.write(prompt)
+        if self.prompting:
+            self._stdout.write(prompt)
         line = self._stdin.readline()
         if not line:
             # A script whose last block has no blank line after it: run it anyway.
@@ -295,7 +299,16 @@ class _Console(code.InteractiveConsole):
                 self._flushed_at_eof = True
                 return ""
             raise EOFError
-        return line.rstrip("\n")
+        line = line.rstrip("\n")
+        if line == SCRIPT_MODE:
+            # A script client: output only, so that it can send statements
+            # ahead without waiting for prompts (and input() reads the script).
+            self.prompting = False
+            return ""
+        if line == RESET:
+            self.resetbuffer()
+            return ""
+        return line
 
     def write(self, data: str) -> None:
         self._stdout.write(data)
@@ -308,7 +321,8 @@ class _Console(code.InteractiveConsole):
             try:
                 line = self.raw_input(PS2 if more else PS1)
             except EOFError:
-                self.write("\n")
+                if self.prompting:
+                    self.write("\n")
                 return
             more = self.push(line)
 
@@ -439,6 +453,17 @@ class _Session:
                 return None
             self._pending += chunk
 
+    def copy_to_end(self) -> None:
+        """Copy everything the server sends to ``out`` until it ends the session."""
+        self._emit(self._pending, True)
+        self._pending = b""
+        while chunk := self._sock.recv(65536):
+            self._emit(chunk, True)
+
+    def end_input(self) -> None:
+        """Tell the server the script is over (it ends the session after running it)."""
+        self._sock.shutdown(socket.SHUT_WR)
+
     def _emit(self, data: bytes, show: bool) -> None:
         if data and show:
             self._out.write(data)
@@ -486,29 +511,60 @@ def attach(
             return 1
         if interactive:
             return _interact(session, prompt)
-        block: list[str] = []  # lines of the statement the server is still reading
-        for raw in stdin:
-            line = raw.rstrip("\r\n")
-            if prompt == PS2 and _block_ends_before(block, line):
-                session.send("")  # what a person types at "... " to end a block
-                prompt = session.output()
-                block = []
-                if prompt is None:
-                    return 0
-            session.send(line)
-            prompt = session.output()
-            if prompt is None:
-                return 0  # the script ended the session (exit())
-            block = block + [line] if prompt == PS2 else []
-        if prompt == PS2:  # close a block left open at the end of the script
-            session.send("")
-            session.output()
+        session.send(SCRIPT_MODE)
+        sender = gevent.spawn(_send_script, session, stdin)
+        try:
+            session.copy_to_end()
+        finally:
+            sender.kill()  # the script may have ended the session early (exit())
         return 0
     except OSError as err:
         print(f"error: lost the debug shell at {host}:{port}: {err.strerror or err}", file=sys.stderr)
         return 1
     finally:
         sock.close()
+
+
+def _send_script(session: _Session, stdin: TextIO) -> None:
+    """Send a script's lines as a person would type them, then end the input."""
+    block: list[str] = []  # the statement the server is still reading
+    try:
+        for raw in _script_lines(stdin):
+            line = raw.rstrip("\r\n")
+            if _block_ends_before(block, line):
+                session.send("")  # what a person types at "... " to end a block
+                block = []
+            session.send(line)
+            block.append(line)
+            if _statement_complete(block):
+                block = []
+        if block:
+            session.send("")
+        session.end_input()
+    except OSError:
+        pass  # the session ended first (exit() in the script): nothing more to send
+
+
+def _script_lines(stdin: TextIO) -> Iterator[str]:
+    try:
+        fd = stdin.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield from stdin  # an in-memory stream
+        return
+    # Read a pipe cooperatively, so the server's output is copied meanwhile.
+    reader = FileObjectPosix(fd, "r", close=False, encoding="utf-8", errors="replace")
+    try:
+        yield from reader
+    finally:
+        reader.close()
+
+
+def _statement_complete(block: list[str]) -> bool:
+    """Whether the console has run (or rejected) ``block``: what InteractiveConsole.push decides."""
+    try:
+        return code.compile_command("\n".join(block), "<script>", "single") is not None
+    except (SyntaxError, ValueError, OverflowError):
+        return True
 
 
 _CONTINUATIONS = ("else", "elif", "except", "finally")
@@ -535,6 +591,8 @@ def _interact(session: _Session, prompt: str) -> int:
         import readline  # noqa: F401 - line editing and history for input()
     except ImportError:
         pass
+    hub = gevent.get_hub()
+    hub.NOT_ERROR = (*hub.NOT_ERROR, KeyboardInterrupt)  # Ctrl-C is no error to report
     while True:
         try:
             line = input(prompt)
@@ -543,10 +601,7 @@ def _interact(session: _Session, prompt: str) -> int:
             return 0
         except KeyboardInterrupt:
             print("\nKeyboardInterrupt (Ctrl-D or exit() ends the session)")
-            if prompt == PS2:
-                line = ""  # a blank line ends the unfinished block, as close as we get to a reset
-            else:
-                continue
+            line = RESET  # drop the statement being typed, as Python's own prompt does
         session.send(line)
         try:
             next_prompt = session.output()

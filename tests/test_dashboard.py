@@ -51,7 +51,8 @@ def test_inspection_document(inspect_server: LiveServer) -> None:
         assert {"mailbox", "outbound", "messages_in", "messages_out", "remote", "age"} <= set(users["alice"])
         kinds = {k["kind"]: k["count"] for k in doc["actor_kinds"]}
         assert kinds["connection"] == 2 and kinds["bus"] == 1
-        assert {"pattern": "rooms/lobby", "subscribers": [f"connection:{users['alice']['id']}(user=alice)"]} in doc["subscriptions"]
+        subscriber = f"connection:{users['alice']['id']}(user=alice)"
+        assert {"pattern": "rooms/lobby", "subscribers": [subscriber]} in doc["subscriptions"]
         assert set(doc["stats"]["rates_per_second"]) == {
             "messages_in", "messages_out", "events_published", "events_delivered", "events_refused",
         }

@@ -86,7 +86,8 @@ def test_scripted_shell_reports_connections_users_and_subscriptions(backdoor_ser
     result = run_shell(backdoor, """
         print(len(connections()))
         import json
-        print(json.dumps([{"user": c["user"], "subscriptions": c["subscriptions"], "state": c["state"]} for c in connections()]))
+        keys = ("user", "subscriptions", "state")
+        print(json.dumps([{k: c[k] for k in keys} for c in connections()]))
         connections()
     """)
     assert result.returncode == 0, result.stderr
@@ -127,7 +128,8 @@ def test_call_returns_the_strategy_result(backdoor_server: Any) -> None:
 def test_publish_pushes_a_client_event_to_a_room(backdoor_server: Any) -> None:
     _, backdoor, clients = backdoor_server
     result = run_shell(backdoor, """
-        publish("chat:message", {"room": "random", "user": "ops", "text": "maintenance at noon", "ts": 0}, topic="rooms/random")
+        message = {"room": "random", "user": "ops", "text": "maintenance at noon", "ts": 0}
+        publish("chat:message", message, topic="rooms/random")
     """)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stdout
@@ -166,7 +168,8 @@ def test_kick_closes_exactly_that_client_and_fires_disconnected(backdoor_server:
         seen = []
         sub = bus.subscribe(lambda ctx, event: seen.append(event), "connection/disconnected/*")
         target = [c["id"] for c in connections() if c["user"] and c["user"]["id"] == "dave"][0]
-        print(json.dumps({"target": target, "kicked": kick(target, "bye from the shell"), "unknown": kick("c-none", "x")}))
+        kicked = kick(target, "bye from the shell")
+        print(json.dumps({"target": target, "kicked": kicked, "unknown": kick("c-none", "x")}))
         deadline = time.monotonic() + 10
         while not seen and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -284,36 +287,54 @@ def test_shell_says_clearly_when_it_cannot_connect() -> None:
 
 
 def test_interactive_shell_on_a_terminal(backdoor_server: Any) -> None:
+    import fcntl
     import pty
+    import termios
 
     _, backdoor, _ = backdoor_server
     leader, follower = pty.openpty()
+
+    def controlling_terminal() -> None:  # so that Ctrl-C sends SIGINT, as in a real terminal
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
     process = subprocess.Popen(
         [*shell_command(), "--connect", f"127.0.0.1:{backdoor}"],
         stdin=follower, stdout=follower, stderr=follower, cwd=REPO, close_fds=True,
+        preexec_fn=controlling_terminal,
     )
     os.close(follower)
     seen = bytearray()
 
     os.set_blocking(leader, False)
 
-    def read_until(marker: bytes, timeout: float = 20) -> None:
-        with gevent.Timeout(timeout, AssertionError(f"no {marker!r} in {bytes(seen)!r}")):
-            while marker not in seen:
+    def read_until(marker: bytes, start: int = 0, timeout: float = 20) -> bytes:
+        """Read the terminal until ``marker`` shows up after offset ``start``; the text since ``start``."""
+        with gevent.Timeout(timeout, AssertionError(f"no {marker!r} in {bytes(seen[start:])!r}")):
+            while marker not in seen[start:]:
                 try:
                     seen.extend(gevent.os.nb_read(leader, 4096))
                 except OSError:  # the terminal closed
                     raise AssertionError(f"terminal closed before {marker!r}: {bytes(seen)!r}") from None
+        return bytes(seen[start:])
+
+    def type_in(keys: bytes, until: bytes) -> bytes:
+        """Type ``keys``, then read until the shell shows ``until``; what it showed meanwhile."""
+        start = len(seen)
+        os.write(leader, keys)
+        return read_until(until, start)
 
     try:
         read_until(b"flamigo_actors debug shell")  # the banner, then the prompt
         read_until(b">>> ")
-        os.write(leader, b"for i in range(2):\n")
-        read_until(b"... ")
-        os.write(leader, b"    print('line', i * 21)\n\n")
-        read_until(b"line 21")
-        os.write(leader, b"print(len(connections()))\n")
-        read_until(b"3\r\n")
+        type_in(b"for i in range(2):\n", b"... ")
+        shown = type_in(b"    print('line', i * 21)\n\n", b">>> ")
+        assert b"line 0\r\nline 21\r\n" in shown
+        assert b"\r\n3\r\n>>> " in type_in(b"print(len(connections()))\n", b">>> ")
+        type_in(b"if True:\n", b"... ")
+        type_in(b"\x03", b"KeyboardInterrupt")  # Ctrl-C drops the unfinished statement
+        read_until(b">>> ", len(seen) - len(b"KeyboardInterrupt"))
+        assert b"fresh 42" in type_in(b"print('fresh', 6 * 7)\n", b">>> ")
         os.write(leader, b"\x04")  # Ctrl-D
         assert process.wait(timeout=20) == 0
     finally:
@@ -350,7 +371,8 @@ def test_flask_shell_offers_the_helpers_without_live_connections() -> None:
     )
     assert result.returncode == 0, result.stderr
     names, echoed, deferred, figures, kinds = json_lines(result.stdout)
-    assert {"app", "flamigo", "bus", "ActorRegistry", "actors", "subscriptions", "stats", "call", "publish"} <= set(names)
+    helpers = {"actors", "subscriptions", "stats", "call", "publish"}
+    assert {"app", "flamigo", "bus", "ActorRegistry", *helpers} <= set(names)
     assert "connections" not in names and "kick" not in names
     assert echoed == {"offline": True}
     assert deferred == {"slept": 0.01}
