@@ -115,9 +115,17 @@ def test_call_returns_the_strategy_result(backdoor_server: Any) -> None:
         print(json.dumps(call("app::rooms:list")))
         call("app::no:such-strategy")
         print(json.dumps({"still": "here"}))
+        answer = input()
+        forty-two
+        print(json.dumps({"read": answer}))
+        for n in range(2):
+            print(json.dumps({"tail": n}))
     """)
     assert result.returncode == 0, result.stderr
-    echo, listed, still = json_lines(result.stdout)
+    echo, listed, still, read, *tail = json_lines(result.stdout)
+    # a script reads like a file: input() takes the next line, a last block needs no blank line
+    assert read == {"read": "forty-two"}
+    assert tail == [{"tail": 0}, {"tail": 1}]
     assert echo == {"hello": "shell", "n": [1, 2.5, None]}
     assert set(ROOMS.values()) <= set(listed["rooms"])  # the live server's state
     # an error in one statement is printed; the session carries on
