@@ -1,6 +1,8 @@
 """The ``flamigo-actors`` command: run an app; attach a debug shell to a running one.
 
     flamigo-actors run MODULE:FACTORY [--host H] [--port P] [--redis URL] [--workers N] [--debug]
+                                      [--backdoor [HOST:]PORT]
+    flamigo-actors shell --connect HOST:PORT
 
 gevent's monkey-patching is applied first, before anything imports socket,
 threading, pykka or flask (the package's ``__init__`` imports nothing eagerly
@@ -65,7 +67,37 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--debug", action="store_true", help="send error traces to clients (never in production)")
     run.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    run.add_argument(
+        "--backdoor", metavar="[HOST:]PORT", type=_backdoor_address,
+        help="open a debug shell in the server (loopback only; HOST defaults to 127.0.0.1)",
+    )
+    shell = commands.add_parser("shell", help="attach a Python shell to a server started with --backdoor")
+    shell.add_argument(
+        "--connect", metavar="HOST:PORT", required=True, type=_shell_address,
+        help="the server's --backdoor address (statements are read from stdin when it is not a terminal)",
+    )
+    shell.add_argument("--log-level", default="WARNING", help=argparse.SUPPRESS)
     return parser
+
+
+def _shell_address(text: str) -> tuple[str, int]:
+    from .shell import parse_address
+
+    try:
+        return parse_address(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _backdoor_address(text: str) -> tuple[str, int]:
+    from .shell import BackdoorError, require_loopback
+
+    address = _shell_address(text)
+    try:
+        require_loopback(address[0])
+    except BackdoorError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return address
 
 
 def _set_env(args: argparse.Namespace) -> None:
@@ -84,6 +116,13 @@ def _run(args: argparse.Namespace) -> int:
     _set_env(args)
     if args.workers < 1:
         print(f"error: --workers must be at least 1, got {args.workers}", file=sys.stderr)
+        return 2
+    if args.workers > 1 and args.backdoor is not None:
+        print(
+            "error: --backdoor opens one shell in one process; it cannot be combined with "
+            "--workers (run a single-process server to debug)",
+            file=sys.stderr,
+        )
         return 2
     if args.workers > 1:
         try:
@@ -106,8 +145,13 @@ def _run(args: argparse.Namespace) -> int:
             flush=True,
         )
 
+    from .shell import BackdoorError
+
     try:
-        serve(app, args.host, args.port, ready=ready)
+        serve(app, args.host, args.port, ready=ready, backdoor=args.backdoor)
+    except BackdoorError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except OSError as err:
         print(f"error: cannot listen on {args.host}:{args.port}: {err.strerror or err}", file=sys.stderr)
         return 1
@@ -126,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "run":
         return _run(args)
+    if args.command == "shell":
+        from .shell import attach
+
+        return attach(args.connect)
     return 2
 
 

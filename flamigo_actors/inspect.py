@@ -10,7 +10,8 @@ from __future__ import annotations
 import ipaddress
 import time
 import weakref
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import pykka
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from .extension import Flamigo
 
 __all__ = [
+    "Stats",
     "Table",
     "actors",
     "connections",
@@ -88,13 +90,23 @@ def actors() -> Table:
 
 
 def connections(flamigo: Flamigo) -> Table:
-    """Every connection: id, remote, user, subscriptions, mailbox and outbound depth, counters."""
-    rows = [connection.client.info() for connection in list(flamigo.connections.values())]
+    """Every connection: id, remote, user, subscriptions, mailbox and outbound depth, counters.
+
+    ``mailbox`` counts the requests and pushes waiting behind the one being
+    handled: a strategy that holds its connection's actor shows up here.
+    ``age`` is seconds since ``connected_at`` (a ``time.time()`` value).
+    """
+    now = time.time()
+    rows = []
+    for connection in list(flamigo.connections.values()):
+        row = connection.client.info()
+        row["age"] = round(now - row["connected_at"], 1)
+        rows.append(row)
     rows.sort(key=lambda r: r["connected_at"])
     return Table(
         rows,
-        ["id", "remote", "user", "subscriptions", "mailbox", "outbound",
-         "messages_in", "messages_out", "connected_at"],
+        ["id", "remote", "user", "state", "subscriptions", "mailbox", "outbound",
+         "messages_in", "messages_out", "age"],
     )
 
 
@@ -104,25 +116,69 @@ def subscriptions(flamigo: Flamigo) -> Table:
     return Table(rows, ["pattern", "subscribers"])
 
 
+class Stats(dict):  # type: ignore[type-arg]
+    """The counters of :func:`stats`: a plain dict that prints as a readable list."""
+
+    def __repr__(self) -> str:
+        rates = self.get("rates_per_second") or {}
+        shown = [(k, _cell(v)) for k, v in self.items() if k not in ("rates_per_second", "rate_window")]
+        if not shown:
+            return "(none)"
+        key_width = max(len(k) for k, _ in shown)
+        value_width = max(len(v) for _, v in shown)
+        lines = []
+        for key, value in shown:
+            line = f"{key.ljust(key_width)}  {value.rjust(value_width)}"
+            if key in rates:
+                line += f"  {rates[key]:.1f}/s"
+            lines.append(line)
+        if "rate_window" in self:
+            lines.append(f"(rates over the last {self['rate_window']:.1f} s)")
+        return "\n".join(lines)
+
+    __str__ = __repr__
+
+
 class _Rates:
-    """Turns monotonically growing counters into per-second rates between calls."""
+    """Per-second rates of growing counters, over the last second or more.
 
-    def __init__(self) -> None:
-        self._last: tuple[float, dict[str, int]] | None = None
+    Several readers (a shell, the dashboard polling every second) share one
+    history of samples, so one reader's calls do not shorten another's
+    window. The first reading is the average since the application started.
+    """
 
-    def __call__(self, totals: dict[str, int]) -> dict[str, float]:
-        now = time.monotonic()
-        last, self._last = self._last, (now, totals)
-        if last is None or now - last[0] <= 0:
-            return {k: 0.0 for k in totals}
-        elapsed = now - last[0]
-        return {k: round((v - last[1].get(k, 0)) / elapsed, 1) for k, v in totals.items()}
+    MIN_WINDOW = 1.0
+    """Rates are measured over at least this many seconds when history allows."""
+    SPACING = 0.25
+    """Samples closer together than this are not kept (bounds the history)."""
+
+    def __init__(self, started: float, clock: Callable[[], float] = time.monotonic) -> None:
+        # (clock time, totals), oldest first; counters were all zero at start.
+        self._samples: deque[tuple[float, dict[str, int]]] = deque([(started, {})])
+        self._clock = clock
+
+    def __call__(self, totals: dict[str, int]) -> tuple[dict[str, float], float]:
+        """Rates of ``totals`` and the window in seconds they were measured over."""
+        now = self._clock()
+        samples = self._samples
+        # Start the window at the newest sample that is at least MIN_WINDOW old;
+        # older ones are no longer needed (so at most ~MIN_WINDOW/SPACING remain).
+        while len(samples) > 1 and now - samples[1][0] >= self.MIN_WINDOW:
+            samples.popleft()
+        since, before = samples[0]
+        if now - samples[-1][0] >= self.SPACING:
+            samples.append((now, dict(totals)))
+        window = now - since
+        if window <= 0:
+            return {k: 0.0 for k in totals}, 0.0
+        rates = {k: round((v - before.get(k, 0)) / window, 1) for k, v in totals.items()}
+        return rates, round(window, 1)
 
 
 _rates: weakref.WeakKeyDictionary[Flamigo, _Rates] = weakref.WeakKeyDictionary()
 
 
-def stats(flamigo: Flamigo) -> dict[str, Any]:
+def stats(flamigo: Flamigo) -> Stats:
     """Counts and rates: connections, messages in/out per second, events published/delivered/refused.
 
     ``"backplane"`` holds the Redis backplane's state and counters (``None`` without one).
@@ -133,43 +189,64 @@ def stats(flamigo: Flamigo) -> dict[str, Any]:
         "messages_out": own.messages_out,
         "events_published": bus.published,
         "events_delivered": bus.delivered,
-    }
-    rates = _rates.setdefault(flamigo, _Rates())(totals)
-    entries, nodes = flamigo.bus.index_size()
-    return {
-        "connections": len(flamigo.connections),
-        "authenticated": sum(1 for c in list(flamigo.connections.values()) if c.client.user),
-        "actors": len(pykka.ActorRegistry.get_all()),
-        **totals,
         "events_refused": bus.refused,
-        "listener_errors": bus.listener_errors,
-        "deadlocks_refused": bus.deadlocks,
-        "bus_restarts": bus.restarts,
-        "bus_mailbox": flamigo.bus.mailbox_depth(),
-        "remote_events_received": bus.remote_received,
-        "subscription_entries": entries,
-        "trie_nodes": nodes,
-        "connections_opened": own.connections_opened,
-        "connections_closed": own.connections_closed,
-        "connections_refused": own.connections_refused,
-        "slow_consumers": own.slow_consumers,
-        "rate_limited": own.rate_limited,
-        "rates_per_second": rates,
-        "backplane": None if flamigo.bus.backplane is None else flamigo.bus.backplane.snapshot(),
-        "uptime": round(time.time() - flamigo.started_at, 1),
     }
+    sampler = _rates.get(flamigo)
+    if sampler is None:
+        uptime = max(0.0, time.time() - flamigo.started_at)
+        sampler = _rates[flamigo] = _Rates(time.monotonic() - uptime)
+    rates, window = sampler(totals)
+    entries, nodes = flamigo.bus.index_size()
+    live = list(flamigo.connections.values())
+    return Stats(
+        {
+            "connections": len(live),
+            "authenticated": sum(1 for c in live if c.client.user),
+            "actors": len(pykka.ActorRegistry.get_all()),
+            **totals,
+            "listener_errors": bus.listener_errors,
+            "deadlocks_refused": bus.deadlocks,
+            "bus_restarts": bus.restarts,
+            "bus_mailbox": flamigo.bus.mailbox_depth(),
+            "remote_events_received": bus.remote_received,
+            "subscription_entries": entries,
+            "trie_nodes": nodes,
+            "connections_opened": own.connections_opened,
+            "connections_closed": own.connections_closed,
+            "connections_refused": own.connections_refused,
+            "slow_consumers": own.slow_consumers,
+            "rate_limited": own.rate_limited,
+            "rates_per_second": rates,
+            "rate_window": window,
+            "backplane": None if flamigo.bus.backplane is None else flamigo.bus.backplane.snapshot(),
+            "uptime": round(time.time() - flamigo.started_at, 1),
+        }
+    )
 
 
 def is_loopback(address: str | None) -> bool:
-    """Whether ``address`` (an IP, maybe with a port) is a loopback address."""
+    """Whether ``address`` is a loopback address.
+
+    Accepts an IP (``127.0.0.1``, ``::1``), an IP with a port
+    (``127.0.0.1:5001``, ``[::1]:5001``) or ``localhost``. IPv4-mapped IPv6
+    addresses (``::ffff:127.0.0.1``) count as their IPv4 address; any other
+    host name does not count (it could resolve anywhere).
+    """
     if not address:
         return False
-    host = address.rsplit(":", 1)[0] if address.count(":") == 1 else address
-    host = host.strip("[]")
+    host = address.strip()
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    if host.lower() == "localhost":
+        return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        ip = ipaddress.ip_address(host)
     except ValueError:
-        return host == "localhost"
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool((mapped or ip).is_loopback)
 
 
 def shell_namespace(flamigo: Flamigo, *, live: bool) -> dict[str, Any]:

@@ -50,6 +50,7 @@ def serve(
     *,
     ready: Callable[[WSGIServer], None] | None = None,
     stop: Event | None = None,
+    backdoor: tuple[str, int] | None = None,
     **kwargs: Any,
 ) -> None:
     """Serve ``app`` until SIGTERM/SIGINT (or ``stop`` is set), then drain gracefully.
@@ -61,14 +62,30 @@ def serve(
     Args:
         ready: called once the server listens (e.g. to print the address).
         stop: an event that stops the server when set (for embedding and tests).
+        backdoor: ``(host, port)`` of a debug shell to open (loopback only; see
+            :mod:`flamigo_actors.shell`); none by default.
+
+    Raises:
+        BackdoorError: ``backdoor`` is not a loopback address or cannot be bound.
     """
     server = make_server(app, host, port, **kwargs)
     flamigo = server.flamigo  # type: ignore[attr-defined]
     stop = stop or Event()
+    shell = None
+    if backdoor is not None:
+        from .shell import require_loopback
+
+        require_loopback(backdoor[0])  # before anything listens
     server.start()
     try:
+        if backdoor is not None:
+            from .shell import start_backdoor
+
+            shell = start_backdoor(flamigo, backdoor)
         flamigo.start()
-    except BaseException:  # e.g. Redis unreachable: do not keep the port open
+    except BaseException:  # e.g. Redis unreachable, backdoor port busy: do not keep the port open
+        if shell is not None:
+            shell.stop()
         server.stop(timeout=0)
         raise
     handlers = [gevent.signal_handler(sig, stop.set) for sig in (signal.SIGTERM, signal.SIGINT)]
@@ -83,4 +100,6 @@ def serve(
     finally:
         for handler in handlers:
             handler.cancel()
+        if shell is not None:
+            shell.stop(timeout=1)  # ends open sessions
         sys.stderr.flush()
