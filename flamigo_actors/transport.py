@@ -42,6 +42,8 @@ OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x
 
 PING_FRAME = b"\x89\x00"
 
+_OPCODES = frozenset((OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG))
+
 
 class ConnectionEnded(Exception):
     """The peer closed or the connection was lost; nothing more can be exchanged."""
@@ -157,7 +159,9 @@ class SocketTransport:
 
     def receive(self) -> tuple[bool, bytes]:
         opcode = 0
-        parts: list[bytes] = []
+        # Fragments of one message: never more than max_message_size bytes,
+        # however many (possibly empty) fragments a peer sends.
+        fragments: bytearray | None = None
         size = 0
         limit = self.max_message_size
         while True:
@@ -168,15 +172,24 @@ class SocketTransport:
                 raise CloseRequired(1002, "reserved bits set without an extension")
             if not b1 & 0x80:
                 raise CloseRequired(1002, "client frames must be masked")
+            if op not in _OPCODES:
+                raise CloseRequired(1002, f"unknown opcode {op}")
             if length == 126:
                 (length,) = struct.unpack("!H", self._exactly(2))
             elif length == 127:
                 (length,) = struct.unpack("!Q", self._exactly(8))
+            # The whole header is checked before a byte of payload is read.
             if op >= 0x8:
                 if not fin or length > 125:
                     raise CloseRequired(1002, "control frames must be whole and under 126 bytes")
-            elif size + length > limit:
-                raise CloseRequired(1009, f"message larger than {limit} bytes")
+            else:
+                if op == OP_CONT:
+                    if not opcode:
+                        raise CloseRequired(1002, "continuation frame without a message")
+                elif opcode:
+                    raise CloseRequired(1002, "new message before the previous one ended")
+                if size + length > limit:
+                    raise CloseRequired(1009, f"message larger than {limit} bytes")
             mask = self._exactly(4)
             payload = _unmask(self._exactly(length), mask) if length else b""
             if op == OP_PING:
@@ -186,20 +199,18 @@ class SocketTransport:
                 continue
             if op == OP_CLOSE:
                 self._on_close_frame(payload)
-            if op == OP_CONT:
-                if not opcode:
-                    raise CloseRequired(1002, "continuation frame without a message")
-            elif op in (OP_TEXT, OP_BINARY):
-                if opcode:
-                    raise CloseRequired(1002, "new message before the previous one ended")
+            if op != OP_CONT:
                 opcode = op
-            else:
-                raise CloseRequired(1002, f"unknown opcode {op}")
-            parts.append(payload)
             size += length
             if fin:
-                data = parts[0] if len(parts) == 1 else b"".join(parts)
-                return opcode == OP_BINARY, data
+                if fragments is None:
+                    return opcode == OP_BINARY, payload
+                fragments += payload
+                return opcode == OP_BINARY, bytes(fragments)
+            if fragments is None:
+                fragments = bytearray(payload)
+            else:
+                fragments += payload
 
     def _on_close_frame(self, payload: bytes) -> None:
         code = 1005
