@@ -10,7 +10,9 @@ it drains the queue and exits. While it runs, new frames queue behind it.
 
 The queue is bounded in frames and in bytes. A client that stops reading hits
 the bound: the frame is refused, counted, and ``on_overflow`` is called (the
-connection then closes with 1013). Nothing is dropped without a trace.
+connection then closes with 1013). Nothing is dropped without a trace: every
+frame is either written, or counted in :attr:`Outbound.refused` (never
+queued) or :attr:`Outbound.dropped` (queued, then discarded).
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ class Outbound:
 
     __slots__ = (
         "_transport", "_queue", "_bytes", "_writer", "_close_when_drained", "_finished",
-        "max_messages", "max_bytes", "on_overflow", "on_failure", "closed", "sent", "refused",
+        "_last_queued", "max_messages", "max_bytes", "on_overflow", "on_failure", "closed",
+        "sent", "refused", "dropped",
     )
 
     def __init__(
@@ -56,13 +59,18 @@ class Outbound:
         self._writer: gevent.Greenlet | None = None
         self._close_when_drained = False
         self._finished = False
+        self._last_queued = False  # the close frame is at the end of the queue
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.on_overflow = on_overflow
         self.on_failure = on_failure
         self.closed = False
         self.sent = 0
+        """Frames accepted: written, or queued behind others."""
         self.refused = 0
+        """Frames refused: the connection was closing, or the queue was full."""
+        self.dropped = 0
+        """Frames accepted but never written whole (discarded for a slow client, or the socket failed)."""
 
     @property
     def depth(self) -> int:
@@ -83,6 +91,7 @@ class Outbound:
             try:
                 written = self._transport.try_send(frame)
             except OSError:
+                self.refused += 1
                 self._fail()
                 return False
             self.sent += 1
@@ -120,12 +129,22 @@ class Outbound:
             self._transport.abort()
 
     def _fail(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.refused += len(self._queue)
-            self.on_failure()
+        self.dropped += self._data_frames_queued()
         self._queue.clear()
         self._bytes = 0
+        if not self.closed:
+            self.closed = True
+            self.on_failure()
+
+    def _data_frames_queued(self) -> int:
+        # The final close frame is not a message anyone was promised.
+        return len(self._queue) - (1 if self._last_queued and self._queue else 0)
+
+    def wait_drained(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` seconds) until the queued frames are written."""
+        writer = self._writer
+        if writer is not None:
+            writer.join(timeout)
 
     def finish(self, last_frame: bytes | None, *, flush: bool) -> bool:
         """Send ``last_frame`` (a close frame) and end the connection.
@@ -147,23 +166,37 @@ class Outbound:
             return self._writer is not None
         self._finished = True
         self.closed = True
+        if self._writer is None and last_frame is not None:
+            try:
+                written = self._transport.try_send(last_frame)
+            except OSError:
+                written = len(last_frame)  # the peer is gone: nothing left to send
+            if written < len(last_frame):
+                # The socket is full: a half-sent close frame would corrupt the stream.
+                self._enqueue(memoryview(last_frame)[written:])
+                self._last_queued = True
+                self._close_when_drained = True
+                self._writer = gevent.spawn(self._drain)
+                return True
         if self._writer is None:
-            if last_frame is not None:
-                try:
-                    self._transport.try_send(last_frame)
-                except OSError:
-                    pass
             self._transport.abort()
             return False
         if last_frame is not None:
             self._enqueue(last_frame)
+            self._last_queued = True
         self._close_when_drained = True
         return True
 
     def _discard(self) -> None:
-        self.refused += len(self._queue)
-        self._queue.clear()
+        # Frames not started are dropped (and counted). The one the writer is in
+        # the middle of is finished: cutting it would corrupt the stream and make
+        # the close frame after it unreadable.
+        queue = self._queue
+        keep_is_last = self._last_queued and len(queue) == 1
+        keep = queue.popleft() if self._writer is not None and queue else None
+        self.dropped += self._data_frames_queued()
+        queue.clear()
+        self._last_queued = keep_is_last and keep is not None
         self._bytes = 0
-        if self._writer is not None:
-            self._writer.kill(block=False)
-            self._writer = None
+        if keep is not None:
+            self._enqueue(keep)
