@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 import pykka
+from gevent.event import Event
 from gevent.lock import Semaphore
 
 from . import protocol
@@ -208,11 +209,12 @@ class _Settled:
 
 
 class _Close:
-    __slots__ = ("code", "reason")
+    __slots__ = ("code", "reason", "wait_deferred")
 
-    def __init__(self, code: int, reason: str) -> None:
+    def __init__(self, code: int, reason: str, wait_deferred: bool = True) -> None:
         self.code = code
         self.reason = reason
+        self.wait_deferred = wait_deferred
 
 
 class _End:
@@ -279,13 +281,19 @@ class ConnectionActor(FlamigoActor):
                 message.waiter.done()
         elif kind is _Inbound:
             try:
-                self._serve(message)
+                # Read after the close began (its answer is the close frame):
+                # running it would only have side effects nobody hears about.
+                if not self.connection.outbound.closed:
+                    self._serve(message)
             finally:
                 self.connection.slots.release()
         elif kind is _Settled:
             self._settled(message)
         elif kind is _Close:
-            self.connection.close_when_idle(message.code, message.reason)
+            if message.wait_deferred:
+                self.connection.close_when_idle(message.code, message.reason)
+            else:
+                self.connection.close(message.code, message.reason, flush=True)
         elif kind is _End:
             self.actor_ref.stop(block=False)  # after what is already queued
         else:
@@ -411,6 +419,7 @@ class Connection:
         )
         self.limited_in_a_row = 0
         self._ending: tuple[int, str] | None = None
+        self._closed: Event | None = None  # set by close(); only a closing reader waits on it
         self._ended = False
         self._cleaned = False
         self.ref: Any = None
@@ -442,9 +451,6 @@ class Connection:
                     limited = True
                     self.limited_in_a_row += 1
                     flamigo.stats.rate_limited += 1
-                    if self.limited_in_a_row >= flamigo.settings.rate_limit_close_after:
-                        self.close(1008, "rate limit exceeded", flush=True)
-                        continue
                 else:
                     self.limited_in_a_row = 0
                 if not limited and not binary and data == heartbeat:
@@ -460,11 +466,15 @@ class Connection:
                 else:
                     slots.acquire()
                 tell(_Inbound(binary, data, limited))
+                if limited and self.limited_in_a_row >= flamigo.settings.rate_limit_close_after:
+                    raise CloseRequired(1008, "rate limit exceeded")
         except ConnectionEnded as ended:
             code, reason = ended.code, ended.reason
+            if ended.answer is not None:  # the peer's close frame: echo it in turn
+                self._close_in_turn(ended.answer, "", code, reason)
         except CloseRequired as required:
             code, reason = required.code, required.reason
-            self.close(code, reason, flush=True)
+            self._close_in_turn(code, reason, code, reason)
         except pykka.ActorDeadError:
             code, reason = 1011, "internal error"
         except Exception:
@@ -476,6 +486,27 @@ class Connection:
 
     def _touch(self) -> None:
         self.last_activity = time.monotonic()
+
+    def _close_in_turn(self, code: int, reason: str, report: int, report_reason: str) -> None:
+        """Close with ``code`` once the requests already read are answered.
+
+        The peer closed or broke a rule: nothing more is read, but what it sent
+        before still gets its replies, in order, and then the close frame (RFC
+        6455 lets the close wait for them). Bounded: past the strategy time
+        limit plus ``FLAMIGO_CLOSE_TIMEOUT`` the connection closes anyway.
+        """
+        if self._ending is None:
+            self._ending = (report, report_reason)
+        self._closed = closed = Event()
+        try:
+            self.ref.tell(_Close(code, reason, wait_deferred=False))
+        except pykka.ActorDeadError:
+            self.close(code, reason, flush=False)
+            return
+        settings = self.flamigo.settings
+        if not closed.wait(settings.strategy_timeout + settings.close_timeout):
+            self.close(code, reason, flush=False)
+        self.outbound.wait_drained(settings.close_timeout)
 
     def _end(self, code: int, reason: str) -> None:
         if self._ended:
@@ -507,6 +538,8 @@ class Connection:
         self.transport.abort()
         # A reader waiting for a request slot of a dead actor would wait forever.
         self.slots.release()
+        if self._closed is not None:
+            self._closed.set()
         if self.subscription is not None:
             self.subscription.cancel()
         for reply in list(self.deferred):
@@ -543,6 +576,8 @@ class Connection:
         if self.outbound.finish(close_frame(code, reason), flush=flush):
             # Frames are still draining: do not wait for a stuck client forever.
             gevent.spawn_later(self.flamigo.settings.close_timeout, self.transport.abort)
+        if self._closed is not None:
+            self._closed.set()
 
     def close_when_idle(self, code: int, reason: str) -> None:
         """Close once deferred replies still running are sent (graceful shutdown)."""

@@ -46,21 +46,34 @@ _OPCODES = frozenset((OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG))
 
 
 class ConnectionEnded(Exception):
-    """The peer closed or the connection was lost; nothing more can be exchanged."""
+    """The peer closed or the connection was lost; nothing more will be read.
 
-    def __init__(self, code: int, reason: str) -> None:
+    Attributes:
+        code, reason: what the disconnected event reports.
+        answer: the close code owed to the peer (its close frame is echoed once
+            the requests read before it are answered), or ``None`` when the
+            peer is gone and nothing can be sent.
+    """
+
+    def __init__(self, code: int, reason: str, answer: int | None = None) -> None:
         super().__init__(f"{code} {reason}")
         self.code = code
         self.reason = reason
+        self.answer = answer
 
 
 class CloseRequired(Exception):
-    """The peer broke a rule: the server must close with ``code`` (1002, 1009...)."""
+    """The peer broke a rule: the server must close with ``code`` (1002, 1009...).
+
+    Nothing after the offending frame is read; requests read before it are
+    still answered, then the close frame follows.
+    """
 
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(f"{code} {reason}")
         self.code = code
         self.reason = reason
+        self.answer = code
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -127,8 +140,8 @@ class SocketTransport:
 
     * ``max_message_size``: largest inbound message (all fragments together);
       a larger one raises :class:`CloseRequired` (1009) before it is read;
-    * ``on_control``: called with each control frame to send (pongs, close
-      echoes), so they go through the same ordered outbound path as messages;
+    * ``on_control``: called with each pong to send, so it goes through the
+      same ordered outbound path as messages;
     * ``on_activity``: called whenever a frame arrives (keepalive bookkeeping).
     """
 
@@ -224,13 +237,9 @@ class SocketTransport:
                 payload[2:].decode("utf-8")
             except UnicodeDecodeError:
                 raise CloseRequired(1007, "close reason is not valid UTF-8") from None
-        # Echo the close (RFC 6455 5.5.1) and report the peer's code.
-        echo = close_frame(1000 if code == 1005 else code)
-        try:
-            self.on_control(echo)
-        except OSError:
-            pass
-        raise ConnectionEnded(code, "client closed")
+        # Report the peer's code; the connection echoes it (RFC 6455 5.5.1)
+        # after answering the requests it read before the close.
+        raise ConnectionEnded(code, "client closed", answer=1000 if code == 1005 else code)
 
     # -- writing -------------------------------------------------------------
 
