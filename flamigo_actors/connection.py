@@ -248,7 +248,7 @@ class ConnectionActor(FlamigoActor):
                 Connected(conn.client.conn_id, conn.client.remote_addr), identity=conn.client
             )
             connection_opened.send(app, connection=conn.client)
-        except Exception:
+        except (Exception, SystemExit):
             # Pykka would stop the actor without on_failure; close cleanly instead.
             _log.exception("connection %s: on_connect failed", conn.client.conn_id)
             conn.close(1011, "internal error", flush=False)

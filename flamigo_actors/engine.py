@@ -90,6 +90,11 @@ class FlamigoActor(pykka.ThreadingActor):
             # gevent.Timeout is a BaseException: escaping here would make Pykka
             # stop *every* actor in the process. Make it an ordinary failure.
             raise RuntimeError(f"unhandled gevent.Timeout in {self}: {err}") from err
+        except KeyboardInterrupt:
+            raise  # the operator's: Pykka stops every actor, as it should
+        except BaseException as err:  # noqa: BLE001 - SystemExit, GreenletExit...
+            # Likewise: one actor's failure, never the whole process's.
+            raise RuntimeError(f"unhandled {type(err).__name__} in {self}: {err}") from err
 
     def mailbox_depth(self) -> int:
         """Messages waiting in the inbox (not counting the one being handled)."""

@@ -66,7 +66,7 @@ class ListenerActor(FlamigoActor):
         try:
             ctx = Context(subscriber.bus.flamigo, message.identity)
             subscriber.listener(ctx, message.event)
-        except Exception:
+        except (Exception, SystemExit):  # a listener's sys.exit() is its own failure
             subscriber.bus.stats.listener_errors += 1
             _log.exception(
                 "listener %s failed on %s (topics %s)",

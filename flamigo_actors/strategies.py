@@ -411,7 +411,8 @@ def run_strategy(strategy: Strategy, ctx: StrategyContext) -> Any:
         raise wrap(f"strategy({strategy.name})", err)
     except gevent.Timeout:
         raise  # the caller who armed the timeout turns it into a 504
-    except Exception as err:  # noqa: BLE001 - every failure becomes a layered error
+    except (Exception, SystemExit) as err:  # noqa: BLE001 - every failure becomes a layered error
+        # SystemExit too: a strategy's sys.exit() must not end the process's actors.
         raise wrap(f"strategy({strategy.name})", err)
     response = ctx.response
     if response.is_set and result is None:
