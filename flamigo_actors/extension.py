@@ -484,6 +484,14 @@ class Flamigo:
         grace = time.monotonic() + min(2.0, max(0.1, drain))
         while self.connections and time.monotonic() < grace:
             gevent.sleep(0.02)
+        for connection in list(self.connections.values()):
+            # Its actor is still inside a strategy that outlived the drain: clean
+            # up from here, or its disconnected event would never fire.
+            _log.warning(
+                "connection %s: a strategy is still running after the drain; closing it anyway",
+                connection.client.conn_id,
+            )
+            connection._cleanup()
         if self._keepalive is not None:
             self._keepalive.kill(block=False)
             self._keepalive = None
