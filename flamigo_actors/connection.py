@@ -546,6 +546,8 @@ class Connection:
             reply.cancel()
         self.deferred.clear()
         flamigo = self.flamigo
+        outbound = self.outbound
+        flamigo.stats.frames_dropped += outbound.refused + outbound.dropped
         flamigo._unregister(self)
         try:
             flamigo._run_hooks("disconnect", client)

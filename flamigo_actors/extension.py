@@ -74,6 +74,9 @@ class FlamigoStats:
     """Frames sent to clients (replies, errors, pushes)."""
     slow_consumers: int = 0
     """Connections closed (1013) because they did not read fast enough."""
+    frames_dropped: int = 0
+    """Frames (replies, pushes) that ended connections could not deliver: refused
+    once closing or discarded for a slow client (see also ``Bus.stats.refused``)."""
     rate_limited: int = 0
     """Requests answered 429."""
     connections_refused: int = 0
