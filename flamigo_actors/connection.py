@@ -420,6 +420,7 @@ class Connection:
         self.limited_in_a_row = 0
         self._ending: tuple[int, str] | None = None
         self._closed: Event | None = None  # set by close(); only a closing reader waits on it
+        self._abort_timer: gevent.Greenlet | None = None
         self._ended = False
         self._cleaned = False
         self.ref: Any = None
@@ -542,9 +543,13 @@ class Connection:
             self._closed.set()
         if self.subscription is not None:
             self.subscription.cancel()
-        for reply in list(self.deferred):
+        for reply, timer in list(self.deferred.items()):
             reply.cancel()
+            if timer is not None:  # its time limit: nothing left to time
+                timer.kill(block=False)
         self.deferred.clear()
+        if self._abort_timer is not None:
+            self._abort_timer.kill(block=False)
         flamigo = self.flamigo
         outbound = self.outbound
         flamigo.stats.frames_dropped += outbound.refused + outbound.dropped
@@ -577,7 +582,10 @@ class Connection:
             self.client.state = "closing"
         if self.outbound.finish(close_frame(code, reason), flush=flush):
             # Frames are still draining: do not wait for a stuck client forever.
-            gevent.spawn_later(self.flamigo.settings.close_timeout, self.transport.abort)
+            if self._abort_timer is None:
+                self._abort_timer = gevent.spawn_later(
+                    self.flamigo.settings.close_timeout, self.transport.abort
+                )
         if self._closed is not None:
             self._closed.set()
 
@@ -718,6 +726,8 @@ class Connection:
                 _log.debug("deferred reply of %s arrived after the connection ended", topic)
 
         def expire() -> None:
+            if reply not in self.deferred:
+                return  # settled or cancelled meanwhile
             self.deferred[reply] = None  # this greenlet is ending; do not kill it
             if reply.fail(_timed_out(topic, limit)) and reply.greenlet is not None:
                 reply.greenlet.kill(block=False)
