@@ -213,7 +213,7 @@ class RawWs:
         return b0 & 0x0F, payload
 
     def recv_json(self, timeout: float | None = None) -> dict[str, Any]:
-        """The next text message, decoded (pings are skipped)."""
+        """The next text message, decoded (pings are answered, as a browser would)."""
         while True:
             got = self.read_frame(timeout)
             if got is None:
@@ -221,6 +221,8 @@ class RawWs:
             opcode, payload = got
             if opcode == OP_TEXT:
                 return json.loads(payload)  # type: ignore[no-any-return]
+            if opcode == OP_PING:
+                self.send(frame(OP_PONG, payload))
             if opcode == OP_CLOSE:
                 raise ConnectionError(f"server closed: {close_code(payload)}")
 
