@@ -9,6 +9,9 @@ domain:
   and answers when the gate opens, leaving the mailbox free;
 * ``app::test:block`` / ``app::test:defer-forever``: never answer; their 0.5 s
   time limit answers 504 instead;
+* ``app::test:sleep`` ``{"seconds": s}``: holds the mailbox, with no time limit
+  of its own (``FLAMIGO_STRATEGY_TIMEOUT`` applies);
+* ``app::test:defer-fail`` ``{"gate": name}``: a deferred reply that fails;
 * ``app::test:exit``: raises ``SystemExit`` (a strategy must not end the process);
 * ``app::test:big`` ``{"size": n}``: returns a string of ``n`` characters.
 
@@ -49,6 +52,10 @@ class GatePayload(BaseModel):
     gate: str = Field(min_length=1, max_length=64)
 
 
+class SecondsPayload(BaseModel):
+    seconds: float = Field(ge=0, le=3600)
+
+
 class SizePayload(BaseModel):
     size: int = Field(ge=0, le=10_000_000)
 
@@ -84,6 +91,22 @@ def create_app(config: dict[str, Any] | None = None) -> Any:
     @flamigo.strategy("app::test:defer-forever", timeout=TIME_LIMIT)
     def defer_forever(ctx: StrategyContext) -> None:
         ctx.defer(gevent.sleep, 3600)
+
+    @flamigo.strategy("app::test:sleep", payload=SecondsPayload)
+    def sleep(ctx: StrategyContext) -> dict[str, float]:
+        """Holds the mailbox; no time limit of its own (FLAMIGO_STRATEGY_TIMEOUT applies)."""
+        gevent.sleep(ctx.request.data.seconds)
+        return {"slept": ctx.request.data.seconds}
+
+    @flamigo.strategy("app::test:defer-fail", payload=GatePayload)
+    def defer_fail(ctx: StrategyContext) -> None:
+        name = ctx.request.data.gate
+
+        def work() -> None:
+            gates.get(name).wait()
+            raise LookupError("deferred failure: this text stays on the server")
+
+        ctx.defer(work)
 
     @flamigo.strategy("app::test:exit")
     def exit_(ctx: StrategyContext) -> None:
