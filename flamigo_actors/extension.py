@@ -270,7 +270,7 @@ class Flamigo:
             if name == "disconnect":
                 try:
                     hook(client)
-                except Exception:
+                except (Exception, SystemExit):  # every hook runs; the event still fires
                     _log.exception("on_disconnect hook %s failed for %s", hook, client.conn_id)
             else:
                 hook(client)
