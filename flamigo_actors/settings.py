@@ -72,6 +72,9 @@ class Settings:
     """Seconds a graceful shutdown waits for in-flight work before closing anyway."""
     close_timeout: float = 2.0
     """Seconds to flush a closing connection's last frames before tearing it down."""
+    header_timeout: float = 10.0
+    """Seconds a client has to send its HTTP request line and headers (the WebSocket
+    handshake included); idle keep-alive HTTP connections end after it too."""
     redis_url: str | None = None
     """Redis URL of the cross-process backplane; ``None`` keeps events in this process."""
     redis_required: bool = True
@@ -138,7 +141,7 @@ class Settings:
             "max_message_size", "ping_interval", "pong_timeout", "outbound_max_messages",
             "outbound_max_bytes", "mailbox_max_deliveries", "max_pending_requests",
             "strategy_timeout", "listener_max_pending", "publish_sync_timeout",
-            "drain_timeout", "close_timeout", "rate_limit_close_after",
+            "drain_timeout", "close_timeout", "rate_limit_close_after", "header_timeout",
             "redis_stream_maxlen", "redis_outbox_max",
         )
         for name in positive:

@@ -285,7 +285,8 @@ class Handler(WebSocketHandler):
 
     The check (origin allow-list, connection rate per address, draining) comes
     from the :class:`~flamigo_actors.Flamigo` extension of the served app, so
-    a refused request never becomes a WebSocket.
+    a refused request never becomes a WebSocket. The request line and headers
+    must arrive within ``FLAMIGO_HEADER_TIMEOUT``.
     """
 
     def _flamigo(self) -> Flamigo | None:
@@ -295,6 +296,22 @@ class Handler(WebSocketHandler):
             if isinstance(extensions, dict):
                 found = extensions.get("flamigo")
         return found
+
+    def read_requestline(self) -> str:
+        # A client that trickles its request in (or idles on a keep-alive
+        # connection) would hold a greenlet and a socket forever: time it.
+        flamigo = self._flamigo()
+        if flamigo is not None:
+            self.socket.settimeout(flamigo.settings.header_timeout)
+        return super().read_requestline()  # a timeout ends the connection quietly
+
+    def read_request(self, raw_requestline: str) -> Any:
+        try:
+            return super().read_request(raw_requestline)
+        except socket.timeout:
+            return False  # headers not complete in time: 400, then the connection ends
+        finally:
+            self.socket.settimeout(None)  # the application and the WebSocket are not timed
 
     def upgrade_websocket(self) -> Any:
         if self.environ.get("HTTP_UPGRADE", "").lower() == "websocket":
