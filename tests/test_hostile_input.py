@@ -675,3 +675,34 @@ def test_hostile_connections_leave_nothing_behind(server: LiveServer, bystander:
     back_to_baseline(server.flamigo, baseline)
     still_served(bystander, 2000)
     assert rss() - memory < 8 * 2**20
+
+
+def test_a_client_that_never_finishes_its_handshake_is_dropped(demo_app: Any, live_server: Any) -> None:
+    """Slowloris: a request line or headers trickling in are cut off after FLAMIGO_HEADER_TIMEOUT,
+    and so are idle keep-alive connections; the greenlets serving them end."""
+    server = live_server(demo_app(FLAMIGO_HEADER_TIMEOUT=0.3))
+    baseline = quiet_census(server.flamigo, connections=0)
+    stalled = []
+    for partial in (b"", b"GET /ws HTTP/1.1\r\n", b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websock"):
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.sendall(partial)
+        stalled.append(sock)
+    keep_alive = socket.create_connection(("127.0.0.1", server.port))
+    keep_alive.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert keep_alive.recv(4096).startswith(b"HTTP/1.1 200")
+    for sock in [*stalled, keep_alive]:
+        sock.settimeout(10)
+        data = b""
+        while True:  # whatever the server says (a 400 for half-sent headers), then EOF
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        assert data in (b"",) or data.startswith(b"HTTP/1.1 400")
+        sock.close()
+    back_to_baseline(server.flamigo, baseline)
+    # a WebSocket, once upgraded, is not subject to it (the keepalive pings watch it instead)
+    ws = RawWs(server.port)
+    gevent.sleep(0.6)
+    assert ws.request("app::websocket:auth", {"token": server.login("alice")})["payload"]["success"]
+    ws.close()
