@@ -599,6 +599,8 @@ class Connection:
     def abort(self, code: int, reason: str) -> None:
         """Tear the connection down now (the peer is unresponsive)."""
         self.close(code, reason, flush=False)
+        # No waiting for a frame half-written to a peer that stopped answering.
+        self.transport.abort()
 
     def _on_outbound_overflow(self) -> None:
         self.flamigo.stats.slow_consumers += 1
