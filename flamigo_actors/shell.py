@@ -23,6 +23,7 @@ import logging
 import socket
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
@@ -384,7 +385,27 @@ class DebugShellServer(BackdoorServer):
         finally:
             _log.warning("debug shell session from %s closed", _peer(address))
             stream.close()
-            conn.close()
+            _end_session(conn)
+
+
+def _end_session(conn: socket.socket, linger: float = 2.0) -> None:
+    """Close a session without resetting it.
+
+    A script's statements are sent ahead; after exit() some are still unread,
+    and closing a socket with unread input makes the kernel reset the
+    connection, which can reach the client before the last output does. So:
+    say goodbye (FIN), discard what is left until the client closes (at most
+    ``linger`` seconds), then close.
+    """
+    try:
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(linger)
+        deadline = time.monotonic() + linger
+        while time.monotonic() < deadline and conn.recv(65536):
+            pass
+    except OSError:
+        pass
+    conn.close()
 
 
 def _peer(address: Any) -> str:
