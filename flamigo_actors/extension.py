@@ -366,8 +366,13 @@ class Flamigo:
                 "or `flamigo-actors run` (gevent-websocket with flamigo_actors.transport.Handler)",
                 status=500,
             )
-        Connection(self, transport).run()
-        return Response(status=204)
+        # The connection is served while the WSGI server iterates this body,
+        # after Flask has popped the request context: a connection can last
+        # for hours and need not hold a request, its session and URL adapter
+        # (memory per connection, and objects for the garbage collector to
+        # walk). Strategies and hooks run with the actor's own app context.
+        # (Status 200: Werkzeug never iterates the body of a 204.)
+        return Response(_serve(Connection(self, transport)), status=200)
 
     def _register(self, connection: Connection) -> None:
         self.connections[connection.client.conn_id] = connection
@@ -477,3 +482,9 @@ class Flamigo:
         from .inspect import shell_namespace
 
         return shell_namespace(self, live=False)
+
+
+def _serve(connection: Connection) -> Any:
+    """A response body that serves ``connection`` when iterated, and yields nothing."""
+    connection.run()
+    yield from ()

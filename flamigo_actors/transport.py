@@ -253,6 +253,10 @@ def _nothing() -> None:
     pass
 
 
+def _discard(data: bytes) -> None:
+    pass
+
+
 Admission = Callable[[dict[str, Any]], "tuple[int, str] | None"]
 """Decides before the upgrade: ``None`` to accept, or ``(status, message)`` to refuse."""
 
@@ -296,8 +300,11 @@ class Handler(WebSocketHandler):
         replaced = self.environ.get("wsgi.websocket")
         if replaced is not None:
             # gevent-websocket's own object would write a close frame from its
-            # __del__ when discarded, before our 101 response: disarm it.
-            replaced.closed = True
+            # __del__ when discarded, before our 101 response: disarm it by
+            # giving it a writer that writes nothing. (Marking it closed also
+            # disarms it, but then close() builds a class and raises and
+            # catches an error twice: a fifth of the CPU of a connect.)
+            replaced.raw_write = _discard
             transport = SocketTransport(self)
             self.websocket = transport
             self.environ["wsgi.websocket"] = transport

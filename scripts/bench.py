@@ -242,6 +242,8 @@ METRICS = {
         ("held", "held", True),
         ("rss_per_conn_kib", "RSS KiB/conn", False),
         ("connect_s", "time to connect s", False),
+        ("server_cpu_us_per_connect", "server CPU us/connect", False),
+        ("auth_s", "then time to authenticate s", False),
     ],
 }
 PRIMARY = {"roundtrip": "rps", "fanout": "deliveries_per_s", "connections": "connect_s"}
@@ -343,7 +345,7 @@ def _cell(s: dict[str, float] | None, digits: int) -> str:
 
 
 DIGITS = {"p50_ms": 2, "p99_ms": 1, "span_ms": 1, "server_cpu_us_per_delivery": 1,
-          "rss_per_conn_kib": 1, "connect_s": 2}
+          "rss_per_conn_kib": 1, "connect_s": 2, "auth_s": 2}
 
 
 def table(results: dict[str, Any], summary: dict[str, Any]) -> str:

@@ -61,7 +61,7 @@ function cpuMeter() {
   const t0 = now();
   const c0 = process.cpuUsage();
   const s0 = serverCpuSeconds();
-  return () => {
+  const read = () => {
     const wall = (now() - t0) / 1000;
     const c = process.cpuUsage(c0);
     const s1 = serverCpuSeconds();
@@ -72,6 +72,7 @@ function cpuMeter() {
       server_cpu_pct: s0 === null ? null : (100 * (s1 - s0)) / wall,
     };
   };
+  return read;
 }
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: 4 });
@@ -391,7 +392,7 @@ function makeClient(i, toks) {
 }
 
 // Connect `n` clients, at most `connectConcurrency` handshakes at a time.
-async function connectAll(n, toks, join) {
+async function connectAll(n, toks, join, openOnly = false) {
   const clients = new Array(n);
   let next = 0;
   let failed = 0;
@@ -402,7 +403,8 @@ async function connectAll(n, toks, join) {
       const c = makeClient(i, toks);
       clients[i] = c;
       try {
-        await c.ready(join);
+        if (openOnly && c.open) await c.open();
+        else await c.ready(join);
       } catch (err) {
         failed++;
         if (errors.length < 3) errors.push(String(err && err.message ? err.message : err));
@@ -527,22 +529,48 @@ async function connections() {
   await sleep(500);
   const rssBase = serverRssBytes();
   const meter = cpuMeter();
+  const cpuStart = serverCpuSeconds();
+  // Phase 1: open every WebSocket (the handshake: what every server does).
   const t0 = now();
-  const { clients, failed, errors } = await connectAll(cfg.clients, toks, false);
+  const opened = await connectAll(cfg.clients, toks, false, true);
   const connectS = (now() - t0) / 1000;
+  const connectCpu = serverCpuSeconds();
+  // Phase 2 (flamigo): authenticate every connection (app::websocket:auth).
+  const t1 = now();
+  let authFailed = 0;
+  if (cfg.kind === 'flamigo') {
+    let next = 0;
+    const worker = async () => {
+      while (next < opened.clients.length) {
+        const c = opened.clients[next++];
+        if (c.closed) continue;
+        try {
+          await c.request('app::websocket:auth', { token: c.token });
+        } catch (err) {
+          authFailed++;
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: cfg.connectConcurrency }, worker));
+  }
+  const authS = (now() - t1) / 1000;
   const usage = meter();
   const rssReady = serverRssBytes();
   await sleep(cfg.hold * 1000);
   const rssHeld = serverRssBytes();
+  const clients = opened.clients;
   const held = clients.filter((c) => !c.closed).length;
   for (const c of clients) c.close();
   return Object.assign(usage, {
     connections: cfg.clients,
-    failed,
-    errors,
+    failed: opened.failed + authFailed,
+    errors: opened.errors,
     held,
     connect_s: connectS,
+    auth_s: authS,
+    ready_s: connectS + authS,
     connects_per_s: cfg.clients / connectS,
+    server_cpu_us_per_connect: cpuStart === null ? null : (1e6 * (connectCpu - cpuStart)) / cfg.clients,
     rss_base_mib: rssBase / 1048576,
     rss_ready_mib: rssReady / 1048576,
     rss_held_mib: rssHeld / 1048576,
