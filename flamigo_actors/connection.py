@@ -231,25 +231,9 @@ class ConnectionActor(FlamigoActor):
         super().__init__()
         self.connection = connection
         self._app_context: Any = None
-        # True while the actor is starting or handling a message (a strategy
-        # may yield mid-way); see Connection.deliver's idle fast path.
-        self.busy = True
-        connection.actor = self
-
-    def _handle_receive(self, message: Any) -> Any:
-        self.busy = True
-        try:
-            return super()._handle_receive(message)
-        finally:
-            self.busy = False
+        connection.actor = self  # for Connection.deliver's idle fast path
 
     def on_start(self) -> None:
-        try:
-            self._start()
-        finally:
-            self.busy = False
-
-    def _start(self) -> None:
         super().on_start()
         conn = self.connection
         app = conn.flamigo.app
@@ -633,16 +617,17 @@ class Connection:
         if self._ended or frame is None or self.outbound.closed:
             return False
         actor = self.actor
-        if actor is not None and not actor.busy and not actor.actor_inbox.qsize() and not self._cleaned:
+        if actor is not None and actor.idle() and not self._cleaned:
             # Idle fast path (the fan-out hot path). The actor is waiting on an
-            # empty mailbox: a _Push told now would be the very next thing it
-            # runs, alone, and its handler is only `push` below. Greenlets do
-            # not preempt, so running that handler here, in the bus actor's
-            # greenlet, is indistinguishable from the mailbox doing it, in the
-            # same order, never beside a strategy; it saves a message, two
-            # greenlet switches and Pykka's dispatch per recipient. A busy
-            # actor (a strategy running, possibly yielding) or a non-empty
-            # mailbox takes the mailbox path below, behind what is queued.
+            # empty mailbox with nothing in progress (FlamigoActor.idle): a
+            # _Push told now would be the very next thing it runs, alone, and
+            # its handler is only `push` below. Greenlets do not preempt, so
+            # running that handler here, in the bus actor's greenlet, is
+            # indistinguishable from the mailbox doing it, in the same order,
+            # never beside a strategy; it saves a message, a greenlet and
+            # Pykka's dispatch per recipient. A busy actor (starting, or in a
+            # strategy, even one that yields) or a non-empty mailbox takes the
+            # mailbox path below, behind what is queued.
             self.push(frame)
             if waiter is not None:
                 waiter.done()

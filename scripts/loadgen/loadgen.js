@@ -447,6 +447,7 @@ async function roundtrip() {
   return Object.assign(usage, {
     requests: latencies.length,
     rps: latencies.length / usage.wall_s,
+    server_cpu_us_per_request: usage.server_cpu_s === null || !latencies.length ? null : (1e6 * usage.server_cpu_s) / latencies.length,
     p50_ms: percentile(latencies, 50),
     p99_ms: percentile(latencies, 99),
     max_ms: latencies.length ? latencies[latencies.length - 1] : null,
