@@ -371,8 +371,10 @@ class Flamigo:
         # for hours and need not hold a request, its session and URL adapter
         # (memory per connection, and objects for the garbage collector to
         # walk). Strategies and hooks run with the actor's own app context.
-        # (Status 200: Werkzeug never iterates the body of a 204.)
-        return Response(_serve(Connection(self, transport)), status=200)
+        # (Status 200: Werkzeug never iterates the body of a 204. A mimetype:
+        # without one, Werkzeug looks for a content-type by raising and
+        # catching a KeyError.)
+        return Response(_serve(Connection(self, transport)), status=200, mimetype="text/plain")
 
     def _register(self, connection: Connection) -> None:
         self.connections[connection.client.conn_id] = connection
