@@ -568,8 +568,8 @@ async function connections() {
     errors: opened.errors,
     held,
     connect_s: connectS,
-    auth_s: authS,
-    ready_s: connectS + authS,
+    auth_s: cfg.kind === 'flamigo' ? authS : null, // the peers have no auth step
+    ready_s: connectS + (cfg.kind === 'flamigo' ? authS : 0),
     connects_per_s: cfg.clients / connectS,
     server_cpu_us_per_connect: cpuStart === null ? null : (1e6 * (connectCpu - cpuStart)) / cfg.clients,
     rss_base_mib: rssBase / 1048576,
