@@ -129,7 +129,7 @@ function localAddress() {
 }
 
 // An echo reply of echoLoop's request, exactly (both servers keep key order).
-const ECHO_REPLY = /^\{"topic":"app::echo","payload":\{"n":(\d+),"text":"hello, flamigo"\},"ackId":(?:\d+)\}$/;
+const ECHO_REPLY = /^\{"topic":"app::echo","payload":\{"n":(\d+),"text":"hello, flamigo"\},"ackId":(\d+)\}$/;
 
 class WsClient {
   constructor(token) {
