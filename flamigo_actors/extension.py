@@ -376,6 +376,15 @@ class Flamigo:
         # catching a KeyError.)
         return Response(_serve(Connection(self, transport)), status=200, mimetype="text/plain")
 
+    def serve_websocket(self, transport: SocketTransport) -> None:
+        """Serve an upgraded WebSocket until it ends.
+
+        The WebSocket handler calls this directly for upgrades at
+        ``FLAMIGO_WS_PATH`` (unless ``FLAMIGO_WS_DIRECT`` is false, when the
+        Flask route's view does).
+        """
+        Connection(self, transport).run()
+
     def _register(self, connection: Connection) -> None:
         self.connections[connection.client.conn_id] = connection
         self.stats.connections_opened += 1

@@ -295,6 +295,31 @@ class Handler(WebSocketHandler):
                     return [body]
         return super().upgrade_websocket()
 
+    def run_websocket(self) -> Any:
+        flamigo = self._flamigo()
+        transport = self.environ.get("wsgi.websocket")
+        if (
+            flamigo is not None
+            and flamigo.settings.ws_direct
+            and isinstance(transport, SocketTransport)
+            and self.environ.get("PATH_INFO") == flamigo.settings.ws_path
+        ):
+            # Serve the connection here rather than through Flask's dispatch
+            # of the /ws route. The 101 is already sent, so Flask's hooks could
+            # not refuse the upgrade anyway (admission does, before it), and
+            # strategies run with the actor's own app context; what Flask
+            # would add per connection (request and app contexts, session,
+            # URL matching, hooks, signals, the response) was about 45% of
+            # the server CPU of a connect (scripts/bench.py, conns10000).
+            try:
+                flamigo.serve_websocket(transport)
+            finally:
+                transport.close()
+                self.environ["wsgi.websocket"] = None
+                self.websocket = None
+            return None
+        return super().run_websocket()
+
     def upgrade_connection(self) -> Any:
         result = super().upgrade_connection()
         replaced = self.environ.get("wsgi.websocket")
