@@ -512,6 +512,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results["table"] = table(results, results["summary"])
     png = None if args.no_chart else chart(results["summary"], base.with_suffix(".png"))
     results["chart"] = str(png) if png else None
+    results["files"] = [str(base.with_suffix(".json")), str(base.with_suffix(".md"))] + ([str(png)] if png else [])
     base.with_suffix(".json").write_text(json.dumps(results, indent=1))
     base.with_suffix(".md").write_text(results["table"] + "\n")
     return results
@@ -536,9 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{m['cpu']}, {m['cores']} cores; load before {results['uptime_before']}, "
           f"after {results['uptime_after']}; commit {m['commit']}\n")
     print(results["table"])
-    print(f"\nresults: {Path(args.out) / ('bench-*' )} (JSON, Markdown{', PNG' if results['chart'] else ''})")
-    if results["chart"]:
-        print(f"chart: {results['chart']}")
+    print("\nresults: " + ", ".join(results["files"]))
     return 0
 
 
