@@ -133,7 +133,7 @@ class Mailbox:
 
 
 class FlamigoActor(pykka.ThreadingActor):
-    """A Pykka actor running in its own greenlet with a gevent inbox.
+    """A Pykka actor whose mailbox is drained by a pooled greenlet while it has messages.
 
     Subclasses override :meth:`on_receive` (plain ``tell`` messages are the
     hot path: no proxy, no future) and may override :meth:`on_start` /

@@ -328,7 +328,8 @@ class Handler(WebSocketHandler):
             # __del__ when discarded, before our 101 response: disarm it by
             # giving it a writer that writes nothing. (Marking it closed also
             # disarms it, but then close() builds a class and raises and
-            # catches an error twice: a fifth of the CPU of a connect.)
+            # catches an error twice: py-spy put that at up to a fifth of the
+            # server CPU of a connect.)
             replaced.raw_write = _discard
             transport = SocketTransport(self)
             self.websocket = transport
