@@ -107,7 +107,12 @@ def _free_port() -> int:
 
 
 def _taskset(cpu: str) -> list[str]:
-    return ["taskset", "-c", cpu] if shutil.which("taskset") else []
+    # Pin to `cpu` when this process may run there (a 1-CPU container cannot pin apart).
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+    if shutil.which("taskset") and int(cpu) in allowed:
+        return ["taskset", "-c", cpu]
+    print(f"warning: cannot pin to CPU {cpu}: running unpinned", file=sys.stderr)
+    return []
 
 
 def uptime() -> str:
