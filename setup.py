@@ -6,6 +6,15 @@ from setuptools import find_packages, setup
 
 README = Path(__file__).with_name("README.md")
 
+# The benchmark's peers and tools (scripts/bench.py); the test extra includes
+# them because tests/test_bench_smoke.py runs the benchmark's quick mode.
+BENCH = [
+    "flask-socketio>=5.3",
+    "matplotlib>=3.7",
+    "psutil>=5.9",
+    "py-spy>=0.3",
+]
+
 setup(
     name="flamigo-actors",
     version="0.1.0",
@@ -41,7 +50,9 @@ setup(
             "redis>=5.0",
             "gunicorn>=22",
             "playwright>=1.40",
+            *BENCH,
         ],
+        "bench": BENCH,
     },
     entry_points={"console_scripts": ["flamigo-actors=flamigo_actors.cli:main"]},
     classifiers=[

@@ -233,6 +233,7 @@ class ConnectionActor(FlamigoActor):
         super().__init__()
         self.connection = connection
         self._app_context: Any = None
+        connection.actor = self  # for Connection.deliver's idle fast path
 
     def on_start(self) -> None:
         super().on_start()
@@ -274,9 +275,7 @@ class ConnectionActor(FlamigoActor):
         if kind is _Push:
             conn = self.connection
             conn.pending_deliveries -= 1
-            if conn.outbound.push(message.frame):
-                conn.client.messages_out += 1
-                conn.stats.messages_out += 1
+            conn.push(message.frame)
             if message.waiter is not None:
                 message.waiter.done()
         elif kind is _Inbound:
@@ -424,6 +423,7 @@ class Connection:
         self._ended = False
         self._cleaned = False
         self.ref: Any = None
+        self.actor: ConnectionActor | None = None  # set by the actor itself
         transport.max_message_size = settings.max_message_size  # type: ignore[attr-defined]
         transport.on_control = self._send_control  # type: ignore[attr-defined]
         transport.on_activity = self._touch  # type: ignore[attr-defined]
@@ -617,6 +617,12 @@ class Connection:
 
     # -- sending ---------------------------------------------------------------
 
+    def push(self, frame: bytes) -> None:
+        """Write a push frame (a client event from the bus) and count it."""
+        if self.outbound.push(frame):
+            self.client.messages_out += 1
+            self.stats.messages_out += 1
+
     def _send(self, payload: bytes) -> None:
         if self.outbound.push(text_frame(payload)):
             self.client.messages_out += 1
@@ -665,6 +671,22 @@ class Connection:
         """Queue a push in the mailbox (behind what is already there); False if refused."""
         if self._ended or frame is None or self.outbound.closed:
             return False
+        actor = self.actor
+        if actor is not None and actor.idle() and not self._cleaned:
+            # Idle fast path (the fan-out hot path). The actor is waiting on an
+            # empty mailbox with nothing in progress (FlamigoActor.idle): a
+            # _Push told now would be the very next thing it runs, alone, and
+            # its handler is only `push` below. Greenlets do not preempt, so
+            # running that handler here, in the bus actor's greenlet, is
+            # indistinguishable from the mailbox doing it, in the same order,
+            # never beside a strategy; it saves a message, a greenlet and
+            # Pykka's dispatch per recipient. A busy actor (starting, or in a
+            # strategy, even one that yields) or a non-empty mailbox takes the
+            # mailbox path below, behind what is queued.
+            self.push(frame)
+            if waiter is not None:
+                waiter.done()
+            return True
         limit = self.flamigo.settings.mailbox_max_deliveries
         if self.pending_deliveries >= limit:
             # The bus routes a burst without yielding, so even an idle actor has

@@ -392,8 +392,24 @@ class Flamigo:
                 "or `flamigo-actors run` (gevent-websocket with flamigo_actors.transport.Handler)",
                 status=500,
             )
+        # The connection is served while the WSGI server iterates this body,
+        # after Flask has popped the request context: a connection can last
+        # for hours and need not hold a request, its session and URL adapter
+        # (memory per connection, and objects for the garbage collector to
+        # walk). Strategies and hooks run with the actor's own app context.
+        # (Status 200: Werkzeug never iterates the body of a 204. A mimetype:
+        # without one, Werkzeug looks for a content-type by raising and
+        # catching a KeyError.)
+        return Response(_serve(Connection(self, transport)), status=200, mimetype="text/plain")
+
+    def serve_websocket(self, transport: SocketTransport) -> None:
+        """Serve an upgraded WebSocket until it ends.
+
+        The WebSocket handler calls this directly for upgrades at
+        ``FLAMIGO_WS_PATH`` (unless ``FLAMIGO_WS_DIRECT`` is false, when the
+        Flask route's view does).
+        """
         Connection(self, transport).run()
-        return Response(status=204)
 
     def _register(self, connection: Connection) -> None:
         self.connections[connection.client.conn_id] = connection
@@ -523,3 +539,9 @@ class Flamigo:
         from .inspect import shell_namespace
 
         return shell_namespace(self, live=False)
+
+
+def _serve(connection: Connection) -> Any:
+    """A response body that serves ``connection`` when iterated, and yields nothing."""
+    connection.run()
+    yield from ()

