@@ -42,7 +42,14 @@ from gevent import monkey
 from greenlet import getcurrent
 from greenlet import greenlet as RawGreenlet
 
-__all__ = ["FlamigoActor", "Mailbox", "current_actor", "gevent_patched", "live_actor"]
+__all__ = [
+    "FlamigoActor",
+    "Mailbox",
+    "current_actor",
+    "gevent_patched",
+    "live_actor",
+    "parked_runners",
+]
 
 _pykka_log = logging.getLogger("pykka")
 
@@ -70,6 +77,15 @@ def current_actor() -> FlamigoActor | None:
 
 _free_runners: list[RawGreenlet] = []
 _MAX_FREE_RUNNERS = 128  # parked runners kept for reuse; a burst beyond makes new ones
+
+
+def parked_runners() -> list[RawGreenlet]:
+    """Runner greenlets parked in the pool, waiting for an actor with mail.
+
+    They are reused, not leaked: at most ``_MAX_FREE_RUNNERS`` (128) stay
+    parked. Leak checks count live greenlets *besides* these.
+    """
+    return list(_free_runners)
 
 
 def _runner_main(actor: FlamigoActor) -> None:

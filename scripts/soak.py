@@ -46,6 +46,8 @@ import pykka  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from flamigo_actors.engine import parked_runners  # noqa: E402
+
 RSS_GROWTH_LIMIT = 0.10
 """End RSS may exceed the after-warm-up RSS by at most this fraction."""
 
@@ -154,11 +156,15 @@ def _root(g: Any) -> Any:
 
 
 def greenlet_count() -> int:
-    """Live greenlets of this thread (gevent's resolver threads are not ours)."""
+    """Live greenlets of this thread (gevent's resolver threads are not ours),
+    besides the engine's parked runners: a reused pool of at most 128."""
     gc.collect()
     main = _root(greenlet.getcurrent())
+    parked = {id(g) for g in parked_runners()}
     return sum(
-        1 for g in gc.get_objects() if isinstance(g, greenlet.greenlet) and not g.dead and _root(g) is main
+        1
+        for g in gc.get_objects()
+        if isinstance(g, greenlet.greenlet) and not g.dead and _root(g) is main and id(g) not in parked
     )
 
 
@@ -166,6 +172,7 @@ def census(flamigo: Any) -> dict[str, int]:
     return {
         "actors": len(pykka.ActorRegistry.get_all()),
         "greenlets": greenlet_count(),
+        "parked_runners": len(parked_runners()),
         "connections": len(flamigo.connections),
         "subscriptions": len(flamigo.bus.subscriptions()),
         "rss": int(psutil.Process().memory_info().rss),

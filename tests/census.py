@@ -15,6 +15,7 @@ import greenlet
 import psutil
 import pykka
 
+from flamigo_actors.engine import parked_runners
 from tests.support import eventually
 
 COUNTED = ("actors", "greenlets", "connections", "subscriptions", "trie_entries")
@@ -29,7 +30,8 @@ def _root(g: greenlet.greenlet) -> greenlet.greenlet:
 
 
 def live_greenlets() -> list[greenlet.greenlet]:
-    """Greenlets alive in this thread (started, not finished), found through the GC.
+    """Greenlets alive in this thread (started, not finished), found through the GC,
+    besides the engine's parked runners (a pool of at most 128, reused).
 
     gevent's resolver runs ``getaddrinfo`` in a thread pool whose idle
     threads come and go; their greenlets belong to other threads and are
@@ -37,10 +39,14 @@ def live_greenlets() -> list[greenlet.greenlet]:
     """
     gc.collect()
     main = _root(greenlet.getcurrent())
+    parked = {id(g) for g in parked_runners()}  # the engine's reusable runner pool (bounded)
     return [
         obj
         for obj in gc.get_objects()
-        if isinstance(obj, greenlet.greenlet) and not obj.dead and _root(obj) is main
+        if isinstance(obj, greenlet.greenlet)
+        and not obj.dead
+        and _root(obj) is main
+        and id(obj) not in parked
     ]
 
 
