@@ -215,6 +215,7 @@ def stats(flamigo: Flamigo) -> Stats:
             "connections_closed": own.connections_closed,
             "connections_refused": own.connections_refused,
             "slow_consumers": own.slow_consumers,
+            "frames_dropped": own.frames_dropped,
             "rate_limited": own.rate_limited,
             "rates_per_second": rates,
             "rate_window": window,

@@ -18,6 +18,8 @@ from .transport import Handler
 
 __all__ = ["make_server", "serve", "tune_gc"]
 
+_log = logging.getLogger("flamigo_actors.server")
+
 SERVER_GC_THRESHOLDS = (700, 10, 100)
 """Python's default young thresholds, and full collections at most every 100 middle ones."""
 
@@ -42,8 +44,6 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*SERVER_GC_THRESHOLDS)
-
-_log = logging.getLogger("flamigo_actors.server")
 
 
 def make_server(app: Any, host: str = "127.0.0.1", port: int = 8080, **kwargs: Any) -> WSGIServer:
