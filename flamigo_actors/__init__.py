@@ -92,7 +92,7 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .bus import Bus, DeadlockError, Subscription
     from .connection import WebsocketClient
     from .context import Context

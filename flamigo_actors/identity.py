@@ -186,13 +186,13 @@ def has_permission(*permissions: str) -> ClaimValidator:
     return check
 
 
-I = TypeVar("I")
+IdentityT = TypeVar("IdentityT")
 
 
 @overload
 def require_identity(ctx: Context, *validators: ClaimValidator) -> Identity: ...
 @overload
-def require_identity(ctx: Context, *validators: ClaimValidator, kind: type[I]) -> I: ...
+def require_identity(ctx: Context, *validators: ClaimValidator, kind: type[IdentityT]) -> IdentityT: ...
 def require_identity(
     ctx: Context, *validators: ClaimValidator, kind: type[Any] | None = None
 ) -> Any:

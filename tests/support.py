@@ -45,6 +45,19 @@ class LiveServer:
             client.request("app::websocket:auth", {"token": self.login(username)})
         return client
 
+    def disconnections(self) -> list[Any]:
+        """Every Disconnected event this server publishes from now on, recorded by a listener."""
+        from flamigo_actors import Disconnected
+
+        seen: list[Any] = []
+        self.flamigo.bus.subscribe(
+            lambda ctx, event: seen.append(event),
+            "connection/disconnected/*",
+            event_type=Disconnected,
+            name="test.disconnections",
+        )
+        return seen
+
     def stop(self) -> None:
         try:
             self.flamigo.shutdown(timeout=2)

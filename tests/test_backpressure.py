@@ -19,21 +19,12 @@ import pytest
 from flask import Flask
 
 from app.chat import say
-from flamigo_actors import Context, Disconnected
 from tests.census import back_to_baseline, quiet_census
 from tests.rawws import RawWs, text
 from tests.reliability_app import create_app
 from tests.support import LiveServer, eventually
 
 
-def disconnections(server: LiveServer) -> list[Disconnected]:
-    seen: list[Disconnected] = []
-
-    def record(ctx: Context, event: Disconnected) -> None:
-        seen.append(event)
-
-    server.flamigo.bus.subscribe(record, "connection/disconnected/*", event_type=Disconnected)
-    return seen
 
 
 class RoomReader:
@@ -77,7 +68,7 @@ def test_a_client_that_stops_reading_is_closed_with_1013_and_nothing_is_lost_sil
         FLAMIGO_CLOSE_TIMEOUT=60,  # the test resumes reading whenever it likes
     )
     flamigo = server.flamigo
-    seen = disconnections(server)
+    seen = server.disconnections()
     readers = [RoomReader(server, "tea") for _ in range(2)]
     baseline = quiet_census(flamigo, connections=2)
     known = set(flamigo.connections)
@@ -127,7 +118,7 @@ def test_deliveries_piling_up_in_a_busy_mailbox_close_with_1013(
     server = reliability_server(FLAMIGO_MAILBOX_MAX_DELIVERIES=10)
     flamigo = server.flamigo
     gates = server.app.extensions["gates"]
-    seen = disconnections(server)
+    seen = server.disconnections()
     reader = RoomReader(server, "tea")
     baseline = quiet_census(flamigo, connections=1)
     known = set(flamigo.connections)

@@ -17,7 +17,7 @@ import pytest
 from flask import Flask
 
 from app.chat import say
-from flamigo_actors import Context, Disconnected
+from flamigo_actors import Context
 from tests.census import back_to_baseline, quiet_census
 from tests.rawws import RawWs
 from tests.reliability_app import create_app
@@ -29,14 +29,6 @@ def server(live_server: Callable[[Flask], LiveServer]) -> LiveServer:
     return live_server(create_app({"TESTING": True, "FLAMIGO_AUTH_REQUIRED": False}))
 
 
-def disconnections(server: LiveServer) -> list[Disconnected]:
-    seen: list[Disconnected] = []
-
-    def record(ctx: Context, event: Disconnected) -> None:
-        seen.append(event)
-
-    server.flamigo.bus.subscribe(record, "connection/disconnected/*", event_type=Disconnected)
-    return seen
 
 
 def in_room(server: LiveServer, room: str) -> RawWs:
@@ -65,7 +57,7 @@ def test_a_machinery_failure_closes_that_connection_only_with_1011(
 ) -> None:
     from flamigo_actors import connection as connection_module
 
-    seen = disconnections(server)
+    seen = server.disconnections()
     bystander = in_room(server, "tea")
     baseline = quiet_census(server.flamigo, connections=1)
     known = set(server.flamigo.connections)
@@ -119,7 +111,7 @@ def test_failing_hooks_and_listeners_are_isolated(
         heard.append(event.text)
 
     server = live_server(app)
-    seen = disconnections(server)
+    seen = server.disconnections()
     first = in_room(server, "tea")
     second = RawWs(server.port)  # its on_connect hook fails: closed with 1011
     assert second.read_until_close(timeout=10).code == 1011
@@ -168,7 +160,7 @@ def test_the_bus_actor_is_restarted_and_rooms_keep_receiving(
         assert [ws.recv_json()["payload"]["text"] for _ in range(3)] == ["after 0", "after 1", "after 2"]
     # the restarted bus serves new subscriptions and the lifecycle events too
     carol = in_room(server, "tea")
-    seen = disconnections(server)
+    seen = server.disconnections()
     flamigo.publish(say("tea", "bot", "to three"))
     for ws in (alice, bob, carol):
         assert ws.recv_json()["payload"]["text"] == "to three"

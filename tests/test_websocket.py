@@ -14,19 +14,8 @@ import requests
 import websocket
 from flask import Flask
 
-from flamigo_actors import Context, Disconnected
+from flamigo_actors import Disconnected
 from tests.support import ErrorReply, LiveServer, WsClient, eventually
-
-
-def disconnect_log(server: LiveServer) -> list[Disconnected]:
-    """Every Disconnected event the server publishes, recorded by a listener."""
-    seen: list[Disconnected] = []
-
-    def record(ctx: Context, event: Disconnected) -> None:
-        seen.append(event)
-
-    server.flamigo.bus.subscribe(record, "connection/disconnected/*", event_type=Disconnected)
-    return seen
 
 
 def error_of(message: dict[str, Any]) -> tuple[int, str]:
@@ -223,7 +212,7 @@ def only_conn_id(server: LiveServer) -> str:
 
 
 def test_client_close_fires_disconnected_once(demo_server: LiveServer) -> None:
-    seen = disconnect_log(demo_server)
+    seen = demo_server.disconnections()
     user_seen: list[Any] = []
     demo_server.flamigo.bus.subscribe(lambda ctx, e: user_seen.append(e), "user/disconnected/alice")
     client = demo_server.client("alice")
@@ -236,7 +225,7 @@ def test_client_close_fires_disconnected_once(demo_server: LiveServer) -> None:
 
 
 def test_network_drop_fires_disconnected_once(demo_server: LiveServer) -> None:
-    seen = disconnect_log(demo_server)
+    seen = demo_server.disconnections()
     client = demo_server.client("alice")
     conn_id = only_conn_id(demo_server)
     client.ws.sock.shutdown(socket.SHUT_RDWR)
@@ -247,7 +236,7 @@ def test_network_drop_fires_disconnected_once(demo_server: LiveServer) -> None:
 
 def test_ping_timeout_fires_disconnected_once(demo_app: Callable[..., Flask], live_server: Callable[[Flask], LiveServer]) -> None:
     server = live_server(demo_app(FLAMIGO_PING_INTERVAL=0.1, FLAMIGO_PONG_TIMEOUT=0.4))
-    seen = disconnect_log(server)
+    seen = server.disconnections()
     alive = server.client("bob")  # answers pings because it keeps reading
     client = server.client("alice")  # never reads again: never answers pings
     conn_id = [c for c, conn in server.flamigo.connections.items() if conn.client.user.id == "alice"][0]
@@ -262,7 +251,7 @@ def test_ping_timeout_fires_disconnected_once(demo_app: Callable[..., Flask], li
 
 
 def test_kick_fires_disconnected_once(demo_server: LiveServer) -> None:
-    seen = disconnect_log(demo_server)
+    seen = demo_server.disconnections()
     client = demo_server.client("alice")
     conn_id = only_conn_id(demo_server)
     assert demo_server.flamigo.kick(conn_id, "bye now")
@@ -274,7 +263,7 @@ def test_kick_fires_disconnected_once(demo_server: LiveServer) -> None:
 
 def test_oversize_message_closes_with_1009(demo_app: Callable[..., Flask], live_server: Callable[[Flask], LiveServer]) -> None:
     server = live_server(demo_app(FLAMIGO_MAX_MESSAGE_SIZE=1024))
-    seen = disconnect_log(server)
+    seen = server.disconnections()
     other = server.client("bob")
     client = server.client("alice")
     conn_id = [c for c, conn in server.flamigo.connections.items() if conn.client.user.id == "alice"][0]
@@ -291,7 +280,7 @@ def test_crash_in_the_connection_actor_closes_with_1011(
 ) -> None:
     from flamigo_actors import connection as connection_module
 
-    seen = disconnect_log(demo_server)
+    seen = demo_server.disconnections()
     other = demo_server.client("bob")
     client = demo_server.client("alice")
     conn_id = [c for c, conn in demo_server.flamigo.connections.items() if conn.client.user.id == "alice"][0]
