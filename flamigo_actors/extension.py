@@ -241,7 +241,7 @@ class Flamigo:
         """Decorator: subscribe an in-process listener ``fn(ctx, event)`` to ``patterns``."""
 
         def decorate(listener: Callable[..., Any]) -> Callable[..., Any]:
-            options = {"event_type": event_type, "client_only": client_only}
+            options: dict[str, Any] = {"event_type": event_type, "client_only": client_only}
             if self.app is None:
                 self._listeners.append((listener, patterns, options))
             else:

@@ -81,7 +81,7 @@ def actors() -> Table:
                 "urn": ref.actor_urn,
                 "class": ref.actor_class.__name__,
                 "alive": ref.is_alive(),
-                "mailbox": ref.actor_inbox.qsize(),
+                "mailbox": ref.actor_inbox.qsize(),  # type: ignore[attr-defined]
                 "age": round(now - started, 1) if started else None,
             }
         )

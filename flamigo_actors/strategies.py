@@ -86,7 +86,7 @@ class Request:
             FlamigoError: status 422 with ``field_errors`` listing each problem.
         """
         try:
-            return _adapter(model).validate_python(self.payload)  # type: ignore[no-any-return]
+            return _adapter(model).validate_python(self.payload)  # type: ignore[no-any-return,arg-type]
         except pydantic.ValidationError as err:
             fields = _field_errors(err)
             summary = "; ".join(f"{f['field']}: {f['error']}" for f in fields)

@@ -370,7 +370,7 @@ class Handler(WebSocketHandler):
             # server CPU of a connect.)
             replaced.raw_write = _discard
             transport = SocketTransport(self)
-            self.websocket = transport
+            self.websocket = transport  # type: ignore[assignment]
             self.environ["wsgi.websocket"] = transport
         return result
 
