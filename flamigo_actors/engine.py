@@ -29,6 +29,7 @@ The module also records which actor runs in the current greenlet, so that
 from __future__ import annotations
 
 import contextvars
+import gc
 import logging
 import sys
 import time
@@ -48,6 +49,7 @@ __all__ = [
     "current_actor",
     "gevent_patched",
     "live_actor",
+    "live_greenlets",
     "parked_runners",
 ]
 
@@ -86,6 +88,28 @@ def parked_runners() -> list[RawGreenlet]:
     parked. Leak checks count live greenlets *besides* these.
     """
     return list(_free_runners)
+
+
+def live_greenlets() -> list[RawGreenlet]:
+    """Greenlets alive in this thread (started, not finished), found through the GC,
+    besides the parked runners (a bounded, reused pool): what leak checks count.
+
+    Greenlets of other threads (gevent's resolver pool) are not ours to count.
+    """
+    gc.collect()
+    main = _root(getcurrent())
+    parked = {id(g) for g in _free_runners}
+    return [
+        obj
+        for obj in gc.get_objects()
+        if isinstance(obj, RawGreenlet) and not obj.dead and _root(obj) is main and id(obj) not in parked
+    ]
+
+
+def _root(g: RawGreenlet) -> RawGreenlet:
+    while g.parent is not None:
+        g = g.parent
+    return g
 
 
 def _runner_main(actor: FlamigoActor) -> None:

@@ -29,7 +29,6 @@ monkey.patch_all()
 
 import argparse  # noqa: E402 - after monkey-patching, on purpose
 import base64  # noqa: E402
-import gc  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
@@ -40,13 +39,12 @@ import time  # noqa: E402
 from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
-import greenlet  # noqa: E402
 import psutil  # noqa: E402
 import pykka  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from flamigo_actors.engine import parked_runners  # noqa: E402
+from flamigo_actors.engine import live_greenlets, parked_runners  # noqa: E402
 
 RSS_GROWTH_LIMIT = 0.10
 """End RSS may exceed the after-warm-up RSS by at most this fraction."""
@@ -149,29 +147,10 @@ class Client:
 # -- the census ---------------------------------------------------------------------------
 
 
-def _root(g: Any) -> Any:
-    while g.parent is not None:
-        g = g.parent
-    return g
-
-
-def greenlet_count() -> int:
-    """Live greenlets of this thread (gevent's resolver threads are not ours),
-    besides the engine's parked runners: a reused pool of at most 128."""
-    gc.collect()
-    main = _root(greenlet.getcurrent())
-    parked = {id(g) for g in parked_runners()}
-    return sum(
-        1
-        for g in gc.get_objects()
-        if isinstance(g, greenlet.greenlet) and not g.dead and _root(g) is main and id(g) not in parked
-    )
-
-
 def census(flamigo: Any) -> dict[str, int]:
     return {
         "actors": len(pykka.ActorRegistry.get_all()),
-        "greenlets": greenlet_count(),
+        "greenlets": len(live_greenlets()),
         "parked_runners": len(parked_runners()),
         "connections": len(flamigo.connections),
         "subscriptions": len(flamigo.bus.subscriptions()),

@@ -7,47 +7,18 @@ every client is gone (memory is checked against a stated bound instead).
 
 from __future__ import annotations
 
-import gc
 import os
 from typing import Any
 
-import greenlet
 import psutil
 import pykka
 
-from flamigo_actors.engine import parked_runners
+from flamigo_actors.engine import live_greenlets
 from tests.support import eventually
 
 COUNTED = ("actors", "greenlets", "connections", "subscriptions", "trie_entries")
 OWN = ("connections", "subscriptions", "trie_entries")
 PROCESS_WIDE = ("actors", "greenlets")
-
-
-def _root(g: greenlet.greenlet) -> greenlet.greenlet:
-    while g.parent is not None:
-        g = g.parent
-    return g
-
-
-def live_greenlets() -> list[greenlet.greenlet]:
-    """Greenlets alive in this thread (started, not finished), found through the GC,
-    besides the engine's parked runners (a pool of at most 128, reused).
-
-    gevent's resolver runs ``getaddrinfo`` in a thread pool whose idle
-    threads come and go; their greenlets belong to other threads and are
-    not ours to count.
-    """
-    gc.collect()
-    main = _root(greenlet.getcurrent())
-    parked = {id(g) for g in parked_runners()}  # the engine's reusable runner pool (bounded)
-    return [
-        obj
-        for obj in gc.get_objects()
-        if isinstance(obj, greenlet.greenlet)
-        and not obj.dead
-        and _root(obj) is main
-        and id(obj) not in parked
-    ]
 
 
 def greenlet_count() -> int:
