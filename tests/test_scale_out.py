@@ -91,14 +91,21 @@ def redis_links(pid: int, redis_port: int) -> int:
     )
 
 
-def test_two_servers_deliver_each_others_messages_exactly_once(
+def two_servers_with_a_room(
     redis_server: RedisServer, processes: list[ServerProcess]
-) -> None:
+) -> tuple[ServerProcess, ServerProcess, tuple[WsClient, WsClient, WsClient]]:
+    """Servers A and B on one Redis; alice and carol joined on A, bob on B."""
     a = ServerProcess.demo(free_port(), "--redis", redis_server.url)
     b = ServerProcess.demo(free_port(), "--redis", redis_server.url)
     processes += [a, b]
     start_servers(a, b)
-    alice, carol, bob = joined(a, "alice"), joined(a, "carol"), joined(b, "bob")
+    return a, b, (joined(a, "alice"), joined(a, "carol"), joined(b, "bob"))
+
+
+def test_two_servers_deliver_each_others_messages_exactly_once(
+    redis_server: RedisServer, processes: list[ServerProcess]
+) -> None:
+    a, b, (alice, carol, bob) = two_servers_with_a_room(redis_server, processes)
     members = [alice, carol, bob]
 
     post(b, "dave", "via HTTP on B")  # the Flask view on B
@@ -118,11 +125,7 @@ def test_two_servers_deliver_each_others_messages_exactly_once(
 def test_redis_killed_and_restarted_while_both_servers_run(
     redis_server: RedisServer, processes: list[ServerProcess]
 ) -> None:
-    a = ServerProcess.demo(free_port(), "--redis", redis_server.url)
-    b = ServerProcess.demo(free_port(), "--redis", redis_server.url)
-    processes += [a, b]
-    start_servers(a, b)
-    alice, carol, bob = joined(a, "alice"), joined(a, "carol"), joined(b, "bob")
+    a, b, (alice, carol, bob) = two_servers_with_a_room(redis_server, processes)
     say(bob, "before")
     everyone_receives([alice, carol, bob], "before")
 
