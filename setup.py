@@ -54,7 +54,7 @@ setup(
         ],
         "bench": BENCH,
     },
-    entry_points={"console_scripts": ["flamigo-actors=flamigo_actors.cli:main"]},
+    entry_points={"console_scripts": ["flamigo-actors=flamigo_actors.serving.cli:main"]},
     classifiers=[
         "Framework :: Flask",
         "Programming Language :: Python :: 3",

@@ -12,68 +12,70 @@ flask or socket are imported, as gevent requires.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
+import sys
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
     # errors
-    "FlamigoError": "errors",
-    "wrap": "errors",
-    "public_message": "errors",
-    "status_of": "errors",
-    "field_errors_of": "errors",
-    "bad_request": "errors",
-    "unauthorized": "errors",
-    "forbidden": "errors",
-    "not_found": "errors",
+    "FlamigoError": "core.errors",
+    "wrap": "core.errors",
+    "public_message": "core.errors",
+    "status_of": "core.errors",
+    "field_errors_of": "core.errors",
+    "bad_request": "core.errors",
+    "unauthorized": "core.errors",
+    "forbidden": "core.errors",
+    "not_found": "core.errors",
     # identities
-    "Identity": "identity",
-    "UserIdentity": "identity",
-    "BackendIdentity": "identity",
-    "User": "identity",
-    "of_type": "identity",
-    "is_backend": "identity",
-    "is_websocket": "identity",
-    "is_not_websocket": "identity",
-    "is_authenticated": "identity",
-    "is_unauthenticated": "identity",
-    "has_permission": "identity",
-    "require_identity": "identity",
-    "require_actor": "identity",
+    "Identity": "core.identity",
+    "UserIdentity": "core.identity",
+    "BackendIdentity": "core.identity",
+    "User": "core.identity",
+    "of_type": "core.identity",
+    "is_backend": "core.identity",
+    "is_websocket": "core.identity",
+    "is_not_websocket": "core.identity",
+    "is_authenticated": "core.identity",
+    "is_unauthenticated": "core.identity",
+    "has_permission": "core.identity",
+    "require_identity": "core.identity",
+    "require_actor": "core.identity",
     # context and strategies
-    "Context": "context",
-    "Registry": "strategies",
-    "Request": "strategies",
-    "Response": "strategies",
-    "Strategy": "strategies",
-    "StrategyContext": "strategies",
-    "DeferredReply": "strategies",
+    "Context": "runtime.context",
+    "Registry": "runtime.strategies",
+    "Request": "runtime.strategies",
+    "Response": "runtime.strategies",
+    "Strategy": "runtime.strategies",
+    "StrategyContext": "runtime.strategies",
+    "DeferredReply": "runtime.strategies",
     # topics and events
-    "Topic": "topics",
-    "TopicError": "topics",
-    "matches": "topics",
-    "Event": "events",
-    "ClientEvent": "events",
-    "ClientMessage": "events",
-    "ClientMessageEvent": "events",
-    "Connected": "events",
-    "Disconnected": "events",
-    "UserAuthenticated": "events",
-    "serializable": "events",
+    "Topic": "core.topics",
+    "TopicError": "core.topics",
+    "matches": "core.topics",
+    "Event": "core.events",
+    "ClientEvent": "core.events",
+    "ClientMessage": "core.events",
+    "ClientMessageEvent": "core.events",
+    "Connected": "core.events",
+    "Disconnected": "core.events",
+    "UserAuthenticated": "core.events",
+    "serializable": "core.events",
     # bus and signals
-    "Bus": "bus",
-    "DeadlockError": "bus",
-    "Subscription": "bus",
-    "event_published": "signals",
-    "publish": "signals",
-    "publish_sync": "signals",
+    "Bus": "runtime.bus",
+    "DeadlockError": "runtime.bus",
+    "Subscription": "runtime.bus",
+    "event_published": "runtime.signals",
+    "publish": "runtime.signals",
+    "publish_sync": "runtime.signals",
     # WebSocket interface
-    "Flamigo": "extension",
-    "WebsocketClient": "connection",
-    "serve": "server",
-    "make_server": "server",
-    "TestClient": "testing",
+    "Flamigo": "integration.extension",
+    "WebsocketClient": "websocket.connection",
+    "serve": "serving.server",
+    "make_server": "serving.server",
+    "TestClient": "integration.testing",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -92,11 +94,71 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
+# -- the flat module paths of 0.1 ------------------------------------------------
+# Until 0.2 the package was 26 flat modules. Their old import paths
+# (``flamigo_actors.bus``, ``flamigo_actors.transport``...) keep working for
+# one release: importing one yields the module at its new place (the same
+# module object, so its classes and globals are shared). New code should use
+# the new paths; ``python -m`` needs them (``python -m flamigo_actors.serving.cli``).
+MOVED_MODULES: dict[str, str] = {
+    "errors": "core.errors",
+    "identity": "core.identity",
+    "topics": "core.topics",
+    "events": "core.events",
+    "settings": "core.settings",
+    "ratelimit": "core.ratelimit",
+    "engine": "runtime.engine",
+    "context": "runtime.context",
+    "strategies": "runtime.strategies",
+    "bus": "runtime.bus",
+    "listener": "runtime.listener",
+    "signals": "runtime.signals",
+    "protocol": "websocket.protocol",
+    "transport": "websocket.transport",
+    "outbound": "websocket.outbound",
+    "connection": "websocket.connection",
+    "extension": "integration.extension",
+    "testing": "integration.testing",
+    "inspect": "ops.inspect",
+    "shell": "ops.shell",
+    "dashboard": "ops.dashboard",
+    "server": "serving.server",
+    "cli": "serving.cli",
+    "workers": "serving.workers",
+}
+"""Old flat module name -> its path in 0.2 (relative to ``flamigo_actors``)."""
+
+
+class _MovedModuleFinder:
+    """Resolves ``flamigo_actors.<old name>`` to the module's new place (one release only).
+
+    A meta path finder and its loader (duck-typed: ``importlib.abc`` would make
+    ``import flamigo_actors`` import tempfile, random and shutil).
+    """
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        package, _, name = fullname.rpartition(".")
+        if package != __name__ or name not in MOVED_MODULES:
+            return None
+        return importlib.machinery.ModuleSpec(fullname, self)
+
+    def create_module(self, spec: Any) -> Any:
+        name = spec.name.rpartition(".")[2]
+        return importlib.import_module(f"{__name__}.{MOVED_MODULES[name]}")
+
+    def exec_module(self, module: Any) -> None:
+        pass  # already imported at its new place
+
+
+if not any(isinstance(finder, _MovedModuleFinder) for finder in sys.meta_path):
+    sys.meta_path.append(_MovedModuleFinder())
+
+
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
-    from .bus import Bus, DeadlockError, Subscription
-    from .connection import WebsocketClient
-    from .context import Context
-    from .errors import (
+    from .runtime.bus import Bus, DeadlockError, Subscription
+    from .websocket.connection import WebsocketClient
+    from .runtime.context import Context
+    from .core.errors import (
         FlamigoError,
         bad_request,
         field_errors_of,
@@ -107,7 +169,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         unauthorized,
         wrap,
     )
-    from .events import (
+    from .core.events import (
         ClientEvent,
         ClientMessage,
         ClientMessageEvent,
@@ -117,8 +179,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         UserAuthenticated,
         serializable,
     )
-    from .extension import Flamigo
-    from .identity import (
+    from .integration.extension import Flamigo
+    from .core.identity import (
         BackendIdentity,
         Identity,
         User,
@@ -133,8 +195,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         require_actor,
         require_identity,
     )
-    from .server import make_server, serve
-    from .signals import event_published, publish, publish_sync
-    from .strategies import DeferredReply, Registry, Request, Response, Strategy, StrategyContext
-    from .testing import TestClient
-    from .topics import Topic, TopicError, matches
+    from .serving.server import make_server, serve
+    from .runtime.signals import event_published, publish, publish_sync
+    from .runtime.strategies import DeferredReply, Registry, Request, Response, Strategy, StrategyContext
+    from .integration.testing import TestClient
+    from .core.topics import Topic, TopicError, matches

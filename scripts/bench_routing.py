@@ -36,7 +36,7 @@ import gevent  # noqa: E402
 from flask import Flask  # noqa: E402
 
 from flamigo_actors import ClientMessageEvent, Flamigo  # noqa: E402
-from flamigo_actors.topics import Topic  # noqa: E402
+from flamigo_actors.core.topics import Topic  # noqa: E402
 
 
 BATCH = 500

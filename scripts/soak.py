@@ -44,7 +44,7 @@ import pykka  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from flamigo_actors.engine import live_greenlets, parked_runners  # noqa: E402
+from flamigo_actors.runtime.engine import live_greenlets, parked_runners  # noqa: E402
 
 RSS_GROWTH_LIMIT = 0.10
 """End RSS may exceed the after-warm-up RSS by at most this fraction."""
@@ -193,7 +193,7 @@ def settled(flamigo: Any, hold: float = 1.5, timeout: float = 20.0) -> dict[str,
 def run(cycles: int, concurrency: int, warmup: int) -> dict[str, Any]:
     """Run the soak and return the census at start, after the warm-up and at the end."""
     from app import create_app
-    from flamigo_actors.server import make_server
+    from flamigo_actors.serving.server import make_server
 
     app = create_app({"FLAMIGO_PING_INTERVAL": 54.0})
     flamigo = app.extensions["flamigo"]

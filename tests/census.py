@@ -13,7 +13,7 @@ from typing import Any
 import psutil
 import pykka
 
-from flamigo_actors.engine import live_greenlets
+from flamigo_actors.runtime.engine import live_greenlets
 from tests.support import eventually
 
 COUNTED = ("actors", "greenlets", "connections", "subscriptions", "trie_entries")

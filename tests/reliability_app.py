@@ -16,7 +16,7 @@ domain:
 * ``app::test:big`` ``{"size": n}``: returns a string of ``n`` characters.
 
 Serve it in a child process with
-``python -m flamigo_actors.cli run tests.reliability_app:create_app``.
+``python -m flamigo_actors.serving.cli run tests.reliability_app:create_app``.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import websocket
 from flask import Flask
 
 from flamigo_actors import Flamigo
-from flamigo_actors.server import make_server
+from flamigo_actors.serving.server import make_server
 
 
 class LiveServer:

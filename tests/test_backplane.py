@@ -31,7 +31,7 @@ from flamigo_actors import (
     is_backend,
     serializable,
 )
-from flamigo_actors.backplane import (
+from flamigo_actors.backplane.streams import (
     REMOTE,
     RedisBackplane,
     RedisUnavailable,
@@ -40,8 +40,8 @@ from flamigo_actors.backplane import (
     encode_for_backplane,
     redact,
 )
-from flamigo_actors.events import EventEncodingError, decode_event
-from flamigo_actors.inspect import stats
+from flamigo_actors.core.events import EventEncodingError, decode_event
+from flamigo_actors.ops.inspect import stats
 from tests.conftest import free_port
 from tests.support import REPO, LiveServer, RedisServer, eventually
 

@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 
 from flamigo_actors import Flamigo
-from flamigo_actors.testing import TestClient, TestClientError
+from flamigo_actors.integration.testing import TestClient, TestClientError
 
 
 @pytest.fixture

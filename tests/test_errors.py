@@ -3,7 +3,7 @@
 import pytest
 
 from flamigo_actors import FlamigoError, not_found, public_message, status_of, wrap
-from flamigo_actors.errors import GENERIC_PUBLIC_MESSAGE, as_payload, chain, field_errors_of
+from flamigo_actors.core.errors import GENERIC_PUBLIC_MESSAGE, as_payload, chain, field_errors_of
 
 
 def layered() -> FlamigoError:

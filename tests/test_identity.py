@@ -20,7 +20,7 @@ from flamigo_actors import (
     require_identity,
     status_of,
 )
-from flamigo_actors.identity import Identity, UserIdentity
+from flamigo_actors.core.identity import Identity, UserIdentity
 
 
 @dataclass

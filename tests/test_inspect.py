@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from flamigo_actors.inspect import Stats, Table, _Rates, is_loopback
-from flamigo_actors.shell import _block_ends_before, parse_address
+from flamigo_actors.ops.inspect import Stats, Table, _Rates, is_loopback
+from flamigo_actors.ops.shell import _block_ends_before, parse_address
 from tests.support import LiveServer, eventually
 
 
@@ -105,7 +105,7 @@ def test_scripts_end_blocks_like_a_person_at_the_prompt(block: list[str], line: 
 
 
 def test_kick_and_connections_from_the_namespace(demo_server: LiveServer) -> None:
-    from flamigo_actors.shell import namespace
+    from flamigo_actors.ops.shell import namespace
 
     names = namespace(demo_server.flamigo, live=True)
     client = demo_server.client("alice")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from flamigo_actors.settings import Settings
+from flamigo_actors.core.settings import Settings
 
 
 def test_defaults() -> None:

@@ -257,7 +257,7 @@ def test_mailbox_blocked_by_a_slow_strategy_shows_its_depth() -> None:
     ("entry", "address"),
     [
         (["-m", "app"], "0.0.0.0:{port}"),
-        (["-m", "flamigo_actors.cli", "run", "app:create_app"], "[::]:{port}"),
+        (["-m", "flamigo_actors.serving.cli", "run", "app:create_app"], "[::]:{port}"),
         (["-m", "app"], "example.com:{port}"),
     ],
 )
@@ -276,8 +276,8 @@ def test_backdoor_refuses_a_non_loopback_bind(entry: list[str], address: str) ->
 
 
 def test_serve_refuses_a_non_loopback_backdoor_before_listening(demo_app: Any) -> None:
-    from flamigo_actors.server import serve
-    from flamigo_actors.shell import BackdoorError
+    from flamigo_actors.serving.server import serve
+    from flamigo_actors.ops.shell import BackdoorError
 
     port = free_port()
     with pytest.raises(BackdoorError, match="refusing to open the debug shell on 10.1.2.3"):

@@ -111,7 +111,7 @@ def test_bind_reports_field_errors_with_422() -> None:
         flamigo.call("app::greet", {"name": "", "times": 9})
     err = info.value
     assert status_of(err) == 422
-    from flamigo_actors.errors import field_errors_of
+    from flamigo_actors.core.errors import field_errors_of
 
     fields = {f["field"] for f in field_errors_of(err) or []}
     assert fields == {"name", "times"}

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flamigo_actors import Topic, TopicError, matches
-from flamigo_actors.topics import TopicTrie
+from flamigo_actors.core.topics import TopicTrie
 
 # Small alphabets make collisions (and so real matches) frequent.
 segment = st.sampled_from(["a", "b", "c", "users", "42"])

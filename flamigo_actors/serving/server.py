@@ -13,8 +13,8 @@ import gevent
 from gevent.event import Event
 from gevent.pywsgi import WSGIServer
 
-from .engine import gevent_patched
-from .transport import Handler
+from ..runtime.engine import gevent_patched
+from ..websocket.transport import Handler
 
 __all__ = ["make_server", "serve", "tune_gc"]
 
@@ -90,7 +90,7 @@ def serve(
         ready: called once the server listens (e.g. to print the address).
         stop: an event that stops the server when set (for embedding and tests).
         backdoor: ``(host, port)`` of a debug shell to open (loopback only; see
-            :mod:`flamigo_actors.shell`); none by default.
+            :mod:`flamigo_actors.ops.shell`); none by default.
         gc_policy: apply :func:`tune_gc` (the default; False keeps Python's).
 
     Raises:
@@ -103,13 +103,13 @@ def serve(
     stop = stop or Event()
     shell = None
     if backdoor is not None:
-        from .shell import require_loopback
+        from ..ops.shell import require_loopback
 
         require_loopback(backdoor[0])  # before anything listens
     server.start()
     try:
         if backdoor is not None:
-            from .shell import start_backdoor
+            from ..ops.shell import start_backdoor
 
             shell = start_backdoor(flamigo, backdoor)
         flamigo.start()

@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _shell_address(text: str) -> tuple[str, int]:
-    from .shell import parse_address
+    from ..ops.shell import parse_address
 
     try:
         return parse_address(text)
@@ -90,7 +90,7 @@ def _shell_address(text: str) -> tuple[str, int]:
 
 
 def _backdoor_address(text: str) -> tuple[str, int]:
-    from .shell import BackdoorError, require_loopback
+    from ..ops.shell import BackdoorError, require_loopback
 
     address = _shell_address(text)
     try:
@@ -110,7 +110,7 @@ def _set_env(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .backplane import RedisUnavailable
+    from ..backplane.streams import RedisUnavailable
     from .server import serve
 
     _set_env(args)
@@ -145,7 +145,7 @@ def _run(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    from .shell import BackdoorError
+    from ..ops.shell import BackdoorError
 
     try:
         serve(app, args.host, args.port, ready=ready, backdoor=args.backdoor)
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return _run(args)
     if args.command == "shell":
-        from .shell import attach
+        from ..ops.shell import attach
 
         return attach(args.connect)
     return 2

@@ -60,7 +60,7 @@ import gevent
 import orjson
 from gevent.event import Event
 
-from .events import (
+from ..core.events import (
     ClientMessageEvent,
     EventEncodingError,
     decode_event,
@@ -68,12 +68,12 @@ from .events import (
     event_type_name,
     topics_of,
 )
-from .identity import User, user_of
+from ..core.identity import User, user_of
 
 if TYPE_CHECKING:
-    from .bus import Bus
-    from .identity import Identity
-    from .settings import Settings
+    from ..runtime.bus import Bus
+    from ..core.identity import Identity
+    from ..core.settings import Settings
 
 __all__ = [
     "REMOTE",
@@ -138,7 +138,7 @@ class RemoteIdentity:
 
 @dataclass
 class BackplaneStats:
-    """Counters of the backplane (also in ``flamigo_actors.inspect.stats()["backplane"]``)."""
+    """Counters of the backplane (also in ``flamigo_actors.ops.inspect.stats()["backplane"]``)."""
 
     sent: int = 0
     """Events written to Redis."""

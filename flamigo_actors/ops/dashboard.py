@@ -4,7 +4,7 @@ With ``FLAMIGO_INSPECT_ENABLED`` set, the extension mounts:
 
 * ``GET /_flamigo/inspect``: JSON with ``stats``, ``connections``,
   ``actors``, ``actor_kinds`` and ``subscriptions`` (the rows of
-  :mod:`flamigo_actors.inspect`). Connections and actors come deepest
+  :mod:`flamigo_actors.ops.inspect`). Connections and actors come deepest
   mailbox first, at most ``?limit=N`` of each (default 200);
   ``connections_total`` / ``actors_total`` give the full counts.
 * ``GET /_flamigo/dashboard``: a page (plain HTML, CSS and JS shipped in the
@@ -32,7 +32,7 @@ from flask import Flask, Response, jsonify, request
 from . import inspect
 
 if TYPE_CHECKING:
-    from .extension import Flamigo
+    from ..integration.extension import Flamigo
 
 __all__ = ["DASHBOARD_PATH", "INSPECT_PATH", "access_refusal", "register", "snapshot"]
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from .errors import FlamigoError, as_payload
+from ..core.errors import FlamigoError, as_payload
 
 __all__ = [
     "ERROR_TOPIC",

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import pykka
 
-from .engine import live_actor
+from ..runtime.engine import live_actor
 
 if TYPE_CHECKING:
     from flask import Flask
 
-    from .extension import Flamigo
+    from ..integration.extension import Flamigo
 
 __all__ = [
     "Stats",

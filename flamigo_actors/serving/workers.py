@@ -5,7 +5,7 @@
 
 gunicorn (the ecosystem's process manager, with gevent-websocket's worker
 class) runs the workers. The command replaces itself (``exec``) with
-``python -m flamigo_actors.workers ...``: a fresh interpreter *without*
+``python -m flamigo_actors.serving.workers ...``: a fresh interpreter *without*
 gevent's monkey-patching runs gunicorn's arbiter (it binds the port, forks the
 workers, restarts a crashed one, forwards signals), and each worker patches
 itself right after the fork, before it imports the application (gunicorn's
@@ -21,7 +21,7 @@ gevent worker does this). Each worker then:
   connection closes with 1001, every disconnected event fires.
 
 This module is imported by the unpatched arbiter: it imports only gunicorn and
-:mod:`flamigo_actors.transport` at module level, never Flask, Pykka or the app.
+:mod:`flamigo_actors.websocket.transport` at module level, never Flask, Pykka or the app.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any
 import gevent
 from gunicorn.app.base import BaseApplication
 
-from .transport import Handler, gunicorn_worker_base
+from ..websocket.transport import Handler, gunicorn_worker_base
 
 __all__ = ["FlamigoWorker", "WorkersApplication", "exec_arbiter", "main"]
 
@@ -50,7 +50,7 @@ WORKER_CONNECTIONS = 100_000
 
 
 class FlamigoWorker(gunicorn_worker_base()):  # type: ignore[misc]
-    """A gunicorn worker serving one Flamigo app with :class:`~flamigo_actors.transport.Handler`."""
+    """A gunicorn worker serving one Flamigo app with :class:`~flamigo_actors.websocket.transport.Handler`."""
 
     wsgi_handler = Handler
     flamigo: Any = None
@@ -69,7 +69,7 @@ class FlamigoWorker(gunicorn_worker_base()):  # type: ignore[misc]
                 self.cfg.workers,
             )
             sys.exit(APP_LOAD_ERROR)
-        from .backplane import RedisUnavailable
+        from ..backplane.streams import RedisUnavailable
 
         try:
             flamigo.start()
@@ -159,7 +159,7 @@ def exec_arbiter(target: str, host: str, port: int, workers: int, log_level: str
     variables (the command's flags) are inherited by the arbiter and workers.
     """
     argv = [
-        sys.executable, "-m", "flamigo_actors.workers", target,
+        sys.executable, "-m", "flamigo_actors.serving.workers", target,
         "--host", host, "--port", str(port), "--workers", str(workers), "--log-level", log_level,
     ]
     sys.stdout.flush()
@@ -172,8 +172,8 @@ def exec_arbiter(target: str, host: str, port: int, workers: int, log_level: str
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m flamigo_actors.workers MODULE:FACTORY --workers N``: run the arbiter."""
-    parser = argparse.ArgumentParser(prog="python -m flamigo_actors.workers")
+    """``python -m flamigo_actors.serving.workers MODULE:FACTORY --workers N``: run the arbiter."""
+    parser = argparse.ArgumentParser(prog="python -m flamigo_actors.serving.workers")
     parser.add_argument("target")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
@@ -193,6 +193,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # Run as the importable module, so gunicorn and the workers see one FlamigoWorker class.
-    from flamigo_actors.workers import main as _main
+    from flamigo_actors.serving.workers import main as _main
 
     sys.exit(_main())

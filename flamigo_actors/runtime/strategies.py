@@ -28,11 +28,11 @@ import gevent
 import pydantic
 
 from .context import Context
-from .errors import FieldError, FlamigoError, wrap
+from ..core.errors import FieldError, FlamigoError, wrap
 
 if TYPE_CHECKING:
-    from .extension import Flamigo
-    from .identity import Identity
+    from ..integration.extension import Flamigo
+    from ..core.identity import Identity
 
 __all__ = [
     "DeferredReply",

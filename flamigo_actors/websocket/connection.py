@@ -7,7 +7,7 @@ Three parts, one job each:
   hooks see as ``ctx.identity``.
 * :class:`Connection`: the glue. Its :meth:`~Connection.run` is the *reader*:
   it only receives frames and tells the actor. Its outbound path
-  (:class:`~flamigo_actors.outbound.Outbound`) is the one way to the socket.
+  (:class:`~flamigo_actors.websocket.outbound.Outbound`) is the one way to the socket.
 * :class:`ConnectionActor`: the Pykka actor whose mailbox is the one place
   where this connection's strategy executions and event deliveries happen,
   one at a time, in arrival order.
@@ -15,7 +15,7 @@ Three parts, one job each:
 However a connection ends (client close, network drop, ping timeout, kick,
 oversize message, slow consumer, server shutdown, a crash in the actor), its
 cleanup runs exactly once: the subscription is cancelled, deferred work is
-stopped, ``on_disconnect`` hooks run, and one :class:`~flamigo_actors.events.Disconnected`
+stopped, ``on_disconnect`` hooks run, and one :class:`~flamigo_actors.core.events.Disconnected`
 event is published. Then the actor stops and leaves the Pykka registry.
 """
 
@@ -33,22 +33,22 @@ from gevent.event import Event
 from gevent.lock import Semaphore
 
 from . import protocol
-from .engine import FlamigoActor
-from .errors import FlamigoError, status_of, trace_of
-from .events import Connected, Disconnected, UserAuthenticated
-from .identity import WEBSOCKET, User
+from ..runtime.engine import FlamigoActor
+from ..core.errors import FlamigoError, status_of, trace_of
+from ..core.events import Connected, Disconnected, UserAuthenticated
+from ..core.identity import WEBSOCKET, User
 from .outbound import Outbound
 from .protocol import NO_ACK, InvalidText, ProtocolError
-from .ratelimit import TokenBucket
-from .signals import connection_closed, connection_opened
-from .strategies import DeferredReply, Request, StrategyContext, run_strategy
-from .topics import Topic
+from ..core.ratelimit import TokenBucket
+from ..runtime.signals import connection_closed, connection_opened
+from ..runtime.strategies import DeferredReply, Request, StrategyContext, run_strategy
+from ..core.topics import Topic
 from .transport import CloseRequired, ConnectionEnded, Transport, close_frame, text_frame
 
 if TYPE_CHECKING:
-    from .bus import Subscription, SyncWaiter
-    from .extension import Flamigo
-    from .identity import Identity
+    from ..runtime.bus import Subscription, SyncWaiter
+    from ..integration.extension import Flamigo
+    from ..core.identity import Identity
 
 __all__ = ["Connection", "ConnectionActor", "WebsocketClient"]
 
@@ -146,7 +146,7 @@ class WebsocketClient:
         """Mark the connection as ``user`` (done by ``app::websocket:auth``).
 
         Runs the ``on_authenticated`` hooks and publishes
-        :class:`~flamigo_actors.events.UserAuthenticated` the first time.
+        :class:`~flamigo_actors.core.events.UserAuthenticated` the first time.
 
         Raises:
             FlamigoError: 409 when another user is already authenticated here.

@@ -35,12 +35,12 @@ from gevent.fileobject import FileObjectPosix
 from gevent.hub import getcurrent
 
 from . import inspect
-from .engine import gevent_patched
-from .events import ClientMessageEvent
-from .identity import BackendIdentity, Identity
+from ..runtime.engine import gevent_patched
+from ..core.events import ClientMessageEvent
+from ..core.identity import BackendIdentity, Identity
 
 if TYPE_CHECKING:
-    from .extension import Flamigo
+    from ..integration.extension import Flamigo
 
 __all__ = [
     "BackdoorError",

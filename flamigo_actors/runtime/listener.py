@@ -19,7 +19,7 @@ from .engine import FlamigoActor
 
 if TYPE_CHECKING:
     from .bus import Bus, Subscription, SyncWaiter
-    from .identity import Identity
+    from ..core.identity import Identity
 
 __all__ = ["ListenerActor", "ListenerSubscriber"]
 

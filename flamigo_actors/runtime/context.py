@@ -12,12 +12,12 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from .errors import FlamigoError
-from .identity import Identity, User, describe, user_of
+from ..core.errors import FlamigoError
+from ..core.identity import Identity, User, describe, user_of
 
 if TYPE_CHECKING:
     from .bus import Bus
-    from .extension import Flamigo
+    from ..integration.extension import Flamigo
     from .strategies import Registry
 
 __all__ = ["Context"]

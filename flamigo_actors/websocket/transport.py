@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from geventwebsocket.handler import WebSocketHandler
 
 if TYPE_CHECKING:
-    from .extension import Flamigo
+    from ..integration.extension import Flamigo
 
 __all__ = [
     "CloseRequired",

@@ -1,9 +1,9 @@
 """The realtime event bus: a blinker-backed Pykka actor routing events by topic.
 
-Publishing sends the :data:`~flamigo_actors.signals.event_published` blinker
+Publishing sends the :data:`~flamigo_actors.runtime.signals.event_published` blinker
 signal; the bus's receiver validates the event, encodes a client event's push
 frame once, and tells the bus actor. The bus actor looks the topics up in a
-:class:`~flamigo_actors.topics.TopicTrie` and tells each matching subscriber:
+:class:`~flamigo_actors.core.topics.TopicTrie` and tells each matching subscriber:
 
 * a connection: the frame goes into that connection's mailbox, behind
   whatever it was already doing;
@@ -36,16 +36,16 @@ import gevent
 from gevent.event import AsyncResult
 
 from .engine import FlamigoActor, current_actor
-from .errors import FlamigoError
-from .events import topics_of
-from .identity import BackendIdentity, Identity
-from .protocol import encode_push
+from ..core.errors import FlamigoError
+from ..core.events import topics_of
+from ..core.identity import BackendIdentity, Identity
+from ..websocket.protocol import encode_push
 from .signals import event_published
-from .topics import Topic, TopicTrie
-from .transport import text_frame
+from ..core.topics import Topic, TopicTrie
+from ..websocket.transport import text_frame
 
 if TYPE_CHECKING:
-    from .extension import Flamigo
+    from ..integration.extension import Flamigo
 
 __all__ = ["Bus", "BusStats", "DeadlockError", "Subscriber", "Subscription"]
 
@@ -264,7 +264,7 @@ class Bus:
         self._closing = False
         self._app: Any = None
         self.backplane: Any = None
-        """Set by the Redis backplane (:class:`~flamigo_actors.backplane.RedisBackplane`):
+        """Set by the Redis backplane (:class:`~flamigo_actors.backplane.streams.RedisBackplane`):
         an object with ``send(event, identity)``, which must never block."""
 
     # -- lifecycle -----------------------------------------------------------

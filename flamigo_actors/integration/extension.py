@@ -34,15 +34,15 @@ import pydantic
 from gevent.event import AsyncResult
 from flask import Flask, Response, request
 
-from .bus import Bus
-from .connection import GOING_AWAY, KICKED, Connection, WebsocketClient
-from .errors import FlamigoError
-from .identity import BackendIdentity, Identity, User
-from .protocol import HEARTBEAT_ACTION, HEARTBEAT_PAYLOAD, heartbeat_frames
-from .ratelimit import AddressLimiter
-from .settings import Settings
-from .strategies import Registry, Request, StrategyContext, run_strategy
-from .transport import PING_FRAME, SocketTransport
+from ..runtime.bus import Bus
+from ..websocket.connection import GOING_AWAY, KICKED, Connection, WebsocketClient
+from ..core.errors import FlamigoError
+from ..core.identity import BackendIdentity, Identity, User
+from ..websocket.protocol import HEARTBEAT_ACTION, HEARTBEAT_PAYLOAD, heartbeat_frames
+from ..core.ratelimit import AddressLimiter
+from ..core.settings import Settings
+from ..runtime.strategies import Registry, Request, StrategyContext, run_strategy
+from ..websocket.transport import PING_FRAME, SocketTransport
 
 __all__ = ["Flamigo", "FlamigoStats", "TokenVerifier"]
 
@@ -166,7 +166,7 @@ class Flamigo:
         for listener, patterns, options in self._listeners:
             self.bus.subscribe(listener, *patterns, **options)
         app.shell_context_processor(self._shell_context)
-        from .inspect import register_inspection
+        from ..ops.inspect import register_inspection
 
         register_inspection(self, app)
 
@@ -389,7 +389,7 @@ class Flamigo:
         if not isinstance(transport, SocketTransport):
             return Response(
                 "WebSocket upgrade not handled: serve the app with flamigo_actors.serve() "
-                "or `flamigo-actors run` (gevent-websocket with flamigo_actors.transport.Handler)",
+                "or `flamigo-actors run` (gevent-websocket with flamigo_actors.websocket.transport.Handler)",
                 status=500,
             )
         # The connection is served while the WSGI server iterates this body,
@@ -471,7 +471,7 @@ class Flamigo:
         if self.app is None:
             raise RuntimeError("call init_app(app) before start()")
         if self.settings.redis_url and self.bus.backplane is None:
-            from .backplane import RedisBackplane
+            from ..backplane.streams import RedisBackplane
 
             RedisBackplane.from_settings(self.bus, self.settings).start()
         self.bus.start()
@@ -485,7 +485,7 @@ class Flamigo:
         Args:
             timeout: seconds to wait for in-flight work (default ``FLAMIGO_DRAIN_TIMEOUT``).
         """
-        from .connection import _Close
+        from ..websocket.connection import _Close
 
         self._draining = True
         drain = self.settings.drain_timeout if timeout is None else timeout
@@ -523,7 +523,7 @@ class Flamigo:
     def test_client(self, **options: Any) -> Any:
         """A client driving the real connection code path without a network.
 
-        See :class:`flamigo_actors.testing.TestClient`.
+        See :class:`flamigo_actors.integration.testing.TestClient`.
         """
         from .testing import TestClient
 
@@ -536,7 +536,7 @@ class Flamigo:
         return response
 
     def _shell_context(self) -> dict[str, Any]:
-        from .inspect import shell_namespace
+        from ..ops.inspect import shell_namespace
 
         return shell_namespace(self, live=False)
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload, runtime_chec
 from .errors import FlamigoError
 
 if TYPE_CHECKING:
-    from .context import Context
+    from ..runtime.context import Context
 
 __all__ = [
     "BACKEND",

@@ -22,7 +22,7 @@ from blinker import Namespace
 from flask import current_app, has_app_context
 
 if TYPE_CHECKING:
-    from .identity import Identity
+    from ..core.identity import Identity
 
 __all__ = [
     "connection_closed",

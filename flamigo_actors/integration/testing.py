@@ -1,7 +1,7 @@
 """A test client for application authors: the real connection code path, no network.
 
 Like Flask-SocketIO's ``test_client``: it runs the same
-:class:`~flamigo_actors.connection.Connection` (reader, actor, outbound
+:class:`~flamigo_actors.websocket.connection.Connection` (reader, actor, outbound
 queue, strategies, bus subscriptions) over an in-memory transport::
 
     def test_echo(app):
@@ -21,9 +21,9 @@ import gevent
 import orjson
 from gevent.queue import Empty, Queue
 
-from .connection import Connection
-from .errors import FlamigoError
-from .transport import CloseRequired, ConnectionEnded
+from ..websocket.connection import Connection
+from ..core.errors import FlamigoError
+from ..websocket.transport import CloseRequired, ConnectionEnded
 
 if TYPE_CHECKING:
     from .extension import Flamigo
@@ -49,7 +49,7 @@ class TestClientError(FlamigoError):
 
 
 class MemoryTransport:
-    """A :class:`~flamigo_actors.transport.Transport` whose peer is a :class:`TestClient`."""
+    """A :class:`~flamigo_actors.websocket.transport.Transport` whose peer is a :class:`TestClient`."""
 
     def __init__(self, remote_addr: str) -> None:
         self.remote_addr = remote_addr

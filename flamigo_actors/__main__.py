@@ -1,0 +1,12 @@
+"""``python -m flamigo_actors ...``: the ``flamigo-actors`` command (run, shell)."""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import sys  # noqa: E402 - after monkey-patching, on purpose
+
+from flamigo_actors.serving.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
