@@ -166,7 +166,7 @@ class Flamigo:
         for listener, patterns, options in self._listeners:
             self.bus.subscribe(listener, *patterns, **options)
         app.shell_context_processor(self._shell_context)
-        from ..ops.inspect import register_inspection
+        from ..ops.dashboard import register_inspection
 
         register_inspection(self, app)
 
@@ -536,9 +536,9 @@ class Flamigo:
         return response
 
     def _shell_context(self) -> dict[str, Any]:
-        from ..ops.inspect import shell_namespace
+        from ..ops.shell import namespace
 
-        return shell_namespace(self, live=False)
+        return namespace(self, live=False)
 
 
 def _serve(connection: Connection) -> Any:

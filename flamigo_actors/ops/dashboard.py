@@ -32,9 +32,9 @@ from flask import Flask, Response, jsonify, request
 from . import inspect
 
 if TYPE_CHECKING:
-    from ..integration.extension import Flamigo
+    from .host import Host
 
-__all__ = ["DASHBOARD_PATH", "INSPECT_PATH", "access_refusal", "register", "snapshot"]
+__all__ = ["DASHBOARD_PATH", "INSPECT_PATH", "access_refusal", "register", "register_inspection", "snapshot"]
 
 INSPECT_PATH = "/_flamigo/inspect"
 DASHBOARD_PATH = "/_flamigo/dashboard"
@@ -61,7 +61,7 @@ _ASSETS = {
 }
 
 
-def access_refusal(flamigo: Flamigo, environ: dict[str, Any], headers: Any) -> str | None:
+def access_refusal(flamigo: Host, environ: dict[str, Any], headers: Any) -> str | None:
     """Why this request may not inspect the app, or ``None`` when it may.
 
     Args:
@@ -95,7 +95,7 @@ def access_refusal(flamigo: Flamigo, environ: dict[str, Any], headers: Any) -> s
     )
 
 
-def snapshot(flamigo: Flamigo, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
+def snapshot(flamigo: Host, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
     """The inspection document: counts, rates and the deepest-first rows (plain data)."""
     connections = inspect.connections(flamigo)
     connections.sort(key=lambda r: (-r["mailbox"], -r["outbound"], r["connected_at"]))
@@ -125,7 +125,13 @@ def snapshot(flamigo: Flamigo, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
     }
 
 
-def register(flamigo: Flamigo, app: Flask) -> None:
+def register_inspection(flamigo: Host, app: Flask) -> None:
+    """Mount the JSON endpoint and the dashboard when ``FLAMIGO_INSPECT_ENABLED`` is set (``init_app`` calls this)."""
+    if flamigo.settings.inspect_enabled:
+        register(flamigo, app)
+
+
+def register(flamigo: Host, app: Flask) -> None:
     """Mount the inspection endpoint and the dashboard on ``app`` (done by ``init_app``)."""
 
     def guarded(view: Any) -> Any:

@@ -19,9 +19,7 @@ import pykka
 from ..runtime.engine import live_actor
 
 if TYPE_CHECKING:
-    from flask import Flask
-
-    from ..integration.extension import Flamigo
+    from .host import Host
 
 __all__ = [
     "Stats",
@@ -89,7 +87,7 @@ def actors() -> Table:
     return Table(rows, ["kind", "urn", "alive", "mailbox", "age"])
 
 
-def connections(flamigo: Flamigo) -> Table:
+def connections(flamigo: Host) -> Table:
     """Every connection: id, remote, user, subscriptions, mailbox and outbound depth, counters.
 
     ``mailbox`` counts the requests and pushes waiting behind the one being
@@ -110,7 +108,7 @@ def connections(flamigo: Flamigo) -> Table:
     )
 
 
-def subscriptions(flamigo: Flamigo) -> Table:
+def subscriptions(flamigo: Host) -> Table:
     """Every pattern with its subscribers."""
     rows = [{"pattern": p, "subscribers": subs} for p, subs in flamigo.bus.patterns()]
     return Table(rows, ["pattern", "subscribers"])
@@ -175,10 +173,10 @@ class _Rates:
         return rates, round(window, 1)
 
 
-_rates: weakref.WeakKeyDictionary[Flamigo, _Rates] = weakref.WeakKeyDictionary()
+_rates: weakref.WeakKeyDictionary[Host, _Rates] = weakref.WeakKeyDictionary()
 
 
-def stats(flamigo: Flamigo) -> Stats:
+def stats(flamigo: Host) -> Stats:
     """Counts and rates: connections, messages in/out per second, events published/delivered/refused.
 
     ``"backplane"`` holds the Redis backplane's state and counters (``None`` without one).
@@ -249,18 +247,3 @@ def is_loopback(address: str | None) -> bool:
     mapped = getattr(ip, "ipv4_mapped", None)
     return bool((mapped or ip).is_loopback)
 
-
-def shell_namespace(flamigo: Flamigo, *, live: bool) -> dict[str, Any]:
-    """Names offered by ``flask shell`` (``live=False``) and the debug shell."""
-    from .shell import namespace
-
-    return namespace(flamigo, live=live)
-
-
-def register_inspection(flamigo: Flamigo, app: Flask) -> None:
-    """Mount the JSON endpoint and the dashboard when ``FLAMIGO_INSPECT_ENABLED`` is set."""
-    if not flamigo.settings.inspect_enabled:
-        return
-    from .dashboard import register
-
-    register(flamigo, app)

@@ -40,7 +40,7 @@ from ..core.events import ClientMessageEvent
 from ..core.identity import BackendIdentity, Identity
 
 if TYPE_CHECKING:
-    from ..integration.extension import Flamigo
+    from .host import Host
 
 __all__ = [
     "BackdoorError",
@@ -71,7 +71,7 @@ HELPERS = (
 # -- the namespace ----------------------------------------------------------------
 
 
-def namespace(flamigo: Flamigo, *, live: bool) -> dict[str, Any]:
+def namespace(flamigo: Host, *, live: bool) -> dict[str, Any]:
     """The names a debug shell offers for ``flamigo``'s application.
 
     The helpers return plain data (lists of dicts, dicts) that print as
@@ -143,7 +143,7 @@ def namespace(flamigo: Flamigo, *, live: bool) -> dict[str, Any]:
     return names
 
 
-def _in_app_context(flamigo: Flamigo, work: Any) -> Any:
+def _in_app_context(flamigo: Host, work: Any) -> Any:
     from flask import has_app_context
 
     if has_app_context() or flamigo.app is None:
@@ -152,10 +152,10 @@ def _in_app_context(flamigo: Flamigo, work: Any) -> Any:
         return work()
 
 
-_exit_hooks: weakref.WeakSet[Flamigo] = weakref.WeakSet()
+_exit_hooks: weakref.WeakSet[Host] = weakref.WeakSet()
 
 
-def _stop_runtime_at_exit(flamigo: Flamigo) -> None:
+def _stop_runtime_at_exit(flamigo: Host) -> None:
     # Without gevent's patching (``flask shell``) actors run in real, non-daemon
     # threads, and the interpreter joins those *before* atexit handlers run: a
     # shell that published an event would never exit. threading's own pre-join
@@ -339,7 +339,7 @@ class DebugShellServer(BackdoorServer):
         BackdoorError: ``address`` is not a loopback address.
     """
 
-    def __init__(self, flamigo: Flamigo, address: tuple[str, int]) -> None:
+    def __init__(self, flamigo: Host, address: tuple[str, int]) -> None:
         require_loopback(address[0])
         self.flamigo = flamigo
         app_name = flamigo.app.import_name if flamigo.app is not None else "?"
@@ -415,7 +415,7 @@ def _peer(address: Any) -> str:
         return str(address)
 
 
-def start_backdoor(flamigo: Flamigo, address: tuple[str, int]) -> DebugShellServer:
+def start_backdoor(flamigo: Host, address: tuple[str, int]) -> DebugShellServer:
     """Open the debug shell on ``address`` (loopback only) and return the running server.
 
     Raises:
