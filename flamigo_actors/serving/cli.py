@@ -14,43 +14,16 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402 - after monkey-patching, on purpose
-import importlib  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 from typing import Any  # noqa: E402
 
+from .loading import load_app  # noqa: E402 - imports nothing else of the package
+
 __all__ = ["load_app", "main"]
 
 _log = logging.getLogger("flamigo_actors.cli")
-
-
-def load_app(target: str) -> Any:
-    """Import ``module:name`` and return the Flask app it names.
-
-    ``name`` may be an app object or a factory (called without arguments);
-    ``module:factory()`` is accepted too.
-
-    Raises:
-        SystemExit: with a clear message when the target cannot be loaded.
-    """
-    module_name, _, attribute = target.partition(":")
-    attribute = (attribute or "create_app").removesuffix("()")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise SystemExit(f"error: cannot import {module_name!r}: {err}") from None
-    try:
-        found = getattr(module, attribute)
-    except AttributeError:
-        raise SystemExit(f"error: module {module_name!r} has no {attribute!r}") from None
-    app = found() if callable(found) and not hasattr(found, "wsgi_app") else found
-    if not hasattr(app, "extensions") or "flamigo" not in app.extensions:
-        raise SystemExit(
-            f"error: {target} did not give a Flask app with the Flamigo extension "
-            "(call Flamigo(app) in the factory)"
-        )
-    return app
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -36,6 +36,7 @@ import gevent
 from gunicorn.app.base import BaseApplication
 
 from ..websocket.transport import Handler, gunicorn_worker_base
+from .loading import load_app, search_current_directory
 
 __all__ = ["FlamigoWorker", "WorkersApplication", "exec_arbiter", "main"]
 
@@ -112,8 +113,6 @@ class WorkersApplication(BaseApplication):  # type: ignore[misc]
                 self.cfg.set(key, value)
 
     def load(self) -> Any:
-        from .cli import load_app  # in the worker: already patched, so this import is safe
-
         try:
             return load_app(self.target)
         except SystemExit as err:  # load_app's clear message; make the arbiter stop
@@ -184,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if os.getcwd() not in sys.path:  # the app module is looked up from here, as with `python -m`
-        sys.path.insert(0, os.getcwd())
+    search_current_directory()  # the app module is looked up from here, as with `python -m`
     options = gunicorn_options(args.target, args.host, args.port, args.workers, args.log_level)
     WorkersApplication(args.target, options).run()  # exits with the arbiter's status
     return 0
