@@ -27,11 +27,19 @@ setup(
     package_data={
         "flamigo_actors": ["static/*", "py.typed"],
     },
+    # Every distribution flamigo_actors imports (tests/test_dependencies.py checks
+    # this list against the imports). An upper bound where we rely on internals,
+    # below the next release that may break them, as tested: the engine copies
+    # Pykka's private actor loop and overrides its private hooks; the transport
+    # overrides pywsgi's and gevent-websocket's handler methods; the engine
+    # parents raw greenlets on gevent's hub; routes use Werkzeug's websocket rules.
     install_requires=[
-        "pykka>=4.1,<5",
-        "gevent>=24.2",
+        "pykka>=4.1,<4.6",
+        "gevent>=24.2,<26.10",
         "gevent-websocket==0.10.1",
+        "greenlet>=3.0,<4",
         "flask>=3.0,<4",
+        "werkzeug>=3.0,<4",
         "blinker>=1.7",
         "orjson>=3.9",
         "pydantic>=2.5,<3",
@@ -40,7 +48,8 @@ setup(
     extras_require={
         "redis": ["redis>=5.0"],
         # --workers N: gunicorn runs the worker processes, which share the Redis backplane.
-        "workers": ["gunicorn>=22", "redis>=5.0"],
+        # serving/workers.py overrides gunicorn worker methods (load_wsgi, run, handle_quit).
+        "workers": ["gunicorn>=22,<28", "redis>=5.0"],
         "test": [
             "pytest>=8",
             "hypothesis>=6.90",
@@ -48,7 +57,7 @@ setup(
             "requests>=2.31",
             "psutil>=5.9",
             "redis>=5.0",
-            "gunicorn>=22",
+            "gunicorn>=22,<28",
             "playwright>=1.40",
             *BENCH,
         ],
