@@ -38,7 +38,7 @@ import gevent  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tests.conftest import free_port  # noqa: E402
+from tests.support import free_port  # noqa: E402
 from tests.support import RedisServer, ServerProcess, WsClient  # noqa: E402
 
 

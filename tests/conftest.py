@@ -1,4 +1,14 @@
-"""Shared fixtures. gevent's monkey-patching comes first, before anything imports socket."""
+"""Shared fixtures and markers. gevent's monkey-patching comes first, before anything imports socket.
+
+Markers (registered below, applied by :func:`pytest_collection_modifyitems`):
+``browser`` (headless Chromium), ``redis`` (a real redis-server), ``subprocess``
+(starts a child process: a server, node, the CLI, a benchmark) and ``slow``
+(several seconds or more). The quick loop skips the slow and browser ones:
+
+    python -m pytest -q -p no:cacheprovider -m "not slow and not browser"
+
+CI runs everything. Helpers that tests import live in tests/support.py.
+"""
 
 from gevent import monkey
 
@@ -6,50 +16,67 @@ monkey.patch_all()
 
 import os  # noqa: E402
 import shutil  # noqa: E402
-import socket  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 from flask import Flask  # noqa: E402
 
-from tests.support import LiveServer, RedisServer, start_live_server  # noqa: E402
+from tests.support import (  # noqa: E402
+    SLOW,
+    SUBPROCESS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    LiveServer,
+    RedisServer,
+    clean_flamigo_environment,
+    free_port,
+    need_binary,
+    start_live_server,
+)
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    # Root in a container, no GPU, a closed network: what headless Chromium needs here.
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-quic",
-    "--no-first-run",
-]
+MARKERS = {
+    "browser": "drives headless Chromium (Playwright)",
+    "redis": "starts a real redis-server",
+    "subprocess": "starts a child process (a server, node, the CLI, a benchmark)",
+    "slow": "takes several seconds or more; left out of the quick loop",
+}
+
+# Fixtures that imply a marker, wherever they are used.
+_FIXTURE_MARKERS = {
+    "browser": "browser",
+    "page": "browser",
+    "redis_server": "redis",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, description in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {description}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test by the fixtures it uses and by tests/support.py's SLOW / SUBPROCESS tables."""
+    for item in items:
+        module = item.path.stem
+        test = item.name.partition("[")[0]
+        wanted = {_FIXTURE_MARKERS[f] for f in getattr(item, "fixturenames", ()) if f in _FIXTURE_MARKERS}
+        for marker, table in (("slow", SLOW), ("subprocess", SUBPROCESS)):
+            entry = table.get(module)
+            if entry is not None and (entry == "*" or test in entry):
+                wanted.add(marker)
+        for marker in sorted(wanted - {m.name for m in item.iter_markers()}):
+            item.add_marker(getattr(pytest.mark, marker))
+
+
+@pytest.fixture(autouse=True)
+def _no_flamigo_environment() -> Iterator[None]:
+    """No ``FLAMIGO_*`` variable of the developer's shell reaches a test (restored afterwards)."""
+    with clean_flamigo_environment():
+        yield
+
 
 ARTIFACTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "artifacts")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def need_binary(name: str) -> str:
-    """The path of a system binary a test needs (redis-server, chromium).
-
-    Missing: under ``CI=true`` the test fails (CI installs them: a missing one
-    is a broken run, not a reason to skip); elsewhere it is skipped.
-    """
-    path = name if os.path.isabs(name) and os.access(name, os.X_OK) else shutil.which(name)
-    if path:
-        return path
-    message = f"{name} is not installed (apt-get install -y {os.path.basename(name)})"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")

@@ -1,25 +1,137 @@
-"""Test helpers: a live server in this process and a small WebSocket client."""
+"""Test helpers: free ports, system binaries, a live server in this process, a small WebSocket client.
+
+Fixtures live in conftest.py; everything a test imports lives here.
+"""
 
 from __future__ import annotations
 
 import itertools
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent
+import pytest
 import requests
 import websocket
 from flask import Flask
 
 from flamigo_actors import Flamigo
 from flamigo_actors.serving.server import make_server
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    # Root in a container, no GPU, a closed network: what headless Chromium needs here.
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--no-first-run",
+]
+
+
+# -- markers -----------------------------------------------------------------------
+# conftest.py marks tests with these tables (module -> test names, or "*" for all);
+# `browser` and `redis` follow from the fixtures a test uses.
+
+SUBPROCESS: dict[str, str | set[str]] = {
+    "test_backplane": {"test_a_missing_redis_server_fails_under_ci"},
+    "test_bench_smoke": "*",
+    "test_browser_chat": {
+        "test_pages_reconnect_reauthenticate_and_rejoin_after_a_server_restart",
+        "test_the_heartbeat_finds_a_frozen_server_dead_in_a_real_browser",
+        "test_a_page_back_from_the_background_checks_its_connection_at_once",
+    },
+    "test_cli": "*",
+    "test_dashboard": {"test_dashboard_shows_connections_and_mailbox_depth_in_chromium"},
+    "test_flamigo_js": "*",
+    "test_scale_out": "*",
+    "test_server": "*",
+    "test_shell": "*",
+    "test_shutdown": {"test_a_signal_drains_within_the_drain_timeout"},
+    "test_soak": "*",
+    "test_tooling": {"test_a_flamigo_variable_in_the_shell_does_not_reach_the_tests"},
+}
+"""Tests that start a child process."""
+
+SLOW: dict[str, str | set[str]] = {
+    "test_backplane": {"test_a_missing_redis_server_fails_under_ci"},
+    "test_bench_smoke": "*",
+    "test_browser_chat": "*",
+    "test_cli": {"test_run_with_workers_finds_the_module_in_the_current_directory"},
+    "test_dashboard": {"test_dashboard_shows_connections_and_mailbox_depth_in_chromium"},
+    "test_demo_app": {"test_expired_token_is_refused"},
+    "test_flamigo_js": "*",
+    "test_head_of_line": {
+        "test_a_client_leaving_with_deferred_work_leaves_nothing_behind",
+        "test_a_time_limit_answers_504_and_the_connection_carries_on",
+    },
+    "test_hostile_input": {
+        "test_any_frame_sequence_gets_the_documented_answer",
+        "test_hostile_connections_leave_nothing_behind",
+        "test_wrong_types_in_every_envelope_field",
+        "test_a_client_that_never_finishes_its_handshake_is_dropped",
+    },
+    "test_scale_out": "*",
+    "test_server": {"test_python_m_app_serves_healthz_and_drains_on_sigterm"},
+    "test_shell": {
+        "test_mailbox_blocked_by_a_slow_strategy_shows_its_depth",
+        "test_scripted_shell_reports_connections_users_and_subscriptions",
+    },
+    "test_shutdown": {"test_a_signal_drains_within_the_drain_timeout"},
+    "test_soak": "*",
+}
+"""Tests that take 1.5 s or more on a 2-core machine (measured with --durations=0)."""
+
+
+@contextlib.contextmanager
+def clean_flamigo_environment() -> Iterator[None]:
+    """Remove every ``FLAMIGO_*`` environment variable for the duration, then restore them.
+
+    Variables set inside (a test, ``flamigo-actors run --redis``) are removed on exit.
+    """
+    saved = {k: v for k, v in os.environ.items() if k.startswith("FLAMIGO_")}
+    for key in saved:
+        del os.environ[key]
+    try:
+        yield
+    finally:
+        for key in [k for k in os.environ if k.startswith("FLAMIGO_")]:
+            del os.environ[key]
+        os.environ.update(saved)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def need_binary(name: str) -> str:
+    """The path of a system binary a test needs (redis-server, chromium).
+
+    Missing: under ``CI=true`` the test fails (CI installs them: a missing one
+    is a broken run, not a reason to skip); elsewhere it is skipped.
+    """
+    path = name if os.path.isabs(name) and os.access(name, os.X_OK) else shutil.which(name)
+    if path:
+        return path
+    message = f"{name} is not installed (apt-get install -y {os.path.basename(name)})"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 class LiveServer:
@@ -145,16 +257,6 @@ class WsClient:
                 self.backlog.append(message)
         return found
 
-    def no_push(self, within: float = 0.3) -> bool:
-        """True when nothing arrives within ``within`` seconds."""
-        try:
-            self.ws.settimeout(within)
-            data = self.ws.recv()
-        except websocket.WebSocketTimeoutException:
-            return True
-        self.backlog.append(json.loads(data))
-        return False
-
     def wait_closed(self, timeout: float = 5.0) -> tuple[int | None, str]:
         """Read until the server closes; return (close code, reason)."""
         self.ws.settimeout(timeout)
@@ -178,6 +280,25 @@ class WsClient:
             pass
 
 
+def nothing_arrives(client: Any, within: float = 0.3) -> bool:
+    """True when no message reaches ``client`` within ``within`` seconds.
+
+    The one "nothing arrives" check of the suite, for a :class:`WsClient` or a
+    :class:`tests.rawws.RawWs`. A slow machine only makes it truer: a test that
+    needs something *not* to happen asserts this, never a timing. A message
+    that does arrive is kept (``WsClient.backlog``) for the assertions that follow.
+    Messages a ``WsClient`` already set aside while waiting for replies do not count.
+    """
+    try:
+        if isinstance(client, WsClient):
+            client.backlog.append(client._recv(within))
+        else:
+            client.recv_json(timeout=within)
+    except (TimeoutError, websocket.WebSocketTimeoutException):
+        return True
+    return False
+
+
 def eventually(check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02) -> Any:
     """Poll ``check`` until it returns a truthy value; raise AssertionError after ``timeout``."""
     deadline = time.monotonic() + timeout
@@ -199,14 +320,18 @@ class ServerProcess:
     Its stderr is collected in ``log`` (read it after :meth:`stop`).
     """
 
-    def __init__(self, args: list[str], port: int, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], port: int, env: dict[str, str] | None = None, *,
+        program: str = sys.executable, cwd: str = REPO,
+    ) -> None:
+        """Run ``program args`` (the test's Python by default) in ``cwd`` (the repository by default)."""
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.ws_url = f"ws://127.0.0.1:{port}/ws"
         self._log_file = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
         full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(
-            [sys.executable, *args], cwd=REPO, env=full_env,
+            [program, *args], cwd=cwd, env=full_env,
             stdout=self._log_file, stderr=subprocess.STDOUT,
         )
 

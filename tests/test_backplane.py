@@ -42,8 +42,7 @@ from flamigo_actors.backplane.streams import (
 )
 from flamigo_actors.core.events import EventEncodingError, decode_event
 from flamigo_actors.ops.inspect import stats
-from tests.conftest import free_port
-from tests.support import REPO, LiveServer, RedisServer, eventually
+from tests.support import REPO, LiveServer, RedisServer, eventually, free_port
 
 
 @serializable("test.backplane.audit")
@@ -300,7 +299,7 @@ def test_local_only_start_warns_and_connects_later(
     live_server: Callable[[Flask], LiveServer],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from tests.conftest import need_binary
+    from tests.support import need_binary
 
     redis_server = RedisServer(need_binary("redis-server"), free_port())
     with caplog.at_level(logging.WARNING, logger="flamigo_actors.backplane"):

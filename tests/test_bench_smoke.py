@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import need_binary
+from tests.support import need_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from tests.conftest import free_port
-from tests.support import LiveServer, ServerProcess
+from tests.support import LiveServer, ServerProcess, free_port
 
 WAIT = 30_000  # ms: generous upper bound for a poll, never an expected duration
 

@@ -12,8 +12,7 @@ import requests
 from flask import Flask
 from playwright.sync_api import expect
 
-from tests.conftest import free_port
-from tests.support import LiveServer, ServerProcess
+from tests.support import LiveServer, ServerProcess, free_port
 
 TOKEN = "s3cret-admin-token"
 PATHS = ["/_flamigo/inspect", "/_flamigo/dashboard", "/_flamigo/dashboard.js", "/_flamigo/dashboard.css"]

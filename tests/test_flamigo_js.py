@@ -15,8 +15,7 @@ import sys
 
 import pytest
 
-from tests.conftest import need_binary
-from tests.support import REPO
+from tests.support import REPO, need_binary
 
 JS_TESTS = os.path.join(REPO, "tests", "js", "flamigo.test.mjs")
 

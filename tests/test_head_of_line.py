@@ -20,21 +20,12 @@ from app.chat import say
 from tests.census import back_to_baseline, quiet_census
 from tests.rawws import RawWs
 from tests.reliability_app import create_app
-from tests.support import LiveServer, eventually
+from tests.support import LiveServer, eventually, nothing_arrives
 
 
 @pytest.fixture
 def server(live_server: Callable[[Flask], LiveServer]) -> LiveServer:
     return live_server(create_app({"TESTING": True, "FLAMIGO_AUTH_REQUIRED": False}))
-
-
-def nothing_within(ws: RawWs, seconds: float = 0.3) -> bool:
-    """True when no message arrives within ``seconds`` (a slow machine only makes it truer)."""
-    try:
-        ws.recv_json(timeout=seconds)
-    except TimeoutError:
-        return True
-    return False
 
 
 def echo(ws: RawWs, value: Any, ack: Any) -> None:
@@ -69,7 +60,7 @@ def test_a_blocking_strategy_holds_the_mailbox_in_order(server: LiveServer) -> N
     ws.send_json({"topic": "app::test:hold", "payload": {"gate": "held"}, "ackId": "held"})
     eventually(lambda: gates.waiting.get("held") == 1)
     echo(ws, "behind", 1)
-    assert nothing_within(ws)
+    assert nothing_arrives(ws)
     gates.open("held")
     assert ws.recv_json()["ackId"] == "held"
     assert ws.recv_json() == {"topic": "app::echo", "payload": "behind", "ackId": 1}

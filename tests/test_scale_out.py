@@ -14,8 +14,7 @@ import psutil
 import pytest
 import requests
 
-from tests.conftest import free_port
-from tests.support import RedisServer, ServerProcess, WsClient, eventually
+from tests.support import RedisServer, ServerProcess, WsClient, eventually, free_port
 
 _texts = itertools.count(1)
 

@@ -7,8 +7,7 @@ import time
 
 import requests
 
-from tests.conftest import free_port
-from tests.support import ServerProcess
+from tests.support import ServerProcess, free_port
 
 
 def test_python_m_app_serves_healthz_and_drains_on_sigterm() -> None:

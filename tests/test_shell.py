@@ -17,8 +17,7 @@ import gevent.os
 import pytest
 import requests
 
-from tests.conftest import free_port
-from tests.support import REPO, ServerProcess, WsClient, eventually
+from tests.support import REPO, ServerProcess, WsClient, eventually, free_port, nothing_arrives
 
 BIN = os.path.dirname(sys.executable)
 
@@ -143,7 +142,7 @@ def test_publish_pushes_a_client_event_to_a_room(backdoor_server: Any) -> None:
     assert "Traceback" not in result.stdout
     (push,) = clients["bob"].pushes("chat:message")
     assert push["payload"]["text"] == "maintenance at noon"
-    assert clients["alice"].no_push() and clients["carol"].no_push()
+    assert nothing_arrives(clients["alice"]) and nothing_arrives(clients["carol"])
 
 
 def test_stats_and_actors_from_the_shell(backdoor_server: Any) -> None:

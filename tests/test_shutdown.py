@@ -17,9 +17,8 @@ import pytest
 from flask import Flask
 
 from flamigo_actors import Context, Disconnected
-from tests.conftest import free_port
 from tests.rawws import RawWs, Refused
-from tests.support import LiveServer, ServerProcess, eventually, start_live_server
+from tests.support import LiveServer, ServerProcess, eventually, free_port, start_live_server
 
 DRAIN = 2.0
 

@@ -15,7 +15,7 @@ import websocket
 from flask import Flask
 
 from flamigo_actors import Disconnected
-from tests.support import ErrorReply, LiveServer, WsClient, eventually
+from tests.support import ErrorReply, LiveServer, WsClient, eventually, nothing_arrives
 
 
 def error_of(message: dict[str, Any]) -> tuple[int, str]:
@@ -166,11 +166,11 @@ def test_pushes_reach_room_members_only(demo_server: LiveServer) -> None:
         assert push["payload"]["room"] == "tea" and push["payload"]["user"] == "alice"
         assert push["payload"]["text"] == "hello" and isinstance(push["payload"]["ts"], float)
         assert set(push) == {"topic", "payload"}
-    assert eve.no_push()
+    assert nothing_arrives(eve)
     bob.request("app::rooms:leave", {"room": "tea"})
     alice.request("app::rooms:send", {"room": "tea", "text": "again"})
     assert len(alice.pushes("chat:message")) == 1
-    assert bob.no_push()
+    assert nothing_arrives(bob)
 
 
 def test_flask_view_sends_the_same_push(demo_server: LiveServer) -> None:
@@ -185,7 +185,7 @@ def test_flask_view_sends_the_same_push(demo_server: LiveServer) -> None:
     assert requests.post(url, json={"text": "x"}).status_code == 401
     assert requests.post(url, json={"text": "x"}, headers={"Authorization": "Bearer forged"}).status_code == 401
     assert requests.post(url, json={"text": ""}, headers={"Authorization": f"Bearer {token}"}).status_code == 400
-    assert alice.no_push()
+    assert nothing_arrives(alice)
 
 
 def test_login_validates_the_username(demo_server: LiveServer) -> None:
