@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -15,130 +14,10 @@ import websocket
 from flask import Flask
 
 from flamigo_actors import Disconnected
-from tests.support import ErrorReply, LiveServer, WsClient, eventually, nothing_arrives
+from tests.support import LiveServer, WsClient, eventually, nothing_arrives
 
 
-def error_of(message: dict[str, Any]) -> tuple[int, str]:
-    assert message["topic"] == "error", message
-    return message["payload"]["status"], message["payload"]["message"]
-
-
-# -- the protocol table ------------------------------------------------------------
-
-
-def test_replies_echo_ack_ids_with_their_json_type(demo_server: LiveServer) -> None:
-    client = demo_server.client("alice")
-    for ack in ["abc", 7, 7.5, 0, ""]:
-        client.send_json({"topic": "app::echo", "payload": {"v": ack}, "ackId": ack})
-        reply = client.recv_json()
-        assert reply == {"topic": "app::echo", "payload": {"v": ack}, "ackId": ack}
-        assert type(reply["ackId"]) is type(ack)
-    client.send_json({"topic": "app::echo", "payload": [1, "two", None]})
-    assert client.recv_json() == {"topic": "app::echo", "payload": [1, "two", None]}
-
-
-@pytest.mark.parametrize(
-    ("frame", "ack"),
-    [
-        ("not json", None),
-        ("[1, 2]", None),
-        ('"text"', None),
-        ('{"payload": 1, "ackId": "a1"}', "a1"),
-        ('{"topic": 5, "ackId": 3}', 3),
-        ('{"topic": "", "ackId": "e"}', "e"),
-        ('{"topic": "app::echo", "ackId": true}', None),
-        ('{"topic": "app::echo", "ackId": {"x": 1}}', None),
-        ('{"topic": "app::echo", "ackId": null}', None),
-    ],
-)
-def test_malformed_frames_answer_400_and_keep_the_connection(demo_server: LiveServer, frame: str, ack: Any) -> None:
-    client = demo_server.client("alice")
-    client.send_raw(frame)
-    reply = client.recv_json()
-    assert error_of(reply)[0] == 400
-    if ack is None:
-        assert "ackId" not in reply
-    else:
-        assert reply["ackId"] == ack
-    assert client.request("app::echo", "still here") == "still here"
-
-
-def test_binary_frames_answer_400(demo_server: LiveServer) -> None:
-    client = demo_server.client("alice")
-    client.send_raw(b'{"topic": "app::echo"}')
-    assert error_of(client.recv_json())[0] == 400
-    assert client.request("app::echo", 1) == 1
-
-
-def test_statuses_in_order_401_403_404_422_500(demo_server: LiveServer) -> None:
-    client = demo_server.client()
-    # unauthenticated: everything but the auth strategy is 401, even unknown or foreign names
-    for topic in ["app::echo", "app::missing", "other::thing"]:
-        with pytest.raises(ErrorReply) as info:
-            client.request(topic, {})
-        assert info.value.status == 401
-    client.request("app::websocket:auth", {"token": demo_server.login("alice")})
-    expectations = [
-        ("other::thing", {}, 403, "invalid scope"),
-        ("app::missing", {}, 404, "unknown strategy app::missing"),
-        ("app::rooms:join", {"room": "no/slash"}, 422, "invalid payload"),
-        ("app::rooms:send", {}, 422, "invalid payload"),
-        ("app::demo:fail", {}, 500, "internal error"),
-    ]
-    for topic, payload, status, message in expectations:
-        with pytest.raises(ErrorReply) as info:
-            client.request(topic, payload)
-        assert (info.value.status, info.value.payload["message"]) == (status, message)
-        if status == 422:
-            fields = {f["field"] for f in info.value.payload["fieldErrors"]}
-            assert fields == ({"room"} if topic.endswith("join") else {"room", "text"})
-        else:
-            assert "fieldErrors" not in info.value.payload
-        assert "trace" not in info.value.payload
-    assert client.request("app::echo", "alive") == "alive"
-
-
-def test_500_never_leaks_the_exception_text(demo_server: LiveServer) -> None:
-    client = demo_server.client("alice")
-    client.send_json({"topic": "app::demo:fail", "ackId": 1})
-    raw = json.dumps(client.recv_json())
-    assert "stays on the server" not in raw and "RuntimeError" not in raw
-
-
-def test_debug_mode_sends_the_trace(demo_app: Callable[..., Flask], live_server: Callable[[Flask], LiveServer]) -> None:
-    server = live_server(demo_app(FLAMIGO_DEBUG=True))
-    client = server.client("alice")
-    with pytest.raises(ErrorReply) as info:
-        client.request("app::demo:fail")
-    assert "demo failure" in info.value.payload["trace"]
-    assert info.value.payload["message"] == "internal error"
-
-
-def test_200_pipelined_requests_are_answered_in_order(demo_server: LiveServer) -> None:
-    client = demo_server.client("alice")
-    for n in range(200):
-        client.send_json({"topic": "app::echo", "payload": n, "ackId": n})
-    replies = [client.recv_json() for _ in range(200)]
-    assert [r["ackId"] for r in replies] == list(range(200))
-    assert [r["payload"] for r in replies] == list(range(200))
-
-
-def test_auth_gating_and_retry_after_a_bad_token(demo_server: LiveServer) -> None:
-    client = demo_server.client()
-    with pytest.raises(ErrorReply) as info:
-        client.request("app::websocket:auth", {"token": "forged"})
-    assert info.value.status == 401 and info.value.payload["message"] == "invalid token"
-    with pytest.raises(ErrorReply) as info:
-        client.request("app::websocket:auth", {})
-    assert info.value.status == 422
-    reply = client.request("app::websocket:auth", {"token": demo_server.login("Bob")})
-    assert reply == {"success": True, "user": {"id": "bob", "username": "Bob"}}
-    assert client.request("app::echo", 5) == 5
-    # the same user refreshing the token is fine; another user is refused
-    client.request("app::websocket:auth", {"token": demo_server.login("bob")})
-    with pytest.raises(ErrorReply) as info:
-        client.request("app::websocket:auth", {"token": demo_server.login("eve")})
-    assert info.value.status == 409
+# -- the protocol over a socket (the pure cases: tests/test_protocol.py) ----------
 
 
 def test_authenticated_event_and_user_topic(demo_server: LiveServer) -> None:
