@@ -91,6 +91,7 @@ SLOW: dict[str, str | set[str]] = {
     },
     "test_shutdown": {"test_a_signal_drains_within_the_drain_timeout"},
     "test_soak": "*",
+    "test_tooling": {"test_a_flamigo_variable_in_the_shell_does_not_reach_the_tests"},
 }
 """Tests that take 1.5 s or more on a 2-core machine (measured with --durations=0)."""
 
