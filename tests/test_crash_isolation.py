@@ -150,8 +150,11 @@ def test_the_bus_actor_is_restarted_and_rooms_keep_receiving(
                 raise RuntimeError("router bug")
 
             monkeypatch.setattr(flamigo.bus, "_route", route_crashing_once)
-            flamigo.publish(say("tea", "bot", "lost in the crash"))  # the one being routed: logged
+            flamigo.publish(say("tea", "bot", "routed again"))  # the one being routed when it crashed
         eventually(lambda: flamigo.bus.stats.restarts == 1)
+        if how == "crashed":  # not lost: routed again by the restarted actor
+            for ws in (alice, bob):
+                assert ws.recv_json()["payload"]["text"] == "routed again"
     assert flamigo.bus.actor_urn() != first
     assert "restarting it with its subscriptions" in caplog.text
     for n in range(3):

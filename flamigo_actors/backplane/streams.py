@@ -13,7 +13,8 @@ carries every event that may cross processes:
 * A reader greenlet ``XREAD``s the whole stream (no consumer group: every
   process needs every event) from the last entry id it saw, and hands each
   event published by *another* process to :meth:`Bus.deliver_remote`, which
-  routes it to local subscribers only. Entries carry the origin process id and
+  sends it through the ``event_published`` signal marked ``remote=True``: the
+  signal's observers see it, and the bus routes it to local subscribers only. Entries carry the origin process id and
   a per-process sequence number: a process skips its own entries (its local
   subscribers had them already), and drops duplicates that a retried write
   could produce. A gap in a sequence (entries trimmed away before they were
@@ -53,7 +54,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import gevent
@@ -71,13 +72,13 @@ from ..core.events import (
 from ..core.identity import User, user_of
 
 if TYPE_CHECKING:
-    from ..runtime.bus import Bus
     from ..core.identity import Identity
     from ..core.settings import Settings
 
 __all__ = [
     "REMOTE",
     "BackplaneStats",
+    "LocalBus",
     "RedisBackplane",
     "RedisUnavailable",
     "RemoteIdentity",
@@ -94,6 +95,26 @@ REMOTE = "remote"
 
 BUS_BACKLOG_LIMIT = 10_000
 """Events waiting in the local bus's mailbox above which the reader pauses."""
+
+class LocalBus(Protocol):
+    """What the backplane needs of this process's bus (:class:`~flamigo_actors.Bus` provides it)."""
+
+    backplane: Any
+    """Set to the backplane by :meth:`RedisBackplane.start`: the bus then calls its ``send``."""
+
+    @property
+    def closing(self) -> bool:
+        """True once the bus is shutting down (entries read meanwhile are dropped quietly)."""
+        ...
+
+    def deliver_remote(self, event: object, identity: Identity) -> None:
+        """Route another process's event to local subscribers (and ``event_published`` observers)."""
+        ...
+
+    def mailbox_depth(self) -> int:
+        """Events waiting to be routed (the reader pauses above :data:`BUS_BACKLOG_LIMIT`)."""
+        ...
+
 
 class RedisUnavailable(RuntimeError):
     """Redis cannot be reached at start and ``FLAMIGO_REDIS_REQUIRED`` is true."""
@@ -300,7 +321,7 @@ class RedisBackplane:
 
     def __init__(
         self,
-        bus: Bus,
+        bus: LocalBus,
         url: str,
         *,
         channel: str = "flamigo",
@@ -348,7 +369,7 @@ class RedisBackplane:
         self._redis_error: type[BaseException] = OSError
 
     @classmethod
-    def from_settings(cls, bus: Bus, settings: Settings) -> RedisBackplane:
+    def from_settings(cls, bus: LocalBus, settings: Settings) -> RedisBackplane:
         """A backplane configured by ``FLAMIGO_REDIS_*`` settings."""
         if not settings.redis_url:
             raise ValueError("FLAMIGO_REDIS_URL is not set: there is no backplane to build")
@@ -622,7 +643,7 @@ class RedisBackplane:
             identity = rebuild_identity(orjson.loads(fields[b"i"]), _text(origin))
             self.bus.deliver_remote(event, identity)
         except Exception as err:  # noqa: BLE001 - one bad entry must not stop the reader
-            if self.bus._closing:
+            if self.bus.closing:
                 return
             self.stats.decode_errors += 1
             self._throttle("decode", logging.ERROR,
