@@ -100,10 +100,22 @@ class BusHost(Protocol):
 
 
 class BackplaneLink(Protocol):
-    """The backplane as the bus sees it (see ``backplane/streams.py``)."""
+    """The backplane, registered on the bus (see ``backplane/streams.py``).
+
+    The bus only calls :meth:`send`; the extension closes the backplane at
+    shutdown and inspection reads its snapshot through :attr:`Bus.backplane`.
+    """
 
     def send(self, event: object, identity: Identity) -> None:
         """Queue a locally published event for the other processes; must never block."""
+        ...
+
+    def close(self, timeout: float = ...) -> None:
+        """Flush what it can, then stop (idempotent)."""
+        ...
+
+    def snapshot(self) -> dict[str, Any]:
+        """State and counters as plain data (for inspection)."""
         ...
 
 
