@@ -113,7 +113,7 @@ MOVED_MODULES: dict[str, str] = {
     "strategies": "runtime.strategies",
     "bus": "runtime.bus",
     "listener": "runtime.listener",
-    "signals": "runtime.signals",
+    "signals": "integration.publishing",  # 0.1's signals module also had publish(): both are there
     "protocol": "websocket.protocol",
     "transport": "websocket.transport",
     "outbound": "websocket.outbound",

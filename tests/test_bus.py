@@ -517,3 +517,16 @@ def test_a_connection_ending_after_the_bus_closed_logs_its_lost_disconnected_eve
         eventually(lambda: "ended after the bus closed" in caplog.text)
     assert not flamigo.connections
     flamigo.shutdown(timeout=1)
+
+
+def test_the_flat_paths_of_0_1_still_publish() -> None:
+    """``flamigo_actors.signals`` (0.1) had the signals and publish(): both keep working."""
+    import flamigo_actors
+    from flamigo_actors.bus import Bus as FlatBus
+    from flamigo_actors.signals import event_published as flat_signal
+    from flamigo_actors.signals import publish as flat_publish
+    from flamigo_actors.signals import publish_sync as flat_publish_sync
+
+    assert FlatBus is flamigo_actors.Bus
+    assert flat_signal is flamigo_actors.event_published
+    assert (flat_publish, flat_publish_sync) == (flamigo_actors.publish, flamigo_actors.publish_sync)

@@ -9,6 +9,10 @@ one, call ``flamigo.publish(event)`` on the extension object.
 Also here: :func:`push_frame`, the encoder the extension gives the bus, so
 that the bus (in ``runtime/``) never imports the wire format.
 
+The flat module path of 0.1, ``flamigo_actors.signals``, resolves to this
+module (it had ``publish`` and ``publish_sync`` beside the signals), so the
+signals are re-exported here.
+
 Failures: no app context or no Flamigo extension → :class:`RuntimeError`
 saying what to do; the app's bus closed → :class:`~flamigo_actors.runtime.signals.NoBusError`.
 """
@@ -19,14 +23,30 @@ from typing import TYPE_CHECKING, Any
 
 from flask import current_app, has_app_context
 
-from ..runtime.signals import send_event
+from ..runtime.signals import (
+    NoBusError,
+    connection_closed,
+    connection_opened,
+    event_published,
+    send_event,
+    signals,
+)
 from ..websocket.protocol import encode_push
 from ..websocket.transport import text_frame
 
 if TYPE_CHECKING:
     from ..core.identity import Identity
 
-__all__ = ["publish", "publish_sync", "push_frame"]
+__all__ = [
+    "NoBusError",
+    "connection_closed",
+    "connection_opened",
+    "event_published",
+    "publish",
+    "publish_sync",
+    "push_frame",
+    "signals",
+]
 
 
 def push_frame(client_topic: str, payload: Any) -> bytes:
