@@ -37,6 +37,10 @@ Promises:
   one drops the event, counts it refused, and a ``publish_sync`` waiting on it
   fails at once with an error naming the crash.
 
+Routing itself (match, deadlock check, delivery, crash bookkeeping) is in
+``runtime/routing.py``; subscriptions and ``publish_sync`` waiters in
+``runtime/subscriptions.py``.
+
 The bus never sees the wire format (it imports nothing from ``websocket/``):
 the extension gives it the push encoder, and the backplane registers itself
 as :attr:`Bus.backplane`.
@@ -46,20 +50,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import gevent
 
 from .engine import FlamigoActor, current_actor
 from .listener import ListenerSubscriber
+from .routing import BusStats, DeadlockError, InFlight, Router
 from .signals import ROUTED, event_published, send_event
 from .subscriptions import Subscriber, Subscription, SubscriptionIndex, SyncWaiter
 from ..core.errors import FlamigoError
 from ..core.events import topics_of
 from ..core.identity import BackendIdentity, Identity
 from ..core.settings import Settings
-from ..core.topics import Topic
 
 __all__ = [
     "BackplaneLink",
@@ -80,9 +83,6 @@ BACKEND = BackendIdentity("bus")
 PushEncoder = Callable[[str, Any], bytes]
 """Encodes a client event's push, ``(client_topic, payload) -> frame``; raises TypeError
 when the payload is not JSON. Called once per publish, whatever the number of recipients."""
-
-_MAX_ROUTE_CRASHES = 2
-"""Crashes outside any delivery (matching an event) after which the event is dropped."""
 
 
 class BusHost(Protocol):
@@ -119,65 +119,6 @@ class BackplaneLink(Protocol):
         ...
 
 
-class DeadlockError(FlamigoError):
-    """``publish_sync`` would wait for itself (directly or through a chain of waits)."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(
-            f"publish_sync: deadlock: {detail}; use publish() (asynchronous) here instead",
-            status=500,
-        )
-
-
-@dataclass
-class BusStats:
-    """Counters of the bus (read them in the shell with ``stats()``)."""
-
-    published: int = 0
-    """Events published in this process."""
-    delivered: int = 0
-    """Deliveries put into a subscriber's mailbox."""
-    refused: int = 0
-    """Deliveries refused because a subscriber was over its bound or gone."""
-    listener_errors: int = 0
-    """Listener calls that raised (logged with the event and topic)."""
-    deadlocks: int = 0
-    """``publish_sync`` calls refused because they would deadlock."""
-    restarts: int = 0
-    """Times the bus actor died and was restarted."""
-    remote_received: int = 0
-    """Events received from other processes through the backplane."""
-
-
-class _Publish:
-    """One event on its way through the bus actor, with its routing progress.
-
-    ``targets`` is set once the event is matched (and a ``publish_sync``
-    admitted); ``next`` is the index of the first target not yet served, so
-    that after a crash the event is routed on, not again from the start.
-    """
-
-    __slots__ = ("event", "topics", "frame", "identity", "waiter", "targets", "next", "crashes", "delivering")
-
-    def __init__(
-        self,
-        event: object,
-        topics: tuple[Topic, ...],
-        frame: bytes | None,
-        identity: Identity,
-        waiter: SyncWaiter | None,
-    ) -> None:
-        self.event = event
-        self.topics = topics
-        self.frame = frame
-        self.identity = identity
-        self.waiter = waiter
-        self.targets: list[Subscription] | None = None
-        self.next = 0
-        self.crashes = 0
-        self.delivering = False
-
-
 class BusActor(FlamigoActor):
     """The Pykka actor that routes every published event of one application."""
 
@@ -186,11 +127,11 @@ class BusActor(FlamigoActor):
     def __init__(self, bus: Bus) -> None:
         super().__init__()
         self.bus = bus
-        self.routing: _Publish | None = None
+        self.routing: InFlight | None = None
         """The event being routed (what a crash would interrupt)."""
 
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, _Publish):
+        if isinstance(message, InFlight):
             self.routing = message
             self.bus._route(message)
             self.routing = None  # not in a finally: on_failure needs it after a crash
@@ -228,6 +169,7 @@ class Bus:
         self._trie = self._index.trie
         self._subscriptions = self._index.by_id
         self._waiting: dict[str, set[str]] = {}
+        self._router = Router(self._index, self._waiting, self.stats)
         self._ref: Any = None
         self._closing = False
         self._app: Any = None
@@ -258,53 +200,16 @@ class Bus:
             self._ref = ref = BusActor.start(self)
         return ref
 
-    def _restart(self, dead: BusActor, why: str, crashed: _Publish | None) -> None:
+    def _restart(self, dead: BusActor, why: str, crashed: InFlight | None) -> None:
         self.stats.restarts += 1
         _log.error("bus actor died (%s); restarting it with its subscriptions", why)
         self._ref = BusActor.start(self)
         if crashed is not None:  # first, before what was queued behind it
-            self._recover(crashed, why)
+            self._router.recover(crashed, why, self._ref.tell)
         # Hand over what the dead actor had not processed yet: nothing is lost.
         inbox = dead.actor_inbox
         while not inbox.empty():
             self._ref.actor_inbox.put(inbox.get())
-
-    def _recover(self, message: _Publish, why: str) -> None:
-        """Route on the event a crash interrupted, or count it refused (see the module doc)."""
-        name = type(message.event).__name__
-        targets, waiter = message.targets, message.waiter
-        if targets is not None and message.delivering:
-            # That delivery crashed the actor: refused, never retried (it could crash again).
-            culprit = targets[message.next]
-            message.next += 1
-            message.delivering = False
-            self.stats.refused += 1
-            _log.error(
-                "delivering %s to %s crashed the bus actor (%s): counted refused; routing it "
-                "on to the %d subscribers not yet served",
-                name, culprit.subscriber.describe(), why, len(targets) - message.next,
-            )
-            if waiter is not None:
-                waiter.done()
-            self._ref.tell(message)
-            return
-        message.crashes += 1
-        if message.crashes < _MAX_ROUTE_CRASHES:
-            _log.error("routing %s crashed the bus actor (%s): routing it again", name, why)
-            self._ref.tell(message)
-            return
-        refused = 1 if targets is None else len(targets) - message.next
-        self.stats.refused += refused
-        _log.error(
-            "routing %s crashed the bus actor %d times (last: %s): dropped, counted refused",
-            name, message.crashes, why,
-        )
-        if waiter is not None:
-            waiter.fail(FlamigoError(
-                f"publish_sync: the bus actor crashed routing {name} ({why}); the event was "
-                "dropped and counted refused",
-                status=500,
-            ))
 
     def close(self, timeout: float = 5.0) -> None:
         """Process what was published so far, then stop the bus actor.
@@ -385,7 +290,7 @@ class Bus:
             self.stats.remote_received += 1
         else:
             self.stats.published += 1
-        self._actor().tell(_Publish(event, topics, frame, identity, waiter))
+        self._actor().tell(InFlight(event, topics, frame, identity, waiter))
         if not remote and self.backplane is not None:  # publish_sync waits for local subscribers only
             self.backplane.send(event, identity)
         return ROUTED
@@ -401,82 +306,9 @@ class Bus:
         """
         send_event(self._app, event, identity, remote=True)
 
-    # -- routing (runs in the bus actor) ---------------------------------------
-
-    def _route(self, message: _Publish) -> None:
-        targets = message.targets
-        waiter = message.waiter
-        if targets is None:
-            targets = self._match(message)
-            if waiter is not None and not self._admit_wait(waiter, targets):
-                targets = []
-            message.targets = targets
-        event, frame, identity = message.event, message.frame, message.identity
-        stats = self.stats
-        start = message.next
-        sub = None
-        try:
-            for sub in targets if start == 0 else targets[start:]:
-                if sub.subscriber.deliver(event, frame, identity, waiter):
-                    stats.delivered += 1
-                else:
-                    stats.refused += 1
-                    if waiter is not None:
-                        waiter.done()
-        except BaseException:
-            # Note where: the crashed delivery is refused, the rest routed on (_recover).
-            # No per-target bookkeeping on the hot path: targets are distinct.
-            if sub is not None:
-                message.next = targets.index(sub)
-                message.delivering = True
-            raise
-        message.next = len(targets)
-        if waiter is not None and waiter.pending == 0:
-            waiter.finish()
-
-    def _match(self, message: _Publish) -> list[Subscription]:
-        matched: dict[Subscription, None] = {}
-        trie = self._trie
-        for topic in message.topics:
-            trie.collect(topic.split("/"), matched)
-        event, frame = message.event, message.frame
-        return [
-            sub
-            for sub in matched
-            if not (sub.client_only and frame is None)
-            and (sub.event_type is None or isinstance(event, sub.event_type))
-        ]
-
-    def _admit_wait(self, waiter: SyncWaiter, targets: list[Subscription]) -> bool:
-        owners = {sub.subscriber.urn for sub in targets}
-        caller = waiter.caller
-        if caller is not None:
-            cycle = self._waits_on(owners, caller)
-            if cycle is not None:
-                self.stats.deadlocks += 1
-                waiter.fail(DeadlockError(cycle))
-                return False
-            self._waiting[caller] = owners
-        waiter.owners = owners
-        waiter.pending = len(targets)
-        return True
-
-    def _waits_on(self, owners: set[str], caller: str) -> str | None:
-        """Why waiting for ``owners`` would deadlock ``caller``, or None if it would not."""
-        if caller in owners:
-            return f"the publishing actor {caller} is itself a subscriber of the event"
-        seen: set[str] = set()
-        stack = list(owners)
-        while stack:
-            urn = stack.pop()
-            if urn in seen:
-                continue
-            seen.add(urn)
-            waits_for = self._waiting.get(urn, ())
-            if caller in waits_for:
-                return f"subscriber {urn} is waiting for the publishing actor {caller}"
-            stack.extend(waits_for)
-        return None
+    def _route(self, message: InFlight) -> None:
+        # Runs in the bus actor (a method of the bus so that tests can provoke crashes).
+        self._router.route(message)
 
     # -- subscribing ---------------------------------------------------------
 
