@@ -11,9 +11,9 @@ The :class:`Router` holds no actor and no greenlet: the bus actor calls
 * **Deliver**: each subscriber's ``deliver`` is called in match order;
   refusals are counted in :class:`BusStats` and count as done for a waiter.
 
-Crash bookkeeping: an :class:`InFlight` remembers how far it got (``next``),
-at no per-delivery cost (on an exception, the crashed target is found by
-identity: targets are distinct). After the bus actor restarts,
+Crash bookkeeping: only when an exception interrupts the routing does an
+:class:`InFlight` get a :class:`Progress` (its targets, the one being served:
+found by identity, as targets are distinct), so the normal path pays nothing. After the bus actor restarts,
 :meth:`Router.recover` decides what becomes of it: the delivery that crashed
 is counted refused and never retried, the targets not yet served get the
 event (none twice); a crash outside any delivery is retried once, and a
@@ -32,7 +32,7 @@ from ..core.errors import FlamigoError
 from ..core.identity import Identity
 from ..core.topics import Topic
 
-__all__ = ["BusStats", "DeadlockError", "InFlight", "Router"]
+__all__ = ["BusStats", "DeadlockError", "InFlight", "Progress", "Router"]
 
 _log = logging.getLogger("flamigo_actors.bus")
 
@@ -72,14 +72,13 @@ class BusStats:
 
 
 class InFlight:
-    """One event on its way through the bus actor, with its routing progress.
+    """One event on its way through the bus actor.
 
-    ``targets`` is set once the event is matched (and a ``publish_sync``
-    admitted); ``next`` is the index of the first target not yet served, so
-    that after a crash the event is routed on, not again from the start.
+    ``progress`` stays None unless a crash interrupted its routing (nothing
+    more to set per publish on the hot path).
     """
 
-    __slots__ = ("event", "topics", "frame", "identity", "waiter", "targets", "next", "crashes", "delivering")
+    __slots__ = ("event", "topics", "frame", "identity", "waiter", "progress")
 
     def __init__(
         self,
@@ -94,10 +93,20 @@ class InFlight:
         self.frame = frame
         self.identity = identity
         self.waiter = waiter
-        self.targets: list[Subscription] | None = None
-        self.next = 0
+        self.progress: Progress | None = None
+
+
+class Progress:
+    """How far an interrupted event got: its targets (None: not matched yet), the
+    index of the target being served when it crashed, and the crashes so far."""
+
+    __slots__ = ("targets", "next", "delivering", "crashes")
+
+    def __init__(self, targets: list[Subscription] | None, next: int, delivering: bool) -> None:
+        self.targets = targets
+        self.next = next
+        self.delivering = delivering
         self.crashes = 0
-        self.delivering = False
 
 
 class Router:
@@ -119,16 +128,16 @@ class Router:
 
     def route(self, message: InFlight) -> None:
         """Deliver ``message`` to its subscribers not yet served (all of them, the first time)."""
-        targets = message.targets
         waiter = message.waiter
+        progress = message.progress
+        targets = None if progress is None else progress.targets
+        start = 0 if progress is None else progress.next
         if targets is None:
             targets = self.match(message)
             if waiter is not None and not self.admit_wait(waiter, targets):
                 targets = []
-            message.targets = targets
         event, frame, identity = message.event, message.frame, message.identity
         stats = self.stats
-        start = message.next
         sub = None
         try:
             for sub in targets if start == 0 else targets[start:]:
@@ -140,11 +149,13 @@ class Router:
                         waiter.done()
         except BaseException:
             # Note where (for recover()); no per-target bookkeeping on the hot path.
+            if progress is None:
+                progress = message.progress = Progress(targets, 0, False)
+            progress.targets = targets
             if sub is not None:
-                message.next = targets.index(sub)
-                message.delivering = True
+                progress.next = targets.index(sub)
+                progress.delivering = True
             raise
-        message.next = len(targets)
         if waiter is not None and waiter.pending == 0:
             waiter.finish()
 
@@ -200,31 +211,35 @@ class Router:
         ``route_again`` puts it at the head of the restarted bus actor's mailbox.
         """
         name = type(message.event).__name__
-        targets, waiter = message.targets, message.waiter
-        if targets is not None and message.delivering:
+        waiter = message.waiter
+        progress = message.progress
+        if progress is None:  # crashed before any delivery (matching it)
+            progress = message.progress = Progress(None, 0, False)
+        targets = progress.targets
+        if targets is not None and progress.delivering:
             # That delivery crashed the actor: refused, never retried (it could crash again).
-            culprit = targets[message.next]
-            message.next += 1
-            message.delivering = False
+            culprit = targets[progress.next]
+            progress.next += 1
+            progress.delivering = False
             self.stats.refused += 1
             _log.error(
                 "delivering %s to %s crashed the bus actor (%s): counted refused; routing it "
                 "on to the %d subscribers not yet served",
-                name, culprit.subscriber.describe(), why, len(targets) - message.next,
+                name, culprit.subscriber.describe(), why, len(targets) - progress.next,
             )
             if waiter is not None:
                 waiter.done()
             route_again(message)
             return
-        message.crashes += 1
-        if message.crashes < MAX_ROUTE_CRASHES:
+        progress.crashes += 1
+        if progress.crashes < MAX_ROUTE_CRASHES:
             _log.error("routing %s crashed the bus actor (%s): routing it again", name, why)
             route_again(message)
             return
-        self.stats.refused += 1 if targets is None else len(targets) - message.next
+        self.stats.refused += 1 if targets is None else max(1, len(targets) - progress.next)
         _log.error(
             "routing %s crashed the bus actor %d times (last: %s): dropped, counted refused",
-            name, message.crashes, why,
+            name, progress.crashes, why,
         )
         if waiter is not None:
             waiter.fail(FlamigoError(
