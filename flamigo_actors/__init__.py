@@ -68,8 +68,9 @@ _EXPORTS: dict[str, str] = {
     "DeadlockError": "runtime.bus",
     "Subscription": "runtime.bus",
     "event_published": "runtime.signals",
-    "publish": "runtime.signals",
-    "publish_sync": "runtime.signals",
+    "NoBusError": "runtime.signals",
+    "publish": "integration.publishing",
+    "publish_sync": "integration.publishing",
     # WebSocket interface
     "Flamigo": "integration.extension",
     "WebsocketClient": "websocket.connection",
@@ -112,7 +113,7 @@ MOVED_MODULES: dict[str, str] = {
     "strategies": "runtime.strategies",
     "bus": "runtime.bus",
     "listener": "runtime.listener",
-    "signals": "runtime.signals",
+    "signals": "integration.publishing",  # 0.1's signals module also had publish(): both are there
     "protocol": "websocket.protocol",
     "transport": "websocket.transport",
     "outbound": "websocket.outbound",
@@ -196,7 +197,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         require_identity,
     )
     from .serving.server import make_server, serve
-    from .runtime.signals import event_published, publish, publish_sync
+    from .runtime.signals import NoBusError, event_published
+    from .integration.publishing import publish, publish_sync
     from .runtime.strategies import DeferredReply, Registry, Request, Response, Strategy, StrategyContext
     from .integration.testing import TestClient
     from .core.topics import Topic, TopicError, matches

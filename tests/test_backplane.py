@@ -27,6 +27,7 @@ from flamigo_actors import (
     ClientMessage,
     Context,
     User,
+    event_published,
     is_authenticated,
     is_backend,
     serializable,
@@ -156,6 +157,54 @@ def test_client_events_cross_even_when_not_registered(pair: Pair) -> None:
     eventually(lambda: typed.events)
     assert type(typed.events[0][0]).__name__ == "ClientMessageEvent"  # register Shout to keep it
     member.close()
+
+
+def test_event_published_observers_see_events_from_other_processes(pair: Pair) -> None:
+    """Regression: ``event_published.connect(fn, sender=app)`` saw only this process's events."""
+    a, b = pair
+    heard: dict[str, list[tuple[Any, Any, Any, bool]]] = {"a": [], "b": []}
+
+    def observer(side: str) -> Callable[..., None]:
+        def observe(sender: Any, event: Any, identity: Any, **extra: Any) -> None:
+            heard[side].append((sender, event, identity, extra.get("remote", False)))
+
+        return observe
+
+    observe_a, observe_b = observer("a"), observer("b")
+    event_published.connect(observe_a, sender=a.app)
+    event_published.connect(observe_b, sender=b.app)
+    try:
+        on_b = Recorder()
+        b.flamigo.bus.subscribe(on_b, "audit/*", "rooms/*")
+        member = b.client("bob")
+        member.request("app::rooms:join", {"room": "hall"})
+        eventually(lambda: backplane_of(b).pending == 0)  # bob's own lifecycle events went out
+        sent, published = backplane_of(b).stats.sent, b.flamigo.bus.stats.published
+        alice = User("u1", "alice")
+        a.flamigo.publish(Audit("seen"), identity=BackendIdentity("http", alice))
+        a.flamigo.publish(Shout("hall", "hello"))
+        remote_on_b = lambda: [h for h in heard["b"] if h[3]]  # noqa: E731
+        eventually(lambda: len(remote_on_b()) == 2)
+        # b's observer saw a's events, marked remote, with the remote publisher
+        (s1, e1, i1, _), (s2, e2, _, _) = remote_on_b()
+        assert (s1, e1, s2) == (b.app, Audit("seen"), b.app)
+        assert type(e2).__name__ == "ClientMessageEvent" and e2.client_message == ("shout", {"text": "hello"})
+        assert isinstance(i1, RemoteIdentity) and i1.user == alice
+        assert i1.process == backplane_of(a).origin
+        # ...the bus routed them locally, once, and did not send them back out
+        assert member.pushes("shout") == [{"topic": "shout", "payload": {"text": "hello"}}]
+        eventually(lambda: len(on_b.events) == 2)
+        assert backplane_of(b).stats.sent == sent and backplane_of(b).pending == 0
+        assert b.flamigo.bus.stats.published == published  # remote events are not local publishes
+        # a's observer saw its own two publishes once each, as local ones
+        assert [(sender, event) for sender, event, _, remote in heard["a"] if not remote] == [
+            (a.app, Audit("seen")),
+            (a.app, Shout("hall", "hello")),
+        ]
+        member.close()
+    finally:
+        event_published.disconnect(observe_a, sender=a.app)
+        event_published.disconnect(observe_b, sender=b.app)
 
 
 def test_an_unserialisable_event_is_delivered_locally_and_reported(

@@ -14,15 +14,20 @@ from flask import Flask
 
 from flamigo_actors import (
     BackendIdentity,
+    Bus,
     ClientMessage,
     ClientMessageEvent,
     Context,
     DeadlockError,
     Flamigo,
+    FlamigoError,
+    NoBusError,
     TopicError,
     event_published,
     publish,
+    publish_sync,
 )
+from flamigo_actors.runtime.listener import ListenerSubscriber
 from tests.support import eventually
 
 
@@ -264,8 +269,8 @@ def test_bus_failure_keeps_unprocessed_events(flamigo: Flamigo, monkeypatch: pyt
     for n in range(5):
         flamigo.publish(Note(("x",), n))
     flamigo.publish_sync(Note(("x",), 5))
-    # The event being routed when the bus crashed is lost (and logged); the rest are not.
-    assert [e.n for e in seen] == [1, 2, 3, 4, 5]
+    # The event being routed when the bus crashed is routed again after the restart, first.
+    assert [e.n for e in seen] == [0, 1, 2, 3, 4, 5]
     assert flamigo.bus.stats.restarts == 1
 
 
@@ -326,3 +331,202 @@ def test_listener_over_its_bound_is_refused_and_counted() -> None:
         assert seen == sorted(seen)
     finally:
         flamigo.shutdown(timeout=1)
+
+
+# -- faults of the bus actor: the in-flight event is not lost ----------------------
+
+
+def test_a_delivery_that_crashes_the_bus_is_refused_and_the_rest_are_served_once(
+    flamigo: Flamigo, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: the event being routed was lost and publish_sync waited out its timeout."""
+    before, after = recorder(), recorder()
+    crasher_seen, crasher = recorder()
+    flamigo.bus.subscribe(before[1], "x")  # served before the crash
+    crashing = flamigo.bus.subscribe(crasher, "x")
+    flamigo.bus.subscribe(after[1], "x")  # not yet served when it crashed
+    subscriber = crashing.subscriber
+    assert isinstance(subscriber, ListenerSubscriber)
+    attempts: list[int] = []
+
+    def deliver_crashing(event: Any, frame: Any, identity: Any, waiter: Any) -> bool:
+        attempts.append(event.n)
+        raise RuntimeError("delivery bug")
+
+    monkeypatch.setattr(subscriber, "deliver", deliver_crashing)
+    with caplog.at_level(logging.ERROR, logger="flamigo_actors.bus"):
+        flamigo.publish_sync(Note(("x",), 1), timeout=10)  # returns: nobody is waited for in vain
+    assert flamigo.bus.stats.restarts == 1
+    assert flamigo.bus.stats.refused == 1 and flamigo.bus.stats.delivered == 2
+    assert attempts == [1]  # the crashing delivery is not retried
+    assert "delivery bug" in caplog.text and "counted refused" in caplog.text
+    # the restarted bus routes the next event; nobody got the first one twice
+    monkeypatch.undo()
+    flamigo.publish_sync(Note(("x",), 2), timeout=10)
+    assert [e.n for e in before[0]] == [1, 2]
+    assert [e.n for e in after[0]] == [1, 2]
+    assert [e.n for e in crasher_seen] == [2]
+
+
+def test_a_routing_crash_that_recurs_fails_publish_sync_at_once_naming_it(
+    flamigo: Flamigo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: publish_sync reported "timeout" after its whole timeout instead of the crash."""
+    seen, listener = recorder()
+    flamigo.bus.subscribe(listener, "x")
+    real_route = flamigo.bus._route
+
+    def route_always_broken(message: Any) -> None:
+        raise RuntimeError("router bug")
+
+    monkeypatch.setattr(flamigo.bus, "_route", route_always_broken)
+    with pytest.raises(FlamigoError, match="crashed routing Note.*router bug") as caught:
+        flamigo.publish_sync(Note(("x",), 1), timeout=10)
+    assert caught.value.status == 500
+    assert flamigo.bus.stats.restarts == 2  # routed again once, then dropped
+    assert flamigo.bus.stats.refused == 1
+    monkeypatch.setattr(flamigo.bus, "_route", real_route)
+    flamigo.publish_sync(Note(("x",), 2), timeout=10)
+    assert [e.n for e in seen] == [2]
+
+
+# -- publishing where no bus listens -------------------------------------------------
+
+
+def test_publishing_after_the_bus_closed_raises_a_clear_error() -> None:
+    """Regression: a publish after shutdown did nothing and said nothing."""
+    app = Flask("closed-bus")
+    flamigo = Flamigo(app)
+    flamigo.publish_sync(Note(("x",), 0))
+    flamigo.shutdown(timeout=1)
+    published = flamigo.bus.stats.published
+    with pytest.raises(NoBusError, match="bus is closed") as caught:
+        flamigo.publish(Note(("x",), 1))
+    assert isinstance(caught.value, RuntimeError) and caught.value.status == 503
+    assert "closed-bus" in str(caught.value)
+    with pytest.raises(NoBusError):
+        flamigo.publish_sync(Note(("x",), 2), timeout=10)
+    with pytest.raises(NoBusError):
+        Context(flamigo, BackendIdentity("job")).publish(Note(("x",), 3))
+    with app.app_context():
+        with pytest.raises(NoBusError):
+            publish(Note(("x",), 4))
+        with pytest.raises(NoBusError):
+            publish_sync(Note(("x",), 5), timeout=10)
+    assert flamigo.bus.stats.published == published
+
+
+def test_publishing_on_a_bus_never_bound_raises_a_clear_error() -> None:
+    flamigo = Flamigo()  # init_app(app) not called yet
+    with pytest.raises(NoBusError, match="never bound.*init_app"):
+        flamigo.publish(Note(("x",), 1))
+    with pytest.raises(NoBusError, match="never bound"):
+        flamigo.publish_sync(Note(("x",), 1), timeout=10)
+
+
+def test_every_publish_path_is_one_send_of_the_signal(flamigo: Flamigo) -> None:
+    """publish(), flamigo.publish(), ctx.publish() and bus.publish() all send event_published."""
+    heard: list[tuple[Any, int, Any]] = []
+
+    def audit(sender: Any, event: Any, identity: Any, **extra: Any) -> None:
+        heard.append((sender, event.n, extra.get("remote")))
+
+    seen, listener = recorder()
+    flamigo.bus.subscribe(listener, "x")
+    event_published.connect(audit, sender=flamigo.app)
+    try:
+        assert flamigo.app is not None
+        with flamigo.app.app_context():
+            publish(Note(("x",), 1))
+        flamigo.publish(Note(("x",), 2))
+        Context(flamigo, BackendIdentity("job")).publish(Note(("x",), 3))
+        flamigo.bus.publish(Note(("x",), 4))
+        flamigo.publish_sync(Note(("x",), 5))
+    finally:
+        event_published.disconnect(audit, sender=flamigo.app)
+    assert heard == [(flamigo.app, n, None) for n in range(1, 6)]
+    assert [e.n for e in seen] == [1, 2, 3, 4, 5]
+
+
+# -- the bus and the wire format -------------------------------------------------------
+
+
+def test_the_bus_imports_nothing_of_the_wire_or_upper_layers() -> None:
+    """Regression: importing the bus imported gevent-websocket (through the transport)."""
+    import subprocess
+    import sys
+
+    from tests.support import REPO
+
+    probe = (
+        "import sys, flamigo_actors.runtime.bus, flamigo_actors.runtime.listener, "
+        "flamigo_actors.runtime.signals\n"
+        "bad = sorted(m for m in sys.modules if m.startswith(('geventwebsocket', 'flask', "
+        "'flamigo_actors.websocket', 'flamigo_actors.integration', 'flamigo_actors.backplane')))\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_injected_encoder_builds_a_push_once_per_publish() -> None:
+    from flamigo_actors.integration.publishing import push_frame
+
+    encoded: list[tuple[str, Any]] = []
+
+    def counting(client_topic: str, payload: Any) -> bytes:
+        encoded.append((client_topic, payload))
+        return push_frame(client_topic, payload)
+
+    app = Flask("encoder")
+    own = Flamigo()
+    own.bus = Bus(own, encoder=counting)
+    own.init_app(app)
+
+    @own.strategy("app::join")
+    def join(ctx: Any) -> str:
+        ctx.identity.subscribe(ctx.payload)
+        return "ok"
+
+    try:
+        clients = [own.test_client() for _ in range(3)]
+        for client in clients:
+            assert client.request("app::join", "news") == "ok"
+        own.publish_sync(Shout(("news",), "hello"))
+        assert encoded == [("shout", {"text": "hello"})]
+        for client in clients:
+            assert client.pushes("shout", wait=5) == [{"topic": "shout", "payload": {"text": "hello"}}]
+            client.close()
+    finally:
+        own.shutdown(timeout=1)
+
+
+def test_a_connection_ending_after_the_bus_closed_logs_its_lost_disconnected_event(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its Disconnected event cannot be routed any more: a warning says so; nothing raises."""
+    app = Flask("late-disconnect")
+    flamigo = Flamigo(app)
+    client = flamigo.test_client()
+    assert client.request("app::websocket:ping") == {"pong": True}
+    flamigo.bus.close(timeout=1)
+    with caplog.at_level(logging.WARNING):
+        client.close()
+        eventually(lambda: "ended after the bus closed" in caplog.text)
+    assert not flamigo.connections
+    flamigo.shutdown(timeout=1)
+
+
+def test_the_flat_paths_of_0_1_still_publish() -> None:
+    """``flamigo_actors.signals`` (0.1) had the signals and publish(): both keep working."""
+    import flamigo_actors
+    from flamigo_actors.bus import Bus as FlatBus
+    from flamigo_actors.signals import event_published as flat_signal
+    from flamigo_actors.signals import publish as flat_publish
+    from flamigo_actors.signals import publish_sync as flat_publish_sync
+
+    assert FlatBus is flamigo_actors.Bus
+    assert flat_signal is flamigo_actors.event_published
+    assert (flat_publish, flat_publish_sync) == (flamigo_actors.publish, flamigo_actors.publish_sync)

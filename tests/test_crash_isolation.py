@@ -150,8 +150,11 @@ def test_the_bus_actor_is_restarted_and_rooms_keep_receiving(
                 raise RuntimeError("router bug")
 
             monkeypatch.setattr(flamigo.bus, "_route", route_crashing_once)
-            flamigo.publish(say("tea", "bot", "lost in the crash"))  # the one being routed: logged
+            flamigo.publish(say("tea", "bot", "routed again"))  # the one being routed when it crashed
         eventually(lambda: flamigo.bus.stats.restarts == 1)
+        if how == "crashed":  # not lost: routed again by the restarted actor
+            for ws in (alice, bob):
+                assert ws.recv_json()["payload"]["text"] == "routed again"
     assert flamigo.bus.actor_urn() != first
     assert "restarting it with its subscriptions" in caplog.text
     for n in range(3):
@@ -167,3 +170,37 @@ def test_the_bus_actor_is_restarted_and_rooms_keep_receiving(
     carol.close()
     eventually(lambda: len(seen) == 1)
     assert flamigo.bus.stats.restarts == 1
+
+
+def test_a_delivery_crashing_the_bus_loses_nothing_for_the_rest_of_the_room(
+    server: LiveServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: the event in flight was lost and publish_sync waited out its whole timeout."""
+    flamigo = server.flamigo
+    alice = in_room(server, "tea")
+    known = set(flamigo.connections)
+    victim = in_room(server, "tea")
+    (victim_id,) = set(flamigo.connections) - known
+    carol = in_room(server, "tea")
+    subscriber = next(
+        s.subscriber for s in flamigo.bus.subscriptions() if victim_id in s.subscriber.describe()
+    )
+
+    def deliver_crashing(*args: Any) -> bool:
+        raise RuntimeError("delivery bug")
+
+    monkeypatch.setattr(subscriber, "deliver", deliver_crashing)
+    refused = flamigo.bus.stats.refused
+    with caplog.at_level(logging.ERROR, logger="flamigo_actors.bus"):
+        flamigo.publish_sync(say("tea", "bot", "in flight"), timeout=10)  # returns, no 504
+    assert flamigo.bus.stats.restarts == 1
+    assert flamigo.bus.stats.refused == refused + 1
+    assert f"connection:{victim_id}" in caplog.text and "counted refused" in caplog.text
+    monkeypatch.undo()
+    flamigo.publish(say("tea", "bot", "next"))
+    # the others got the event in flight exactly once, then the next one; the victim only the next
+    for ws in (alice, carol):
+        assert [ws.recv_json()["payload"]["text"] for _ in range(2)] == ["in flight", "next"]
+    assert victim.recv_json()["payload"]["text"] == "next"
+    for ws in (alice, victim, carol):
+        ws.close()

@@ -13,7 +13,8 @@ carries every event that may cross processes:
 * A reader greenlet ``XREAD``s the whole stream (no consumer group: every
   process needs every event) from the last entry id it saw, and hands each
   event published by *another* process to :meth:`Bus.deliver_remote`, which
-  routes it to local subscribers only. Entries carry the origin process id and
+  sends it through the ``event_published`` signal marked ``remote=True``: the
+  signal's observers see it, and the bus routes it to local subscribers only. Entries carry the origin process id and
   a per-process sequence number: a process skips its own entries (its local
   subscribers had them already), and drops duplicates that a retried write
   could produce. A gap in a sequence (entries trimmed away before they were
@@ -38,6 +39,14 @@ stream holds them meanwhile). Entry ids are Redis's clock: after a failover to
 a server whose clock is behind the last id read here, entries with earlier ids
 are not read; the sequence gap counts them as ``missed``.
 
+Inside: :class:`RedisBackplane` owns the link (start, close, losing and
+regaining Redis); its ``_Sender`` owns the outbox and the writing greenlet,
+its ``_Reader`` the reading greenlet and the per-origin sequence numbers.
+What an entry carries (the event document, the publisher's description) is
+defined in ``backplane/codec.py``, re-exported here. The local bus is seen
+through the small :class:`LocalBus` protocol: this module imports nothing
+from ``runtime/``.
+
 ``import redis`` happens in :meth:`RedisBackplane.start` only: the package
 works without redis-py installed as long as no Redis URL is configured.
 """
@@ -53,31 +62,30 @@ import time
 import uuid
 from collections import deque
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import gevent
 import orjson
 from gevent.event import Event
 
-from ..core.events import (
-    ClientMessageEvent,
-    EventEncodingError,
-    decode_event,
-    encode_event,
-    event_type_name,
-    topics_of,
+from ..core.events import decode_event
+from .codec import (
+    REMOTE,
+    RemoteIdentity,
+    describe_identity,
+    encode_for_backplane,
+    rebuild_identity,
 )
-from ..core.identity import User, user_of
 
 if TYPE_CHECKING:
-    from ..runtime.bus import Bus
     from ..core.identity import Identity
     from ..core.settings import Settings
 
 __all__ = [
     "REMOTE",
     "BackplaneStats",
+    "LocalBus",
     "RedisBackplane",
     "RedisUnavailable",
     "RemoteIdentity",
@@ -89,11 +97,28 @@ __all__ = [
 
 _log = logging.getLogger("flamigo_actors.backplane")
 
-REMOTE = "remote"
-"""Identity type of an event's publisher in another process."""
-
 BUS_BACKLOG_LIMIT = 10_000
 """Events waiting in the local bus's mailbox above which the reader pauses."""
+
+class LocalBus(Protocol):
+    """What the backplane needs of this process's bus (:class:`~flamigo_actors.Bus` provides it)."""
+
+    backplane: Any
+    """Set to the backplane by :meth:`RedisBackplane.start`: the bus then calls its ``send``."""
+
+    @property
+    def closing(self) -> bool:
+        """True once the bus is shutting down (entries read meanwhile are dropped quietly)."""
+        ...
+
+    def deliver_remote(self, event: object, identity: Identity) -> None:
+        """Route another process's event to local subscribers (and ``event_published`` observers)."""
+        ...
+
+    def mailbox_depth(self) -> int:
+        """Events waiting to be routed (the reader pauses above :data:`BUS_BACKLOG_LIMIT`)."""
+        ...
+
 
 class RedisUnavailable(RuntimeError):
     """Redis cannot be reached at start and ``FLAMIGO_REDIS_REQUIRED`` is true."""
@@ -105,35 +130,6 @@ class RedisUnavailable(RuntimeError):
             "local-only (events stay in this process until Redis is reachable)"
         )
         self.url = url
-
-
-@dataclass(frozen=True)
-class RemoteIdentity:
-    """Who published an event in another process (rebuilt from a minimal description).
-
-    Its ``type`` is ``"remote"``, never the original type: a remote websocket
-    user is not a local connection (no ``subscribe``), and a remote backend is
-    not trusted as this process's own backend by :func:`is_backend`. The user,
-    when there was one, is carried along, so :func:`is_authenticated` and
-    :func:`has_permission` work on it.
-
-    Attributes:
-        origin_type: the publisher's identity type over there (``"websocket"``, ``"backend"``...).
-        process: the origin process id (``host:pid:random``).
-        user: the publisher's user, if any.
-        interface: the backend interface over there (``"http"``, ``"call"``...), if any.
-        conn_id: the publishing connection's id, if it was a connection.
-    """
-
-    origin_type: str
-    process: str
-    user: User | None = None
-    interface: str | None = None
-    conn_id: str | None = None
-
-    @property
-    def type(self) -> str:
-        return REMOTE
 
 
 @dataclass
@@ -184,81 +180,6 @@ def backoff(attempt: int, base: float = 0.1, cap: float = 3.0) -> float:
     return delay / 2 + random.uniform(0, delay / 2)
 
 
-def describe_identity(identity: Identity) -> dict[str, Any]:
-    """The minimal description of a publisher that crosses processes."""
-    if isinstance(identity, RemoteIdentity):  # re-published: keep what it was
-        doc: dict[str, Any] = {"type": identity.origin_type}
-    else:
-        doc = {"type": str(identity.type)}
-    interface = getattr(identity, "interface", None)
-    if isinstance(interface, str):
-        doc["interface"] = interface
-    conn_id = getattr(identity, "conn_id", None)
-    if isinstance(conn_id, str):
-        doc["conn"] = conn_id
-    user = user_of(identity)
-    if user is not None:
-        doc["user"] = {"id": user.id, "username": user.username}
-        if user.permissions:
-            doc["user"]["permissions"] = sorted(user.permissions)
-    return doc
-
-
-def rebuild_identity(doc: dict[str, Any], process: str) -> RemoteIdentity:
-    """The :class:`RemoteIdentity` of a description made by :func:`describe_identity`."""
-    user_doc = doc.get("user")
-    user = None
-    if isinstance(user_doc, dict):
-        user = User(
-            str(user_doc["id"]),
-            str(user_doc.get("username", "")),
-            frozenset(user_doc.get("permissions", ())),
-        )
-    return RemoteIdentity(
-        origin_type=str(doc.get("type", "unknown")),
-        process=process,
-        user=user,
-        interface=doc.get("interface"),
-        conn_id=doc.get("conn"),
-    )
-
-
-def encode_for_backplane(event: object) -> bytes:
-    """The JSON document ``{"type": name, "data": ...}`` that carries ``event`` to other processes.
-
-    * An event registered with ``@serializable(name)`` travels as itself.
-    * Any other client event travels as a ready-made
-      :class:`~flamigo_actors.ClientMessageEvent` (same topics, same push):
-      remote connections receive the same frame, remote listeners receive a
-      ``ClientMessageEvent`` (register the class to keep it).
-
-    Raises:
-        EventEncodingError: the event is neither; or its fields are not JSON.
-    """
-    try:
-        if event_type_name(event) is not None:
-            return orjson.dumps(encode_event(event))
-        message = getattr(event, "client_message", None)
-        if message is not None:
-            client_topic, payload = message
-            generic = ClientMessageEvent(
-                tuple(str(t) for t in topics_of(event)), client_topic, payload
-            )
-            return orjson.dumps(encode_event(generic))
-    except EventEncodingError:
-        raise
-    except (TypeError, ValueError) as err:  # orjson.JSONEncodeError is a TypeError
-        raise EventEncodingError(
-            f"{type(event).__qualname__} cannot be encoded as JSON for other processes: {err}; "
-            "give its fields JSON values (or to_json()/from_json())"
-        ) from None
-    raise EventEncodingError(
-        f"{type(event).__qualname__} cannot cross processes: it is not a client event and "
-        "not registered; decorate the class with @flamigo_actors.serializable('a.name') "
-        "(a dataclass of JSON fields, or to_json()/from_json())"
-    )
-
-
 class _Throttle:
     """Logs one message per key at most every ``interval`` seconds, counting the rest."""
 
@@ -300,7 +221,7 @@ class RedisBackplane:
 
     def __init__(
         self,
-        bus: Bus,
+        bus: LocalBus,
         url: str,
         *,
         channel: str = "flamigo",
@@ -329,13 +250,9 @@ class RedisBackplane:
         self.last_error: str | None = None
         """The last Redis error seen (for inspection)."""
         self._origin = self.origin.encode()
-        self._seq = itertools.count(1)
-        self._outbox: deque[tuple[int, bytes, bytes]] = deque()
-        self._in_flight = 0
-        self._seen: dict[bytes, int] = {}
-        self._last_id: Any = None
+        self._out = _Sender(self)
+        self._in = _Reader(self)
         self._up = Event()
-        self._wake = Event()
         self._client: Any = None
         self._reader: gevent.Greenlet | None = None
         self._sender: gevent.Greenlet | None = None
@@ -348,7 +265,7 @@ class RedisBackplane:
         self._redis_error: type[BaseException] = OSError
 
     @classmethod
-    def from_settings(cls, bus: Bus, settings: Settings) -> RedisBackplane:
+    def from_settings(cls, bus: LocalBus, settings: Settings) -> RedisBackplane:
         """A backplane configured by ``FLAMIGO_REDIS_*`` settings."""
         if not settings.redis_url:
             raise ValueError("FLAMIGO_REDIS_URL is not set: there is no backplane to build")
@@ -371,7 +288,7 @@ class RedisBackplane:
     @property
     def pending(self) -> int:
         """Events waiting in the outbox (or on the wire) to be written to Redis."""
-        return len(self._outbox) + self._in_flight
+        return self._out.pending
 
     def snapshot(self) -> dict[str, Any]:
         """State and counters as plain data (for ``inspect.stats()``)."""
@@ -428,7 +345,7 @@ class RedisBackplane:
             raise RedisUnavailable(self.url, f"not a Redis URL: {err}") from None
         try:
             self._client.ping()
-            self._last_id = self._stream_end()
+            self._in.last_id = self._in.stream_end()
         except redis.RedisError as err:
             if self.required:
                 self._client.close()
@@ -448,11 +365,11 @@ class RedisBackplane:
             self._up.set()
             _log.info(
                 "backplane: connected to Redis at %s, stream %s, reading after %s",
-                redact(self.url), self.stream, _text(self._last_id),
+                redact(self.url), self.stream, _text(self._in.last_id),
             )
         self.bus.backplane = self
-        self._reader = gevent.spawn(self._read_loop)
-        self._sender = gevent.spawn(self._send_loop)
+        self._reader = gevent.spawn(self._in.run)
+        self._sender = gevent.spawn(self._out.run)
 
     def close(self, timeout: float = 2.0) -> None:
         """Flush the outbox (while Redis is reachable, within ``timeout``), then stop.
@@ -467,20 +384,16 @@ class RedisBackplane:
             gevent.sleep(0.01)
         self._closed = True
         gevent.killall(self.greenlets(), block=True, timeout=max(0.1, deadline - time.monotonic()))
-        left = self.pending
+        left = self._out.drop_all()
         if left:
             self.stats.failed += left
             _log.warning("backplane: %d events not sent to Redis at shutdown", left)
-            self._outbox.clear()
-            self._in_flight = 0
         self._up.clear()
         if self._client is not None:
             try:
                 self._client.close()
             except Exception:  # noqa: BLE001 - closing a broken connection
                 pass
-
-    # -- sending (publisher's greenlet: no network here) -----------------------------
 
     def send(self, event: object, identity: Identity) -> None:
         """Queue ``event`` for the other processes; never blocks, never raises.
@@ -489,147 +402,7 @@ class RedisBackplane:
         counted (``stats.unserialisable``) and reported with an error log
         naming its class and the fix, at most every 10 s per class.
         """
-        if self._closed:
-            self.stats.failed += 1
-            self._throttle("closed", logging.WARNING,
-                           "backplane: %s published after the backplane closed: not sent "
-                           "to other processes", type(event).__qualname__)
-            return
-        try:
-            document = encode_for_backplane(event)
-            described = orjson.dumps(describe_identity(identity))
-        except Exception as err:  # noqa: BLE001 - reported, never raised to the publisher
-            self.stats.unserialisable += 1
-            self._throttle(
-                ("unserialisable", type(event)), logging.ERROR,
-                "backplane: %s was delivered in this process only: %s",
-                type(event).__qualname__, err,
-            )
-            return
-        outbox = self._outbox
-        outbox.append((next(self._seq), document, described))
-        if len(outbox) > self.outbox_max:
-            outbox.popleft()
-            self.stats.failed += 1
-            self._throttle(
-                "overflow", logging.ERROR,
-                "backplane: outbox full (%d events; Redis %s): dropped the oldest event "
-                "for other processes", self.outbox_max,
-                "unreachable" if not self.connected else "too slow",
-            )
-        self._wake.set()
-
-    def _send_loop(self) -> None:
-        outbox = self._outbox
-        while True:
-            while not outbox:
-                self._wake.clear()
-                self._wake.wait()
-            self._up.wait()
-            batch = [outbox.popleft() for _ in range(min(len(outbox), self.batch))]
-            self._in_flight = len(batch)
-            pipe = self._client.pipeline(transaction=False)
-            for seq, document, described in batch:
-                pipe.xadd(
-                    self.stream,
-                    {b"o": self._origin, b"s": seq, b"e": document, b"i": described},
-                    maxlen=self.maxlen,
-                    approximate=True,
-                )
-            try:
-                pipe.execute()
-            except self._link_errors as err:
-                # Some entries may have been written: resending is safe because
-                # receivers skip sequence numbers they have seen.
-                self._in_flight = 0
-                outbox.extendleft(reversed(batch))
-                while len(outbox) > self.outbox_max:
-                    outbox.popleft()
-                    self.stats.failed += 1
-                self._lost(err)
-            except self._redis_error as err:  # an error reply: retrying would not help
-                self._in_flight = 0
-                self.stats.failed += len(batch)
-                self.last_error = f"{type(err).__name__}: {err}"
-                self._throttle("reply", logging.ERROR,
-                               "backplane: Redis refused %d events: %s", len(batch), err)
-            else:
-                self._in_flight = 0
-                self.stats.sent += len(batch)
-            finally:
-                pipe.reset()
-
-    # -- receiving ---------------------------------------------------------------------
-
-    def _stream_end(self) -> Any:
-        entries = self._client.xrevrange(self.stream, count=1)
-        return entries[0][0] if entries else b"0-0"
-
-    def _read_loop(self) -> None:
-        block_ms = max(1, int(self.block * 1000))
-        while True:
-            self._up.wait()
-            # Backpressure: let the local bus catch up; meanwhile the stream holds the events.
-            while self.bus.mailbox_depth() > BUS_BACKLOG_LIMIT:
-                gevent.sleep(0.005)
-            try:
-                if self._last_id is None:  # first link after a local-only start
-                    self._last_id = self._stream_end()
-                reply = self._client.xread(
-                    {self.stream: self._last_id}, count=self.batch, block=block_ms
-                )
-            except self._link_errors as err:
-                self._lost(err)
-                continue
-            except self._redis_error as err:  # e.g. WRONGTYPE: the key is not a stream
-                self.last_error = f"{type(err).__name__}: {err}"
-                self._throttle("read", logging.ERROR,
-                               "backplane: reading %s failed: %s", self.stream, err)
-                gevent.sleep(self.reconnect_cap)
-                continue
-            if not reply:
-                continue
-            streams = reply.items() if isinstance(reply, dict) else reply
-            for _name, entries in streams:
-                for entry_id, fields in entries:
-                    self._last_id = entry_id
-                    self._receive(fields)
-
-    def _receive(self, fields: dict[bytes, bytes]) -> None:
-        origin = fields.get(b"o")
-        if origin == self._origin:
-            return  # our own: local subscribers had it at publish time
-        if self._closed:
-            return
-        try:
-            seq = int(fields[b"s"])
-            seen = self._seen
-            last = seen.pop(origin, None)  # type: ignore[arg-type]
-            seen[origin] = seq if last is None else max(last, seq)  # type: ignore[index]
-            if len(seen) > 4096:  # processes come and go: forget the longest silent
-                del seen[next(iter(seen))]
-            if last is not None:
-                if seq <= last:
-                    self.stats.duplicates += 1
-                    return
-                if seq > last + 1:
-                    self.stats.missed += seq - last - 1
-                    self._throttle(("missed", origin), logging.WARNING,
-                                   "backplane: missed %d events of %s (trimmed from the "
-                                   "stream or lost by Redis before they were read)",
-                                   seq - last - 1, _text(origin))
-            event = decode_event(orjson.loads(fields[b"e"]))
-            identity = rebuild_identity(orjson.loads(fields[b"i"]), _text(origin))
-            self.bus.deliver_remote(event, identity)
-        except Exception as err:  # noqa: BLE001 - one bad entry must not stop the reader
-            if self.bus._closing:
-                return
-            self.stats.decode_errors += 1
-            self._throttle("decode", logging.ERROR,
-                           "backplane: cannot deliver an entry from %s: %s: %s",
-                           _text(origin), type(err).__name__, err)
-            return
-        self.stats.received += 1
+        self._out.put(event, identity)
 
     # -- faults ------------------------------------------------------------------------
 
@@ -667,11 +440,189 @@ class RedisBackplane:
                 "backplane: Redis at %s is back after %.1fs (%d attempts); sending %d queued "
                 "events and catching up from %s",
                 redact(self.url), down, attempt, self.pending,
-                _text(self._last_id) if self._last_id is not None else "the stream's end",
+                _text(self._in.last_id) if self._in.last_id is not None else "the stream's end",
             )
             self._down_since = None
             self._up.set()
             return
+
+
+class _Sender:
+    """The write side: the bounded outbox publishers fill (no network in their
+    greenlet) and the greenlet that writes it to Redis with pipelined ``XADD``."""
+
+    def __init__(self, link: RedisBackplane) -> None:
+        self.link = link
+        self.outbox: deque[tuple[int, bytes, bytes]] = deque()
+        self.in_flight = 0
+        self.seq = itertools.count(1)
+        self.wake = Event()
+
+    @property
+    def pending(self) -> int:
+        return len(self.outbox) + self.in_flight
+
+    def drop_all(self) -> int:
+        """Forget every queued event (at shutdown); how many there were."""
+        left = self.pending
+        self.outbox.clear()
+        self.in_flight = 0
+        return left
+
+    def put(self, event: object, identity: Identity) -> None:
+        link = self.link
+        if link._closed:
+            link.stats.failed += 1
+            link._throttle("closed", logging.WARNING,
+                           "backplane: %s published after the backplane closed: not sent "
+                           "to other processes", type(event).__qualname__)
+            return
+        try:
+            document = encode_for_backplane(event)
+            described = orjson.dumps(describe_identity(identity))
+        except Exception as err:  # noqa: BLE001 - reported, never raised to the publisher
+            link.stats.unserialisable += 1
+            link._throttle(
+                ("unserialisable", type(event)), logging.ERROR,
+                "backplane: %s was delivered in this process only: %s",
+                type(event).__qualname__, err,
+            )
+            return
+        outbox = self.outbox
+        outbox.append((next(self.seq), document, described))
+        if len(outbox) > link.outbox_max:
+            outbox.popleft()
+            link.stats.failed += 1
+            link._throttle(
+                "overflow", logging.ERROR,
+                "backplane: outbox full (%d events; Redis %s): dropped the oldest event "
+                "for other processes", link.outbox_max,
+                "unreachable" if not link.connected else "too slow",
+            )
+        self.wake.set()
+
+    def run(self) -> None:
+        link, outbox = self.link, self.outbox
+        while True:
+            while not outbox:
+                self.wake.clear()
+                self.wake.wait()
+            link._up.wait()
+            batch = [outbox.popleft() for _ in range(min(len(outbox), link.batch))]
+            self.in_flight = len(batch)
+            pipe = link._client.pipeline(transaction=False)
+            for seq, document, described in batch:
+                pipe.xadd(
+                    link.stream,
+                    {b"o": link._origin, b"s": seq, b"e": document, b"i": described},
+                    maxlen=link.maxlen,
+                    approximate=True,
+                )
+            try:
+                pipe.execute()
+            except link._link_errors as err:
+                # Some entries may have been written: resending is safe because
+                # receivers skip sequence numbers they have seen.
+                self.in_flight = 0
+                outbox.extendleft(reversed(batch))
+                while len(outbox) > link.outbox_max:
+                    outbox.popleft()
+                    link.stats.failed += 1
+                link._lost(err)
+            except link._redis_error as err:  # an error reply: retrying would not help
+                self.in_flight = 0
+                link.stats.failed += len(batch)
+                link.last_error = f"{type(err).__name__}: {err}"
+                link._throttle("reply", logging.ERROR,
+                               "backplane: Redis refused %d events: %s", len(batch), err)
+            else:
+                self.in_flight = 0
+                link.stats.sent += len(batch)
+            finally:
+                pipe.reset()
+
+
+class _Reader:
+    """The read side: ``XREAD`` the stream from the last id seen, skip this process's
+    own entries and duplicates, count gaps, hand the rest to the local bus."""
+
+    def __init__(self, link: RedisBackplane) -> None:
+        self.link = link
+        self.seen: dict[bytes, int] = {}
+        self.last_id: Any = None
+
+    def stream_end(self) -> Any:
+        entries = self.link._client.xrevrange(self.link.stream, count=1)
+        return entries[0][0] if entries else b"0-0"
+
+    def run(self) -> None:
+        link = self.link
+        block_ms = max(1, int(link.block * 1000))
+        while True:
+            link._up.wait()
+            # Backpressure: let the local bus catch up; meanwhile the stream holds the events.
+            while link.bus.mailbox_depth() > BUS_BACKLOG_LIMIT:
+                gevent.sleep(0.005)
+            try:
+                if self.last_id is None:  # first link after a local-only start
+                    self.last_id = self.stream_end()
+                reply = link._client.xread(
+                    {link.stream: self.last_id}, count=link.batch, block=block_ms
+                )
+            except link._link_errors as err:
+                link._lost(err)
+                continue
+            except link._redis_error as err:  # e.g. WRONGTYPE: the key is not a stream
+                link.last_error = f"{type(err).__name__}: {err}"
+                link._throttle("read", logging.ERROR,
+                               "backplane: reading %s failed: %s", link.stream, err)
+                gevent.sleep(link.reconnect_cap)
+                continue
+            if not reply:
+                continue
+            streams = reply.items() if isinstance(reply, dict) else reply
+            for _name, entries in streams:
+                for entry_id, fields in entries:
+                    self.last_id = entry_id
+                    self.receive(fields)
+
+    def receive(self, fields: dict[bytes, bytes]) -> None:
+        link = self.link
+        origin = fields.get(b"o")
+        if origin == link._origin:
+            return  # our own: local subscribers had it at publish time
+        if link._closed:
+            return
+        stats = link.stats
+        try:
+            seq = int(fields[b"s"])
+            seen = self.seen
+            last = seen.pop(origin, None)  # type: ignore[arg-type]
+            seen[origin] = seq if last is None else max(last, seq)  # type: ignore[index]
+            if len(seen) > 4096:  # processes come and go: forget the longest silent
+                del seen[next(iter(seen))]
+            if last is not None:
+                if seq <= last:
+                    stats.duplicates += 1
+                    return
+                if seq > last + 1:
+                    stats.missed += seq - last - 1
+                    link._throttle(("missed", origin), logging.WARNING,
+                                   "backplane: missed %d events of %s (trimmed from the "
+                                   "stream or lost by Redis before they were read)",
+                                   seq - last - 1, _text(origin))
+            event = decode_event(orjson.loads(fields[b"e"]))
+            identity = rebuild_identity(orjson.loads(fields[b"i"]), _text(origin))
+            link.bus.deliver_remote(event, identity)
+        except Exception as err:  # noqa: BLE001 - one bad entry must not stop the reader
+            if link.bus.closing:
+                return
+            stats.decode_errors += 1
+            link._throttle("decode", logging.ERROR,
+                           "backplane: cannot deliver an entry from %s: %s: %s",
+                           _text(origin), type(err).__name__, err)
+            return
+        stats.received += 1
 
 
 def _text(value: Any) -> str:

@@ -35,6 +35,7 @@ from gevent.event import AsyncResult
 from flask import Flask, Response, request
 
 from ..runtime.bus import Bus
+from .publishing import push_frame
 from ..websocket.connection import GOING_AWAY, KICKED, Connection, WebsocketClient
 from ..core.errors import FlamigoError
 from ..core.identity import BackendIdentity, Identity, User
@@ -124,7 +125,7 @@ class Flamigo:
         """The heartbeat request a connection's reader answers itself, and its reply
         (``None`` when the app registered its own ``websocket:ping``)."""
         self.settings: Settings = Settings()
-        self.bus: Bus = Bus(self)
+        self.bus: Bus = Bus(self, encoder=push_frame)  # the bus never imports the wire format
         if app is not None:
             self.init_app(app)
 
@@ -342,7 +343,11 @@ class Flamigo:
                 reply.cancel()
 
     def publish(self, event: object, identity: Identity | None = None) -> None:
-        """Publish ``event`` on this app's bus (works inside or outside a request)."""
+        """Publish ``event`` on this app's bus (works inside or outside a request).
+
+        Raises:
+            NoBusError: the bus is closed (after :meth:`shutdown`) or the app not bound yet.
+        """
         self.bus.publish(event, identity=identity)
 
     def publish_sync(

@@ -1,13 +1,20 @@
 """The realtime event bus: a blinker-backed Pykka actor routing events by topic.
 
-Publishing sends the :data:`~flamigo_actors.runtime.signals.event_published` blinker
-signal; the bus's receiver validates the event, encodes a client event's push
-frame once, and tells the bus actor. The bus actor looks the topics up in a
-:class:`~flamigo_actors.core.topics.TopicTrie` and tells each matching subscriber:
+Publishing sends the :data:`~flamigo_actors.runtime.signals.event_published`
+blinker signal (``flamigo_actors.publish()``, ``flamigo.publish()``,
+``ctx.publish()`` and :meth:`Bus.publish` all do just that); the bus's
+receiver validates the event, encodes a client event's push frame once
+through the encoder it was given, and tells the bus actor. The bus actor
+looks the topics up in a :class:`~flamigo_actors.core.topics.TopicTrie` and
+tells each matching subscriber:
 
 * a connection: the frame goes into that connection's mailbox, behind
   whatever it was already doing;
 * an in-process listener: the event goes into the listener's own actor.
+
+Events from other processes arrive through the same signal, sent by the
+backplane with ``remote=True``: observers of the signal see them, the bus
+routes them to local subscribers only and never sends them back out.
 
 Promises:
 
@@ -15,210 +22,101 @@ Promises:
   publish order (one mailbox in, FIFO mailboxes out).
 * **No silent loss**: a subscriber over its bound is not skipped quietly: a
   connection is disconnected (1013), a listener's delivery is refused; both
-  are counted in :attr:`Bus.stats` and logged.
+  are counted in :attr:`Bus.stats` and logged. A publish that no live bus
+  receives (closed, never bound) raises
+  :class:`~flamigo_actors.runtime.signals.NoBusError`.
 * **Routing cost** grows with the topic's depth and the number of matches,
   not with the number of subscriptions.
 * ``publish_sync`` raises :class:`DeadlockError` instead of hanging when the
   waiting actor is (directly or through other waits) a subscriber.
 * The bus actor is supervised: if it dies it is restarted with its
   subscriptions and its unprocessed mailbox; :attr:`Bus.stats` counts restarts.
+  The event it was routing is routed on first: a delivery that crashed the
+  actor is counted refused (never retried) and the subscribers not yet served
+  get the event, none twice. A crash while matching is retried once; a second
+  one drops the event, counts it refused, and a ``publish_sync`` waiting on it
+  fails at once with an error naming the crash.
+
+Routing itself (match, deadlock check, delivery, crash bookkeeping) is in
+``runtime/routing.py``; subscriptions and ``publish_sync`` waiters in
+``runtime/subscriptions.py``.
+
+The bus never sees the wire format (it imports nothing from ``websocket/``):
+the extension gives it the push encoder, and the backplane registers itself
+as :attr:`Bus.backplane`.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import gevent
-from gevent.event import AsyncResult
 
 from .engine import FlamigoActor, current_actor
+from .listener import ListenerSubscriber
+from .routing import BusStats, DeadlockError, InFlight, Router
+from .signals import ROUTED, NoBusError, event_published, send_event
+from .subscriptions import Subscriber, Subscription, SubscriptionIndex, SyncWaiter
 from ..core.errors import FlamigoError
 from ..core.events import topics_of
 from ..core.identity import BackendIdentity, Identity
-from ..websocket.protocol import encode_push
-from .signals import event_published
-from ..core.topics import Topic, TopicTrie
-from ..websocket.transport import text_frame
+from ..core.settings import Settings
 
-if TYPE_CHECKING:
-    from ..integration.extension import Flamigo
-
-__all__ = ["Bus", "BusStats", "DeadlockError", "Subscriber", "Subscription"]
+__all__ = [
+    "BackplaneLink",
+    "Bus",
+    "BusHost",
+    "BusStats",
+    "DeadlockError",
+    "PushEncoder",
+    "Subscriber",
+    "Subscription",
+    "SyncWaiter",
+]
 
 _log = logging.getLogger("flamigo_actors.bus")
 
 BACKEND = BackendIdentity("bus")
 
-
-class DeadlockError(FlamigoError):
-    """``publish_sync`` would wait for itself (directly or through a chain of waits)."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(
-            f"publish_sync: deadlock: {detail}; use publish() (asynchronous) here instead",
-            status=500,
-        )
+PushEncoder = Callable[[str, Any], bytes]
+"""Encodes a client event's push, ``(client_topic, payload) -> frame``; raises TypeError
+when the payload is not JSON. Called once per publish, whatever the number of recipients."""
 
 
-class Subscriber(Protocol):
-    """Where a subscription delivers: a connection or an in-process listener."""
+class BusHost(Protocol):
+    """What the bus needs from the application's extension."""
 
     @property
-    def urn(self) -> str:
-        """The Pykka actor URN that handles deliveries (for deadlock detection)."""
+    def app(self) -> Any:
+        """The Flask app (listeners push its app context), or None before ``init_app``."""
         ...
 
-    def deliver(
-        self, event: object, frame: bytes | None, identity: Identity, waiter: SyncWaiter | None
-    ) -> bool:
-        """Put one delivery in the subscriber's mailbox; False when refused.
-
-        ``frame`` is the push frame of a client event (encoded once per publish).
-        When ``waiter`` is given, call ``waiter.done()`` once the event is handled.
-        """
-        ...
-
-    def describe(self) -> str:
-        """A short label for inspection."""
+    @property
+    def settings(self) -> Settings:
+        """The ``FLAMIGO_*`` settings (read when used: ``init_app`` replaces them)."""
         ...
 
 
-_ids = itertools.count(1)
+class BackplaneLink(Protocol):
+    """The backplane, registered on the bus (see ``backplane/streams.py``).
 
-
-class Subscription:
-    """Patterns a subscriber listens to; add and remove them at run time.
-
-    Attributes:
-        client_only: only client events are delivered.
-        event_type: only events of this class (or a subclass) are delivered.
+    The bus only calls :meth:`send`; the extension closes the backplane at
+    shutdown and inspection reads its snapshot through :attr:`Bus.backplane`.
     """
 
-    __slots__ = ("id", "bus", "subscriber", "patterns", "client_only", "event_type", "cancelled")
+    def send(self, event: object, identity: Identity) -> None:
+        """Queue a locally published event for the other processes; must never block."""
+        ...
 
-    def __init__(
-        self,
-        bus: Bus,
-        subscriber: Subscriber,
-        *,
-        client_only: bool,
-        event_type: type[Any] | None,
-    ) -> None:
-        self.id = next(_ids)
-        self.bus = bus
-        self.subscriber = subscriber
-        self.patterns: set[Topic] = set()
-        self.client_only = client_only
-        self.event_type = event_type
-        self.cancelled = False
+    def close(self, timeout: float = ...) -> None:
+        """Flush what it can, then stop (idempotent)."""
+        ...
 
-    def __repr__(self) -> str:
-        return f"<Subscription #{self.id} {self.subscriber.describe()} {sorted(self.patterns)}>"
-
-    def add(self, *patterns: str) -> None:
-        """Start receiving events matching ``patterns`` (``"*"`` for everything).
-
-        Raises:
-            TopicError: a pattern is malformed.
-            RuntimeError: the subscription was cancelled.
-        """
-        if self.cancelled:
-            raise RuntimeError(f"subscription #{self.id} was cancelled; subscribe again")
-        for pattern in [Topic(p) for p in patterns]:
-            if pattern not in self.patterns:
-                self.patterns.add(pattern)
-                self.bus._trie.add(pattern, self)
-
-    def remove(self, *patterns: str) -> None:
-        """Stop receiving events matching ``patterns``; unknown ones are ignored."""
-        for pattern in [Topic(p) for p in patterns]:
-            if pattern in self.patterns:
-                self.patterns.discard(pattern)
-                self.bus._trie.remove(pattern, self)
-
-    def cancel(self) -> None:
-        """Remove every pattern and forget the subscription (idempotent)."""
-        if self.cancelled:
-            return
-        self.remove(*self.patterns)
-        self.cancelled = True
-        self.bus._subscriptions.pop(self.id, None)
-        on_cancel = getattr(self.subscriber, "on_cancel", None)
-        if on_cancel is not None:
-            on_cancel()
-
-
-class SyncWaiter:
-    """Counts outstanding deliveries of one ``publish_sync`` and wakes the publisher."""
-
-    __slots__ = ("caller", "pending", "result", "owners", "bus")
-
-    def __init__(self, bus: Bus, caller: str | None) -> None:
-        self.bus = bus
-        self.caller = caller
-        self.pending = 0
-        self.owners: set[str] = set()
-        self.result: AsyncResult = AsyncResult()
-
-    def done(self) -> None:
-        """One subscriber finished handling the event."""
-        self.pending -= 1
-        if self.pending == 0:
-            self._finish()
-
-    def _finish(self) -> None:
-        if self.caller is not None:
-            self.bus._waiting.pop(self.caller, None)
-        if not self.result.ready():
-            self.result.set(None)
-
-    def fail(self, error: BaseException) -> None:
-        if self.caller is not None:
-            self.bus._waiting.pop(self.caller, None)
-        if not self.result.ready():
-            self.result.set_exception(error)
-
-
-@dataclass
-class BusStats:
-    """Counters of the bus (read them in the shell with ``stats()``)."""
-
-    published: int = 0
-    """Events published in this process."""
-    delivered: int = 0
-    """Deliveries put into a subscriber's mailbox."""
-    refused: int = 0
-    """Deliveries refused because a subscriber was over its bound or gone."""
-    listener_errors: int = 0
-    """Listener calls that raised (logged with the event and topic)."""
-    deadlocks: int = 0
-    """``publish_sync`` calls refused because they would deadlock."""
-    restarts: int = 0
-    """Times the bus actor died and was restarted."""
-    remote_received: int = 0
-    """Events received from other processes through the backplane."""
-
-
-class _Publish:
-    __slots__ = ("event", "topics", "frame", "identity", "waiter")
-
-    def __init__(
-        self,
-        event: object,
-        topics: tuple[Topic, ...],
-        frame: bytes | None,
-        identity: Identity,
-        waiter: SyncWaiter | None,
-    ) -> None:
-        self.event = event
-        self.topics = topics
-        self.frame = frame
-        self.identity = identity
-        self.waiter = waiter
+    def snapshot(self) -> dict[str, Any]:
+        """State and counters as plain data (for inspection)."""
+        ...
 
 
 class BusActor(FlamigoActor):
@@ -229,20 +127,25 @@ class BusActor(FlamigoActor):
     def __init__(self, bus: Bus) -> None:
         super().__init__()
         self.bus = bus
+        self.routing: InFlight | None = None
+        """The event being routed (what a crash would interrupt)."""
 
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, _Publish):
+        if isinstance(message, InFlight):
+            self.routing = message
             self.bus._route(message)
+            self.routing = None  # not in a finally: on_failure needs it after a crash
         else:
             return super().on_receive(message)
         return None
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
-        self.bus._restart(self, f"{exception_type.__name__}: {exception_value}")
+        crashed, self.routing = self.routing, None
+        self.bus._restart(self, f"{exception_type.__name__}: {exception_value}", crashed)
 
     def on_stop(self) -> None:
         if not self.bus._closing:
-            self.bus._restart(self, "stopped while the application was running")
+            self.bus._restart(self, "stopped while the application was running", None)
 
 
 class Bus:
@@ -252,20 +155,27 @@ class Bus:
     :func:`flamigo_actors.publish` inside a request), subscribe in-process
     listeners with :meth:`subscribe`. Connections subscribe through their
     identity (``ctx.identity.subscribe("rooms/lobby")``).
+
+    Args:
+        flamigo: the extension (what the bus reads of it: :class:`BusHost`).
+        encoder: builds a client event's push frame (see :data:`PushEncoder`).
     """
 
-    def __init__(self, flamigo: Flamigo) -> None:
+    def __init__(self, flamigo: BusHost, *, encoder: PushEncoder) -> None:
         self.flamigo = flamigo
         self.stats = BusStats()
-        self._trie: TopicTrie[Subscription] = TopicTrie()
-        self._subscriptions: dict[int, Subscription] = {}
+        self._encode = encoder
+        self._index = SubscriptionIndex()
+        self._trie = self._index.trie
+        self._subscriptions = self._index.by_id
         self._waiting: dict[str, set[str]] = {}
+        self._router = Router(self._index, self._waiting, self.stats)
+        self._route = self._router.route  # what the bus actor calls (tests replace it to crash it)
         self._ref: Any = None
         self._closing = False
         self._app: Any = None
-        self.backplane: Any = None
-        """Set by the Redis backplane (:class:`~flamigo_actors.backplane.streams.RedisBackplane`):
-        an object with ``send(event, identity)``, which must never block."""
+        self.backplane: BackplaneLink | None = None
+        """Set by the backplane when it starts (``backplane/streams.py``)."""
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -273,6 +183,11 @@ class Bus:
         """Connect to the app's :data:`event_published` signal (done by ``init_app``)."""
         self._app = app
         event_published.connect(self._on_signal, sender=app, weak=False)
+
+    @property
+    def closing(self) -> bool:
+        """Whether :meth:`close` was called (publishes now raise ``NoBusError``)."""
+        return self._closing
 
     def start(self) -> None:
         """Start the bus actor now rather than on the first publish."""
@@ -286,17 +201,22 @@ class Bus:
             self._ref = ref = BusActor.start(self)
         return ref
 
-    def _restart(self, dead: BusActor, why: str) -> None:
+    def _restart(self, dead: BusActor, why: str, crashed: InFlight | None) -> None:
         self.stats.restarts += 1
         _log.error("bus actor died (%s); restarting it with its subscriptions", why)
         self._ref = BusActor.start(self)
+        if crashed is not None:  # first, before what was queued behind it
+            self._router.recover(crashed, why, self._ref.tell)
         # Hand over what the dead actor had not processed yet: nothing is lost.
         inbox = dead.actor_inbox
         while not inbox.empty():
             self._ref.actor_inbox.put(inbox.get())
 
     def close(self, timeout: float = 5.0) -> None:
-        """Process what was published so far, then stop the bus actor."""
+        """Process what was published so far, then stop the bus actor.
+
+        Publishing afterwards raises :class:`~flamigo_actors.runtime.signals.NoBusError`.
+        """
         if self._app is not None:
             event_published.disconnect(self._on_signal, sender=self._app)
         self._closing = True
@@ -317,10 +237,15 @@ class Bus:
         """Publish ``event``; returns at once.
 
         Raises:
+            NoBusError: the bus is closed, or not bound to an app yet.
             TypeError: not an event (no topics) or a client payload that is not JSON.
             TopicError: a malformed topic.
         """
-        event_published.send(self._app, event=event, identity=identity)
+        # send_event(), inlined: this is the hot path of every publish.
+        for _receiver, value in event_published.send(self._app, event=event, identity=identity):
+            if value is ROUTED:
+                return
+        raise NoBusError(event, self._app)
 
     def publish_sync(
         self, event: object, identity: Identity | None = None, timeout: float | None = None
@@ -328,19 +253,22 @@ class Bus:
         """Publish ``event`` and wait until every matching subscriber handled it.
 
         Handled means: a listener returned (or raised: its error is logged, not
-        raised here), a connection queued the push for its socket.
+        raised here), a connection queued the push for its socket, or the
+        delivery was refused (counted in :attr:`stats`).
 
         Raises:
             DeadlockError: the calling actor is a matching subscriber, or one of
                 them is already waiting for the caller.
+            NoBusError: the bus is closed, or not bound to an app yet.
             FlamigoError: status 504 when ``timeout`` (default
-                ``FLAMIGO_PUBLISH_SYNC_TIMEOUT``) passes first.
+                ``FLAMIGO_PUBLISH_SYNC_TIMEOUT``) passes first; status 500 at once
+                when the bus actor crashed routing the event and dropped it.
         """
         actor = current_actor()
         if isinstance(actor, BusActor):
             raise DeadlockError("called from inside the bus actor")
-        waiter = SyncWaiter(self, actor.actor_urn if actor is not None else None)
-        event_published.send(self._app, event=event, identity=identity, waiter=waiter)
+        waiter = SyncWaiter(self._waiting, actor.actor_urn if actor is not None else None)
+        send_event(self._app, event, identity, waiter)
         limit = timeout if timeout is not None else self.flamigo.settings.publish_sync_timeout
         try:
             waiter.result.get(timeout=limit)
@@ -355,79 +283,33 @@ class Bus:
         event: object,
         identity: Identity | None = None,
         waiter: SyncWaiter | None = None,
+        remote: bool = False,
         **_: Any,
-    ) -> None:
+    ) -> Any:
+        # The bus's only entrance: every publish, local or remote, is a send of the signal.
         topics = topics_of(event)
-        frame = push_frame_of(event)
+        frame = push_frame_of(event, self._encode)
         if identity is None:
             identity = BACKEND
-        self.stats.published += 1
-        self._actor().tell(_Publish(event, topics, frame, identity, waiter))
-        if self.backplane is not None:  # publish_sync waits for local subscribers only
+        if remote:
+            self.stats.remote_received += 1
+        else:
+            self.stats.published += 1
+        self._actor().tell(InFlight(event, topics, frame, identity, waiter))
+        if not remote and self.backplane is not None:  # publish_sync waits for local subscribers only
             self.backplane.send(event, identity)
+        return ROUTED
 
     def deliver_remote(self, event: object, identity: Identity) -> None:
-        """Route an event that another process published (called by the backplane)."""
-        self.stats.remote_received += 1
-        self._actor().tell(_Publish(event, topics_of(event), push_frame_of(event), identity, None))
+        """Route an event that another process published (called by the backplane).
 
-    # -- routing (runs in the bus actor) ---------------------------------------
+        It goes through :data:`event_published` with ``remote=True``, so the
+        signal's observers see it too; it is routed to local subscribers only.
 
-    def _route(self, message: _Publish) -> None:
-        matched: dict[Subscription, None] = {}
-        trie = self._trie
-        for topic in message.topics:
-            trie.collect(topic.split("/"), matched)
-        event, frame, identity, waiter = message.event, message.frame, message.identity, message.waiter
-        targets = [
-            sub
-            for sub in matched
-            if not (sub.client_only and frame is None)
-            and (sub.event_type is None or isinstance(event, sub.event_type))
-        ]
-        if waiter is not None and not self._admit_wait(waiter, targets):
-            return
-        stats = self.stats
-        for sub in targets:
-            if sub.subscriber.deliver(event, frame, identity, waiter):
-                stats.delivered += 1
-            else:
-                stats.refused += 1
-                if waiter is not None:
-                    waiter.done()
-        if waiter is not None and waiter.pending == 0:
-            waiter._finish()
-
-    def _admit_wait(self, waiter: SyncWaiter, targets: list[Subscription]) -> bool:
-        owners = {sub.subscriber.urn for sub in targets}
-        caller = waiter.caller
-        if caller is not None:
-            cycle = self._waits_on(owners, caller)
-            if cycle is not None:
-                self.stats.deadlocks += 1
-                waiter.fail(DeadlockError(cycle))
-                return False
-            self._waiting[caller] = owners
-        waiter.owners = owners
-        waiter.pending = len(targets)
-        return True
-
-    def _waits_on(self, owners: set[str], caller: str) -> str | None:
-        """Why waiting for ``owners`` would deadlock ``caller``, or None if it would not."""
-        if caller in owners:
-            return f"the publishing actor {caller} is itself a subscriber of the event"
-        seen: set[str] = set()
-        stack = list(owners)
-        while stack:
-            urn = stack.pop()
-            if urn in seen:
-                continue
-            seen.add(urn)
-            waits_for = self._waiting.get(urn, ())
-            if caller in waits_for:
-                return f"subscriber {urn} is waiting for the publishing actor {caller}"
-            stack.extend(waits_for)
-        return None
+        Raises:
+            NoBusError: the bus is closed.
+        """
+        send_event(self._app, event, identity, remote=True)
 
     # -- subscribing ---------------------------------------------------------
 
@@ -439,9 +321,7 @@ class Bus:
         event_type: type[Any] | None = None,
     ) -> Subscription:
         """A new, empty subscription for ``subscriber``; add patterns to it."""
-        subscription = Subscription(self, subscriber, client_only=client_only, event_type=event_type)
-        self._subscriptions[subscription.id] = subscription
-        return subscription
+        return Subscription(self._index, subscriber, client_only=client_only, event_type=event_type)
 
     def subscribe(
         self,
@@ -465,8 +345,6 @@ class Bus:
             client_only: deliver only client events.
             name: label for inspection (defaults to the function's name).
         """
-        from .listener import ListenerSubscriber
-
         subscriber = ListenerSubscriber(self, listener, name=name)
         subscription = self.subscription(subscriber, client_only=client_only, event_type=event_type)
         subscriber.subscription = subscription
@@ -502,8 +380,8 @@ class Bus:
         return ref.actor_urn if ref is not None else None
 
 
-def push_frame_of(event: object) -> bytes | None:
-    """The WebSocket frame pushing a client event, encoded once; None for other events.
+def push_frame_of(event: object, encode: PushEncoder) -> bytes | None:
+    """The push frame of a client event, built by ``encode`` once; None for other events.
 
     Raises:
         TypeError: the client message is malformed or its payload is not JSON-serialisable.
@@ -520,9 +398,8 @@ def push_frame_of(event: object) -> bytes | None:
     if not isinstance(client_topic, str) or not client_topic:
         raise TypeError(f"{type(event).__name__}: the client topic must be a non-empty string")
     try:
-        return text_frame(encode_push(client_topic, payload))
+        return encode(client_topic, payload)
     except TypeError as err:
         raise TypeError(
             f"{type(event).__name__}: client payload is not JSON-serialisable: {err}"
         ) from None
-

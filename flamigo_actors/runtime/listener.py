@@ -12,16 +12,34 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .context import Context
 from .engine import FlamigoActor
 
 if TYPE_CHECKING:
-    from .bus import Bus, Subscription, SyncWaiter
+    from .subscriptions import Subscription, SyncWaiter
     from ..core.identity import Identity
 
-__all__ = ["ListenerActor", "ListenerSubscriber"]
+__all__ = ["ListenerActor", "ListenerBus", "ListenerSubscriber"]
+
+
+class _ErrorCounter(Protocol):
+    listener_errors: int
+
+
+class ListenerBus(Protocol):
+    """What a listener needs from its bus (the :class:`~flamigo_actors.Bus` provides it)."""
+
+    @property
+    def flamigo(self) -> Any:
+        """The application's extension: its ``app``, its ``settings``; the listener's context host."""
+        ...
+
+    @property
+    def stats(self) -> _ErrorCounter:
+        """Where listener failures are counted (``listener_errors``)."""
+        ...
 
 _log = logging.getLogger("flamigo_actors.listener")
 
@@ -84,7 +102,7 @@ class ListenerActor(FlamigoActor):
 class ListenerSubscriber:
     """The bus-side handle of a listener: bounds its mailbox and starts its actor."""
 
-    def __init__(self, bus: Bus, listener: Callable[..., Any], *, name: str | None) -> None:
+    def __init__(self, bus: ListenerBus, listener: Callable[..., Any], *, name: str | None) -> None:
         if not callable(listener):
             raise TypeError(f"a listener must be callable with (ctx, event), got {listener!r}")
         self.bus = bus

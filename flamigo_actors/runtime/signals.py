@@ -1,17 +1,23 @@
-"""Blinker signals: how domain code and Flask views publish events with one call.
+"""Blinker signals: the one path every publish takes to the application's bus.
 
 Every publish is a send of :data:`event_published` with the Flask app as the
-sender, the event and the publishing identity as keyword arguments. The
-application's bus is connected to that signal and routes what it receives;
-in-process code may connect to it too, the blinker way, to observe every
-event synchronously::
+sender, the event and the publishing identity as keyword arguments (plus
+``waiter`` for ``publish_sync``, and ``remote=True`` for an event another
+process published, delivered here by the backplane). The application's bus
+actor is the receiver that routes it; in-process code may connect to the
+signal too, the blinker way, to observe every event, local or remote,
+synchronously in the publisher's greenlet::
 
     @event_published.connect_via(app)
     def audit(sender, event, identity, **extra):
-        ...
+        ...  # extra.get("remote") is True for events from other processes
 
-From a view (inside an app context) :func:`publish` is the one call; outside
-one, use ``flamigo.publish(event)`` on the extension object.
+Guarantee: a publish never vanishes. The bus's receiver answers the send
+with :data:`ROUTED`; :func:`send_event` raises :class:`NoBusError` when no
+receiver did (the bus is closed, or was never bound to that app).
+
+This module imports no Flask: the module-level ``flamigo_actors.publish()``
+(which finds the current app) lives in ``integration/publishing.py``.
 """
 
 from __future__ import annotations
@@ -19,17 +25,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from blinker import Namespace
-from flask import current_app, has_app_context
+
+from ..core.errors import FlamigoError
 
 if TYPE_CHECKING:
     from ..core.identity import Identity
 
 __all__ = [
+    "ROUTED",
+    "NoBusError",
     "connection_closed",
     "connection_opened",
     "event_published",
-    "publish",
-    "publish_sync",
+    "send_event",
     "signals",
 ]
 
@@ -37,7 +45,8 @@ signals = Namespace()
 
 event_published = signals.signal(
     "flamigo.event-published",
-    doc="Sent for every published event; kwargs: event, identity, waiter (publish_sync only).",
+    doc="Sent for every published event; kwargs: event, identity, waiter (publish_sync only), "
+    "remote (True for events from other processes).",
 )
 connection_opened = signals.signal(
     "flamigo.connection-opened",
@@ -49,42 +58,68 @@ connection_closed = signals.signal(
 )
 
 
-def _app() -> Any:
-    if not has_app_context():
-        raise RuntimeError(
-            "flamigo_actors.publish() needs an application context (a request or "
-            "`with app.app_context()`); outside one, call flamigo.publish(event) "
-            "on the Flamigo extension object"
-        )
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    if "flamigo" not in app.extensions:
-        raise RuntimeError(
-            f"app {app.name!r} has no Flamigo extension: call Flamigo(app) or "
-            "flamigo.init_app(app) in your application factory"
-        )
-    return app
+class _Routed:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ROUTED"
 
 
-def publish(event: object, identity: Identity | None = None) -> None:
-    """Publish ``event`` on the current app's bus; returns at once.
+ROUTED: Any = _Routed()
+"""What a live bus's receiver returns from :data:`event_published`: "I route this event"."""
+
+
+class NoBusError(FlamigoError, RuntimeError):
+    """A publish that no live bus received: the bus is closed (shut down) or was never bound.
+
+    A :class:`RuntimeError` too, so that code written for the closed bus of
+    earlier versions keeps catching it.
+    """
+
+    def __init__(self, event: object, sender: Any) -> None:
+        if sender is None:
+            where = "no app (this bus was never bound)"
+        else:
+            where = f"app {getattr(sender, 'name', sender)!r}"
+        super().__init__(
+            f"publish({type(event).__name__}): no live bus received it for {where}: the bus "
+            "is closed (the application shut down) or was never bound to this app (create "
+            "Flamigo(app) or call flamigo.init_app(app) first); publish only while the "
+            "application runs",
+            public="service unavailable",
+            status=503,
+        )
+
+
+def send_event(
+    sender: Any,
+    event: object,
+    identity: Identity | None = None,
+    waiter: Any = None,
+    *,
+    remote: bool = False,
+) -> None:
+    """Send :data:`event_published` for ``event`` and check that a live bus received it.
 
     Args:
-        event: any object with ``topics``; a client event is also pushed to
-            subscribed WebSocket clients.
-        identity: who publishes; defaults to the backend identity.
+        sender: the Flask app whose bus routes the event.
+        identity: who publishes (``None``: the bus uses its backend identity).
+        waiter: the ``publish_sync`` waiter, if any.
+        remote: the event comes from another process (sent by the backplane):
+            the bus routes it to local subscribers only.
 
     Raises:
-        RuntimeError: no application context, or the app has no Flamigo extension.
-        TypeError, TopicError: the object is not a valid event.
+        NoBusError: no live bus is connected for ``sender``.
+        TypeError, TopicError: the bus's receiver refused the event (not a valid event).
     """
-    _app().extensions["flamigo"].publish(event, identity=identity)
-
-
-def publish_sync(event: object, identity: Identity | None = None, timeout: float | None = None) -> None:
-    """Publish ``event`` and wait until every matching subscriber has handled it.
-
-    Raises:
-        DeadlockError: called where waiting would deadlock.
-        FlamigoError: status 504 when ``timeout`` passes first.
-    """
-    _app().extensions["flamigo"].publish_sync(event, identity=identity, timeout=timeout)
+    # Only the keywords a publish needs, as before: observers see the same call.
+    if remote:
+        results = event_published.send(sender, event=event, identity=identity, remote=True)
+    elif waiter is None:
+        results = event_published.send(sender, event=event, identity=identity)
+    else:
+        results = event_published.send(sender, event=event, identity=identity, waiter=waiter)
+    for _receiver, value in results:
+        if value is ROUTED:
+            return
+    raise NoBusError(event, sender)
