@@ -15,6 +15,8 @@ import os
 import time
 from typing import Any, Protocol
 
+from ..core.errors import FlamigoError
+from ..core.events import UserAuthenticated
 from ..core.identity import WEBSOCKET, User
 from .lifecycle import Lifecycle
 
@@ -36,10 +38,9 @@ class ClientConnection(Protocol):
     lifecycle: Lifecycle
     subscription: Any
     outbound: Any
+    hub: Any
 
     def subscribe(self, *patterns: str) -> None: ...
-
-    def authenticate(self, user: User) -> None: ...
 
     def close(self, code: int, reason: str, *, flush: bool) -> None: ...
 
@@ -134,7 +135,24 @@ class WebsocketClient:
         Raises:
             FlamigoError: 409 when another user is already authenticated here.
         """
-        self._connection.authenticate(user)
+        current = self._user
+        if current is not None and current.id != user.id:
+            raise FlamigoError(
+                f"authenticate: already user {current.id}",
+                public="already authenticated as another user: reconnect to switch users",
+                status=409,
+            )
+        self._user = user
+        if current is not None:
+            return  # the same user refreshed their token
+        connection = self._connection
+        try:
+            connection.hub.run_hooks("authenticated", self)
+        except BaseException:
+            self._user = None
+            raise
+        connection.lifecycle.authenticated()
+        connection.hub.publish(UserAuthenticated(user.id, user.username, self.conn_id), identity=self)
 
     def close(self, code: int = 1000, reason: str = "closed by the server") -> None:
         """Close the connection after the frames already queued are sent."""

@@ -40,17 +40,17 @@ from gevent.lock import Semaphore
 
 from . import protocol
 from ..core.errors import FlamigoError, status_of, trace_of
-from ..core.events import Disconnected, UserAuthenticated
-from ..core.identity import User
+from ..core.events import Disconnected
 from ..core.ratelimit import TokenBucket
 from ..core.topics import Topic
 from ..runtime.signals import connection_closed
-from .actor import END, Close, ConnectionActor, Inbound, Push
+from .actor import END, Close, ConnectionActor, Push
 from .client import WebsocketClient
 from .hub import GOING_AWAY, KICKED, Hub
 from .lifecycle import Lifecycle, State
 from .outbound import Outbound
-from .transport import PING_FRAME, CloseRequired, ConnectionEnded, Transport, close_frame, text_frame
+from .reader import read
+from .transport import PING_FRAME, Transport, close_frame, text_frame
 
 if TYPE_CHECKING:
     from ..core.identity import Identity
@@ -107,81 +107,18 @@ class Connection:
 
     def run(self) -> None:
         """Serve the connection until it ends (runs in the handler's greenlet)."""
-        hub = self.hub
-        hub.register(self)
-        code, reason = 1006, "connection lost"
-        try:
-            self.ref = ConnectionActor.start(self)
-            receive = self.transport.receive
-            tell = self.ref.tell
-            client = self.client
-            stats = self.stats
-            slots = self.slots
-            close_after = hub.settings.rate_limit_close_after
-            heartbeat, heartbeat_reply = hub.heartbeat_frames or (None, b"")
-            while True:
-                binary, data = receive()
-                client.messages_in += 1
-                stats.messages_in += 1
-                limited = False
-                if self.rate is not None and not self.rate.take():
-                    limited = True
-                    self.limited_in_a_row += 1
-                    stats.rate_limited += 1
-                else:
-                    self.limited_in_a_row = 0
-                if not limited and not binary and data == heartbeat:
-                    # Answered ahead of the mailbox: a long strategy must not
-                    # make a live connection look dead to the client's heartbeat.
-                    self._send(heartbeat_reply)
-                    continue
-                if slots.locked():
-                    # The actor is behind: stop reading so TCP pushes back on the client.
-                    self.reader_paused = True
-                    slots.acquire()
-                    self.reader_paused = False
-                else:
-                    slots.acquire()
-                tell(Inbound(binary, data, limited))
-                if limited and self.limited_in_a_row >= close_after:
-                    raise CloseRequired(1008, "rate limit exceeded")
-        except ConnectionEnded as ended:
-            code, reason = ended.code, ended.reason
-            if ended.answer is not None:  # the peer's close frame: echo it in turn
-                self._close_in_turn(ended.answer, "", code, reason)
-        except CloseRequired as required:
-            code, reason = required.code, required.reason
-            self._close_in_turn(code, reason, code, reason)
-        except pykka.ActorDeadError:
-            code, reason = 1011, "internal error"
-        except Exception:
-            _log.exception("connection %s: reader failed", self.client.conn_id)
-            code, reason = 1011, "internal error"
-            self.close(code, reason, flush=False)
-        finally:
-            self._end(code, reason)
+        self.hub.register(self)
+        code, reason = read(self)
+        self._end(code, reason)
+
+    def send_text(self, payload: bytes) -> None:
+        """Write a text frame carrying ``payload`` (a reply, an error, the heartbeat's pong)."""
+        if self.outbound.push(text_frame(payload)):
+            self.client.messages_out += 1
+            self.stats.messages_out += 1
 
     def _touch(self) -> None:
         self.last_activity = time.monotonic()
-
-    def _close_in_turn(self, code: int, reason: str, report: int, report_reason: str) -> None:
-        """Close with ``code`` once the requests already read are answered.
-
-        The peer closed or broke a rule: nothing more is read, but what it sent
-        before still gets its replies, in order, and then the close frame (RFC
-        6455 lets the close wait for them). Bounded: past the strategy time
-        limit plus ``FLAMIGO_CLOSE_TIMEOUT`` the connection closes anyway.
-        """
-        self.lifecycle.record(report, report_reason)
-        try:
-            self.ref.tell(Close(code, reason, wait_deferred=False))
-        except pykka.ActorDeadError:
-            self.close(code, reason, flush=False)
-            return
-        settings = self.hub.settings
-        if not self.lifecycle.wait_closing(settings.strategy_timeout + settings.close_timeout):
-            self.close(code, reason, flush=False)
-        self.outbound.wait_drained(settings.close_timeout)
 
     def _end(self, code: int, reason: str) -> None:
         # The reader is done: nothing more is accepted; the actor cleans up
@@ -296,11 +233,6 @@ class Connection:
             self.client.messages_out += 1
             self.stats.messages_out += 1
 
-    def _send(self, payload: bytes) -> None:
-        if self.outbound.push(text_frame(payload)):
-            self.client.messages_out += 1
-            self.stats.messages_out += 1
-
     def send_reply(self, topic: str, result: Any, ack_id: Any) -> None:
         """Send a strategy's result (a 500 error if it is not JSON-serialisable)."""
         try:
@@ -309,7 +241,7 @@ class Connection:
             failure = FlamigoError(f"strategy({topic}): result is not JSON-serialisable: {err}")
             self.send_error(failure, ack_id, strategy=topic)
             return
-        self._send(payload)
+        self.send_text(payload)
 
     def send_error(self, err: BaseException, ack_id: Any, *, strategy: str | None = None) -> None:
         """Send an ``error`` message for ``err``; 5xx errors are logged with their trace."""
@@ -320,7 +252,7 @@ class Connection:
                 f" strategy {strategy}" if strategy else "",
                 trace_of(err),
             )
-        self._send(protocol.encode_error(err, ack_id, debug=self.debug))
+        self.send_text(protocol.encode_error(err, ack_id, debug=self.debug))
 
     # -- bus side --------------------------------------------------------------
 
@@ -385,26 +317,6 @@ class Connection:
         if self.subscription is None:
             self.subscription = self.hub.subscription(self)
         self.subscription.add(*validated)
-
-    def authenticate(self, user: User) -> None:
-        client = self.client
-        current = client.user
-        if current is not None and current.id != user.id:
-            raise FlamigoError(
-                f"authenticate: already user {current.id}",
-                public="already authenticated as another user: reconnect to switch users",
-                status=409,
-            )
-        client._user = user
-        if current is not None:
-            return  # the same user refreshed their token
-        try:
-            self.hub.run_hooks("authenticated", client)
-        except BaseException:
-            client._user = None
-            raise
-        self.lifecycle.authenticated()
-        self.hub.publish(UserAuthenticated(user.id, user.username, client.conn_id), identity=client)
 
     # -- inspection ------------------------------------------------------------
 
