@@ -16,6 +16,7 @@ import websocket
 from flask import Flask
 
 from flamigo_actors import Disconnected
+from tests.rawws import RawWs
 from tests.support import ErrorReply, LiveServer, WsClient, eventually
 
 
@@ -303,6 +304,35 @@ def test_oversize_message_closes_with_1009(demo_app: Callable[..., Flask], live_
     event = ended_once(server, seen, conn_id)
     assert event.code == 1009
     assert other.request("app::echo", "fine") == "fine"
+
+
+def test_a_failing_on_connect_hook_publishes_neither_connected_nor_disconnected(
+    demo_app: Callable[..., Flask], live_server: Callable[[Flask], LiveServer]
+) -> None:
+    app = demo_app()
+    flamigo = app.extensions["flamigo"]
+    hooked: list[str] = []
+
+    @flamigo.on_connect
+    def fails(client: Any) -> None:
+        raise RuntimeError("on_connect bug")
+
+    @flamigo.on_disconnect
+    def record(client: Any) -> None:
+        hooked.append(client.conn_id)  # disconnect hooks still run, to release what hooks took
+
+    server = live_server(app)
+    seen = server.disconnections()
+    connected: list[Any] = []
+    flamigo.bus.subscribe(lambda ctx, e: connected.append(e), "connection/connected/*")
+    ws = RawWs(server.port)
+    assert ws.read_until_close(timeout=10).code == 1011
+    (conn_id,) = eventually(lambda: hooked)
+    # The logged traceback of the hook keeps the connection's frames alive.
+    settle(server, conn_id, released_check=False)
+    assert [e for e in seen if e.conn_id == conn_id] == []  # no Connected, so no Disconnected
+    assert [e for e in connected if e.conn_id == conn_id] == []
+    assert len(server.flamigo.connections) == 0
 
 
 def test_crash_in_the_connection_actor_closes_with_1011(
