@@ -17,6 +17,12 @@ Usage, with the application-factory pattern::
 (a route declared ``websocket=True``), serves the browser client, registers
 ``app::websocket:auth`` when an auth verifier is given, and stores itself in
 ``app.extensions["flamigo"]``.
+
+The extension is the Flask glue only. What it offers is done elsewhere and
+delegated to: the live connections (registry, admission, keepalive, kick,
+the shutdown drain) by :class:`~flamigo_actors.websocket.hub.Hub`; the
+built-in strategies by :mod:`flamigo_actors.websocket.builtins`; ``call`` by
+:mod:`flamigo_actors.runtime.calls`; events by the bus.
 """
 
 from __future__ import annotations
@@ -106,10 +112,10 @@ class Flamigo:
         self.hub.configure(settings)
         app.extensions["flamigo"] = self
         app.add_url_rule(
-            settings.ws_path, "flamigo_websocket", self._websocket_view, websocket=True
+            settings.ws_path, "flamigo_websocket", lambda: _websocket_view(self.hub), websocket=True
         )
         if settings.serve_client_js:
-            app.add_url_rule("/_flamigo/flamigo.js", "flamigo_client_js", self._client_js)
+            app.add_url_rule("/_flamigo/flamigo.js", "flamigo_client_js", _client_js)
         self.bus.bind(app)
         for listener, patterns, options in self._listeners:
             self.bus.subscribe(listener, *patterns, **options)
@@ -189,17 +195,10 @@ class Flamigo:
     ) -> Any:
         """Run strategy ``name`` in this greenlet and return its result.
 
-        Usable anywhere: HTTP views, listeners, jobs, tests, the debug shell.
-        A strategy that defers its reply is waited for.
-
-        Args:
-            identity: who calls (default: ``BackendIdentity("call")``).
-            timeout: seconds before a 504 error (default: none for direct calls).
-            deadline: an absolute ``time.monotonic()`` limit (nested calls pass theirs).
-
-        Raises:
-            FlamigoError: 403 outside the namespace, 404 unknown, 422 invalid
-                payload, 504 timeout, or the strategy's own error.
+        Usable anywhere: HTTP views, listeners, jobs, tests, the debug shell;
+        a deferred reply is waited for. Arguments and errors: see
+        :func:`flamigo_actors.runtime.calls.call` (403, 404, 422, 504, or the
+        strategy's own error, as :class:`FlamigoError`).
         """
         return call_strategy(
             self, name, payload, identity=identity, timeout=timeout, deadline=deadline
@@ -235,24 +234,6 @@ class Flamigo:
     def admit(self, environ: dict[str, Any]) -> tuple[int, str] | None:
         """Decide on an upgrade before the handshake: ``None`` or ``(status, message)``."""
         return self.hub.admit(environ)
-
-    def _websocket_view(self) -> Response:
-        transport = request.environ.get("wsgi.websocket")
-        if not isinstance(transport, SocketTransport):
-            return Response(
-                "WebSocket upgrade not handled: serve the app with flamigo_actors.serve() "
-                "or `flamigo-actors run` (gevent-websocket with flamigo_actors.websocket.transport.Handler)",
-                status=500,
-            )
-        # The connection is served while the WSGI server iterates this body,
-        # after Flask has popped the request context: a connection can last
-        # for hours and need not hold a request, its session and URL adapter
-        # (memory per connection, and objects for the garbage collector to
-        # walk). Strategies and hooks run with the actor's own app context.
-        # (Status 200: Werkzeug never iterates the body of a 204. A mimetype:
-        # without one, Werkzeug looks for a content-type by raising and
-        # catching a KeyError.)
-        return Response(_serve(Connection(self.hub, transport)), status=200, mimetype="text/plain")
 
     def serve_websocket(self, transport: SocketTransport) -> None:
         """Serve an upgraded WebSocket until it ends.
@@ -315,12 +296,6 @@ class Flamigo:
 
         return TestClient(self, **options)
 
-    def _client_js(self) -> Response:
-        body = resources.files("flamigo_actors").joinpath("static/flamigo.js").read_bytes()
-        response = Response(body, mimetype="text/javascript")
-        response.headers["Cache-Control"] = "no-cache"
-        return response
-
     def _shell_context(self) -> dict[str, Any]:
         from ..ops.inspect import shell_namespace
 
@@ -331,3 +306,29 @@ def _serve(connection: Connection) -> Any:
     """A response body that serves ``connection`` when iterated, and yields nothing."""
     connection.run()
     yield from ()
+
+
+def _websocket_view(hub: Hub) -> Response:
+    transport = request.environ.get("wsgi.websocket")
+    if not isinstance(transport, SocketTransport):
+        return Response(
+            "WebSocket upgrade not handled: serve the app with flamigo_actors.serve() "
+            "or `flamigo-actors run` (gevent-websocket with flamigo_actors.websocket.transport.Handler)",
+            status=500,
+        )
+    # The connection is served while the WSGI server iterates this body,
+    # after Flask has popped the request context: a connection can last
+    # for hours and need not hold a request, its session and URL adapter
+    # (memory per connection, and objects for the garbage collector to
+    # walk). Strategies and hooks run with the actor's own app context.
+    # (Status 200: Werkzeug never iterates the body of a 204. A mimetype:
+    # without one, Werkzeug looks for a content-type by raising and
+    # catching a KeyError.)
+    return Response(_serve(Connection(hub, transport)), status=200, mimetype="text/plain")
+
+
+def _client_js() -> Response:
+    body = resources.files("flamigo_actors").joinpath("static/flamigo.js").read_bytes()
+    response = Response(body, mimetype="text/javascript")
+    response.headers["Cache-Control"] = "no-cache"
+    return response
