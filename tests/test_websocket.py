@@ -203,26 +203,31 @@ def test_login_validates_the_username(demo_server: LiveServer) -> None:
 def settle(server: LiveServer, conn_id: str, *, released_check: bool = True) -> None:
     """Wait until the server has nothing left to do for ``conn_id``.
 
-    The connection is gone from the hub, every connection actor has stopped
-    (its cleanup, which publishes Disconnected, is done), nothing (no timer,
-    greenlet or callback) still holds the connection object, and the bus has
-    routed and the listeners handled every event published before a marker:
-    a late duplicate would already be recorded.
+    The connection is gone from the hub, its lifecycle is CLOSED and its actor
+    has finished running (its cleanup, which publishes Disconnected, is done),
+    nothing (no timer, greenlet or callback) still holds the connection object
+    (unless ``released_check`` is off: a logged traceback keeps it), and the
+    bus has routed and the listeners handled every event published before a
+    marker: a late duplicate would already be recorded.
     """
-    from flamigo_actors.websocket.connection import Connection, ConnectionActor
+    from flamigo_actors.websocket.connection import Connection
+    from flamigo_actors.websocket.lifecycle import State
 
     flamigo = server.flamigo
 
-    def released() -> bool:
+    def alive() -> list[Any]:
         gc.collect()
-        return not any(
-            isinstance(o, Connection) and o.client.conn_id == conn_id for o in gc.get_objects()
+        return [o for o in gc.get_objects() if isinstance(o, Connection) and o.client.conn_id == conn_id]
+
+    def finished() -> bool:
+        return all(
+            c.lifecycle.state is State.CLOSED and (c.actor is None or c.actor.idle()) for c in alive()
         )
 
     eventually(lambda: conn_id not in flamigo.connections)
-    eventually(lambda: len(pykka.ActorRegistry.get_by_class(ConnectionActor)) == len(flamigo.connections))
+    eventually(finished, timeout=10, interval=0.1)
     if released_check:
-        eventually(released, timeout=10, interval=0.1)
+        eventually(lambda: not alive(), timeout=10, interval=0.1)
     flamigo.publish_sync(Disconnected("settled-marker", None, 1000, "marker"), timeout=10)
 
 
