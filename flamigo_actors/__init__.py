@@ -73,7 +73,7 @@ _EXPORTS: dict[str, str] = {
     "publish_sync": "integration.publishing",
     # WebSocket interface
     "Flamigo": "integration.extension",
-    "WebsocketClient": "websocket.connection",
+    "WebsocketClient": "websocket.client",
     "serve": "serving.server",
     "make_server": "serving.server",
     "TestClient": "integration.testing",
@@ -157,7 +157,7 @@ if not any(isinstance(finder, _MovedModuleFinder) for finder in sys.meta_path):
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .runtime.bus import Bus, DeadlockError, Subscription
-    from .websocket.connection import WebsocketClient
+    from .websocket.client import WebsocketClient
     from .runtime.context import Context
     from .core.errors import (
         FlamigoError,

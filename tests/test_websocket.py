@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +15,7 @@ import websocket
 from flask import Flask
 
 from flamigo_actors import Disconnected
+from tests.rawws import RawWs
 from tests.support import LiveServer, WsClient, eventually, nothing_arrives
 
 
@@ -77,9 +79,43 @@ def test_login_validates_the_username(demo_server: LiveServer) -> None:
 # -- how connections end -----------------------------------------------------------
 
 
-def ended_once(seen: list[Disconnected], conn_id: str) -> Disconnected:
+def settle(server: LiveServer, conn_id: str, *, released_check: bool = True) -> None:
+    """Wait until the server has nothing left to do for ``conn_id``.
+
+    The connection is gone from the hub, its lifecycle is CLOSED and its actor
+    has finished running (its cleanup, which publishes Disconnected, is done),
+    nothing (no timer, greenlet or callback) still holds the connection object
+    (unless ``released_check`` is off: a logged traceback keeps it), and the
+    bus has routed and the listeners handled every event published before a
+    marker: a late duplicate would already be recorded.
+    """
+    from flamigo_actors.websocket.connection import Connection
+    from flamigo_actors.websocket.lifecycle import State
+
+    flamigo = server.flamigo
+
+    def alive() -> list[Any]:
+        gc.collect()
+        return [o for o in gc.get_objects() if isinstance(o, Connection) and o.client.conn_id == conn_id]
+
+    def finished() -> bool:
+        return all(
+            c.lifecycle.state is State.CLOSED and (c.actor is None or c.actor.idle()) for c in alive()
+        )
+
+    eventually(lambda: conn_id not in flamigo.connections)
+    eventually(finished, timeout=10, interval=0.1)
+    if released_check:
+        eventually(lambda: not alive(), timeout=10, interval=0.1)
+    flamigo.publish_sync(Disconnected("settled-marker", None, 1000, "marker"), timeout=10)
+
+
+def ended_once(
+    server: LiveServer, seen: list[Disconnected], conn_id: str, *, released_check: bool = True
+) -> Disconnected:
     eventually(lambda: any(e.conn_id == conn_id for e in seen))
-    gevent.sleep(0.1)
+    settle(server, conn_id, released_check=released_check)
+    assert any(e.conn_id == "settled-marker" for e in seen)  # the recorder is flushed
     matching = [e for e in seen if e.conn_id == conn_id]
     assert len(matching) == 1, matching
     return matching[0]
@@ -97,7 +133,7 @@ def test_client_close_fires_disconnected_once(demo_server: LiveServer) -> None:
     client = demo_server.client("alice")
     conn_id = only_conn_id(demo_server)
     client.ws.close(status=1000)
-    event = ended_once(seen, conn_id)
+    event = ended_once(demo_server, seen, conn_id)
     assert (event.code, event.reason, event.user_id) == (1000, "client closed", "alice")
     eventually(lambda: user_seen)
     assert event.topics == (f"connection/disconnected/{conn_id}", "user/disconnected/alice")
@@ -109,7 +145,7 @@ def test_network_drop_fires_disconnected_once(demo_server: LiveServer) -> None:
     conn_id = only_conn_id(demo_server)
     client.ws.sock.shutdown(socket.SHUT_RDWR)
     client.ws.sock.close()
-    event = ended_once(seen, conn_id)
+    event = ended_once(demo_server, seen, conn_id)
     assert event.code == 1006 and event.reason.startswith("connection lost")
 
 
@@ -122,7 +158,7 @@ def test_ping_timeout_fires_disconnected_once(demo_app: Callable[..., Flask], li
     for _ in range(10):
         assert alive.request("app::echo", 1) == 1
         gevent.sleep(0.1)
-    event = ended_once(seen, conn_id)
+    event = ended_once(server, seen, conn_id)
     assert (event.code, event.reason) == (1001, "ping timeout")
     assert alive.request("app::echo", 2) == 2
     assert len(server.flamigo.connections) == 1
@@ -135,7 +171,7 @@ def test_kick_fires_disconnected_once(demo_server: LiveServer) -> None:
     conn_id = only_conn_id(demo_server)
     assert demo_server.flamigo.kick(conn_id, "bye now")
     assert client.wait_closed() == (4000, "bye now")
-    event = ended_once(seen, conn_id)
+    event = ended_once(demo_server, seen, conn_id)
     assert (event.code, event.reason) == (4000, "bye now")
     assert not demo_server.flamigo.kick("no-such-connection")
 
@@ -149,9 +185,38 @@ def test_oversize_message_closes_with_1009(demo_app: Callable[..., Flask], live_
     assert client.request("app::echo", "x" * 900) == "x" * 900
     client.send_json({"topic": "app::echo", "payload": "x" * 2000})
     assert client.wait_closed()[0] == 1009
-    event = ended_once(seen, conn_id)
+    event = ended_once(server, seen, conn_id)
     assert event.code == 1009
     assert other.request("app::echo", "fine") == "fine"
+
+
+def test_a_failing_on_connect_hook_publishes_neither_connected_nor_disconnected(
+    demo_app: Callable[..., Flask], live_server: Callable[[Flask], LiveServer]
+) -> None:
+    app = demo_app()
+    flamigo = app.extensions["flamigo"]
+    hooked: list[str] = []
+
+    @flamigo.on_connect
+    def fails(client: Any) -> None:
+        raise RuntimeError("on_connect bug")
+
+    @flamigo.on_disconnect
+    def record(client: Any) -> None:
+        hooked.append(client.conn_id)  # disconnect hooks still run, to release what hooks took
+
+    server = live_server(app)
+    seen = server.disconnections()
+    connected: list[Any] = []
+    flamigo.bus.subscribe(lambda ctx, e: connected.append(e), "connection/connected/*")
+    ws = RawWs(server.port)
+    assert ws.read_until_close(timeout=10).code == 1011
+    (conn_id,) = eventually(lambda: hooked)
+    # The logged traceback of the hook keeps the connection's frames alive.
+    settle(server, conn_id, released_check=False)
+    assert [e for e in seen if e.conn_id == conn_id] == []  # no Connected, so no Disconnected
+    assert [e for e in connected if e.conn_id == conn_id] == []
+    assert len(server.flamigo.connections) == 0
 
 
 def test_crash_in_the_connection_actor_closes_with_1011(
@@ -173,7 +238,8 @@ def test_crash_in_the_connection_actor_closes_with_1011(
     monkeypatch.setattr(connection_module.protocol, "encode_reply", broken)
     client.send_json({"topic": "app::echo", "payload": "crash", "ackId": 1})
     assert client.wait_closed()[0] == 1011
-    event = ended_once(seen, conn_id)
+    # The logged traceback of the crash keeps the connection's frames alive.
+    event = ended_once(demo_server, seen, conn_id, released_check=False)
     assert event.code == 1011
     assert other.request("app::echo", "unaffected") == "unaffected"
     eventually(lambda: len(demo_server.flamigo.connections) == 1)

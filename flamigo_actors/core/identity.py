@@ -15,12 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload, runtime_checkable
+from typing import Any, Protocol, TypeVar, overload, runtime_checkable
 
 from .errors import FlamigoError
 
-if TYPE_CHECKING:
-    from ..runtime.context import Context
 
 __all__ = [
     "BACKEND",
@@ -189,12 +187,19 @@ def has_permission(*permissions: str) -> ClaimValidator:
 IdentityT = TypeVar("IdentityT")
 
 
+class HasIdentity(Protocol):
+    """Anything carrying an ``identity`` (a strategy or listener context)."""
+
+    @property
+    def identity(self) -> Identity | None: ...
+
+
 @overload
-def require_identity(ctx: Context, *validators: ClaimValidator) -> Identity: ...
+def require_identity(ctx: HasIdentity, *validators: ClaimValidator) -> Identity: ...
 @overload
-def require_identity(ctx: Context, *validators: ClaimValidator, kind: type[IdentityT]) -> IdentityT: ...
+def require_identity(ctx: HasIdentity, *validators: ClaimValidator, kind: type[IdentityT]) -> IdentityT: ...
 def require_identity(
-    ctx: Context, *validators: ClaimValidator, kind: type[Any] | None = None
+    ctx: HasIdentity, *validators: ClaimValidator, kind: type[Any] | None = None
 ) -> Any:
     """Return the context's identity once every validator passes.
 

@@ -2,7 +2,9 @@
 
 Like Flask-SocketIO's ``test_client``: it runs the same
 :class:`~flamigo_actors.websocket.connection.Connection` (reader, actor, outbound
-queue, strategies, bus subscriptions) over an in-memory transport::
+queue, strategies, bus subscriptions) over an in-memory transport, after the
+same admission checks as the server (draining, origin allow-list, connection
+rate per address: a refused client raises :class:`TestClientRefused`)::
 
     def test_echo(app):
         with app.extensions["flamigo"].test_client() as client:
@@ -15,7 +17,7 @@ from __future__ import annotations
 import itertools
 import struct
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import gevent
 import orjson
@@ -23,12 +25,10 @@ from gevent.queue import Empty, Queue
 
 from ..websocket.connection import Connection
 from ..core.errors import FlamigoError
+from ..websocket.hub import Hub
 from ..websocket.transport import CloseRequired, ConnectionEnded
 
-if TYPE_CHECKING:
-    from .extension import Flamigo
-
-__all__ = ["MemoryTransport", "TestClient", "TestClientError"]
+__all__ = ["MemoryTransport", "TestClient", "TestClientError", "TestClientRefused"]
 
 _CLOSED = object()
 
@@ -46,6 +46,23 @@ class TestClientError(FlamigoError):
             field_errors=payload.get("fieldErrors"),
         )
         self.payload = payload
+
+
+class TestClientRefused(TestClientError):
+    """The upgrade was refused by admission (403 origin, 429 rate, 503 draining)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__({"status": status, "message": message})
+
+
+class TestHost(Protocol):
+    """What the test client needs from the extension."""
+
+    @property
+    def hub(self) -> Hub: ...
+
+    @property
+    def strategies(self) -> Any: ...
 
 
 class MemoryTransport:
@@ -112,15 +129,41 @@ class TestClient:
 
     Args:
         flamigo: the extension of the app under test.
-        remote_addr: what the connection reports as the peer address.
+        remote_addr: what the connection reports as the peer address (its
+            host part is the address the connection rate limit counts).
         timeout: default seconds to wait for a reply.
+        origin: the ``Origin`` header to present (checked against
+            ``FLAMIGO_ALLOWED_ORIGINS``); ``None`` sends none, as non-browser clients do.
+        host: the ``Host`` header (a same-host origin is always allowed).
+
+    Raises:
+        TestClientRefused: admission refused the connection, as the server would.
     """
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, flamigo: Flamigo, *, remote_addr: str = "test:0", timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        flamigo: TestHost,
+        *,
+        remote_addr: str = "test:0",
+        timeout: float = 5.0,
+        origin: str | None = None,
+        host: str = "localhost",
+    ) -> None:
+        environ: dict[str, Any] = {
+            "REMOTE_ADDR": remote_addr.rsplit(":", 1)[0],
+            "HTTP_HOST": host,
+            "HTTP_UPGRADE": "websocket",
+        }
+        if origin is not None:
+            environ["HTTP_ORIGIN"] = origin
+        refusal = flamigo.hub.admit(environ)
+        if refusal is not None:
+            raise TestClientRefused(*refusal)
+        self.flamigo = flamigo
         self.transport = MemoryTransport(remote_addr)
-        self.connection = Connection(flamigo, self.transport)
+        self.connection = Connection(flamigo.hub, self.transport)
         self.timeout = timeout
         self._acks = itertools.count(1)
         self._backlog: list[dict[str, Any]] = []
@@ -212,7 +255,7 @@ class TestClient:
 
     def authenticate(self, token: str) -> dict[str, Any]:
         """Call ``app::websocket:auth`` with ``token``; returns the reply payload."""
-        namespace = self.connection.flamigo.strategies.namespace
+        namespace = self.flamigo.strategies.namespace
         return self.request(f"{namespace}::websocket:auth", {"token": token})  # type: ignore[no-any-return]
 
     def pushes(

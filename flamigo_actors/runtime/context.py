@@ -4,25 +4,51 @@ A context says *who* runs the work (the identity), carries a logger bound to
 that identity and an optional deadline, and gives access to the application's
 bus and strategy registry, so a strategy can call another strategy or publish
 an event without importing globals.
+
+The context reaches the application through a :class:`ContextHost` (in
+practice the :class:`~flamigo_actors.Flamigo` extension), a small Protocol
+defined here so that this module imports nothing above the runtime layer.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..core.errors import FlamigoError
 from ..core.identity import Identity, User, describe, user_of
 
-if TYPE_CHECKING:
-    from .bus import Bus
-    from ..integration.extension import Flamigo
-    from .strategies import Registry
-
-__all__ = ["Context"]
+__all__ = ["Context", "ContextHost"]
 
 _log = logging.getLogger("flamigo_actors")
+
+
+class ContextHost(Protocol):
+    """What a context needs from the application (the Flamigo extension provides it)."""
+
+    @property
+    def bus(self) -> Any:
+        """The application's event bus (``publish``, ``publish_sync``, ``subscribe``)."""
+
+    @property
+    def strategies(self) -> Any:
+        """The application's strategy registry."""
+
+    @property
+    def settings(self) -> Any:
+        """The application's settings."""
+
+    def call(
+        self,
+        name: str,
+        payload: Any = None,
+        *,
+        identity: Identity | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> Any:
+        """Run strategy ``name`` inline and return its result."""
 
 
 class _IdentityLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -35,7 +61,8 @@ class Context:
 
     Attributes:
         identity: who triggered the work (backend, websocket connection, custom).
-        flamigo: the :class:`~flamigo_actors.Flamigo` extension of the app.
+        flamigo: the application's :class:`ContextHost` (the
+            :class:`~flamigo_actors.Flamigo` extension).
         deadline: ``time.monotonic()`` value after which the work should give
             up, or ``None`` for no limit.
     """
@@ -44,7 +71,7 @@ class Context:
 
     def __init__(
         self,
-        flamigo: Flamigo,
+        flamigo: ContextHost,
         identity: Identity,
         *,
         deadline: float | None = None,
@@ -72,12 +99,12 @@ class Context:
         return self._logger
 
     @property
-    def bus(self) -> Bus:
+    def bus(self) -> Any:
         """The application's event bus."""
         return self.flamigo.bus
 
     @property
-    def strategies(self) -> Registry:
+    def strategies(self) -> Any:
         """The application's strategy registry."""
         return self.flamigo.strategies
 

@@ -27,11 +27,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import gevent
 import pydantic
 
-from .context import Context
+from .context import Context, ContextHost
 from ..core.errors import FieldError, FlamigoError, wrap
 
 if TYPE_CHECKING:
-    from ..integration.extension import Flamigo
     from ..core.identity import Identity
 
 __all__ = [
@@ -198,7 +197,7 @@ class StrategyContext(Context):
 
     def __init__(
         self,
-        flamigo: Flamigo,
+        flamigo: ContextHost,
         identity: Identity,
         request: Request,
         *,

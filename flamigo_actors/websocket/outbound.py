@@ -13,6 +13,13 @@ the bound: the frame is refused, counted, and ``on_overflow`` is called (the
 connection then closes with 1013). Nothing is dropped without a trace: every
 frame is either written, or counted in :attr:`Outbound.refused` (never
 queued) or :attr:`Outbound.dropped` (queued, then discarded).
+
+The queue does not decide when a connection ends: it reports into the
+connection's lifecycle through ``on_overflow`` (client too slow) and
+``on_failure`` (socket failed), and the connection tells it to
+:meth:`~Outbound.finish` (close frame, then tear down) or :meth:`~Outbound.stop`.
+Its own ``closed`` is only the write gate: after the close frame, nothing more
+may be written (RFC 6455 5.5.1).
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ class Outbound:
 
     __slots__ = (
         "_transport", "_queue", "_bytes", "_writer", "_close_when_drained", "_finished",
-        "_last_queued", "max_messages", "max_bytes", "on_overflow", "on_failure", "closed",
+        "_last_queued", "_give_up", "max_messages", "max_bytes", "on_overflow", "on_failure", "closed",
         "sent", "refused", "dropped",
     )
 
@@ -60,6 +67,7 @@ class Outbound:
         self._close_when_drained = False
         self._finished = False
         self._last_queued = False  # the close frame is at the end of the queue
+        self._give_up: gevent.Greenlet | None = None  # aborts a drain that takes too long
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.on_overflow = on_overflow
@@ -146,18 +154,38 @@ class Outbound:
         if writer is not None:
             writer.join(timeout)
 
-    def finish(self, last_frame: bytes | None, *, flush: bool) -> bool:
+    def stop(self) -> None:
+        """Refuse every frame from now on (the peer is gone); what is queued is left to fail."""
+        self.closed = True
+
+    def release(self) -> None:
+        """Cancel the drain time limit (the connection's cleanup ran)."""
+        if self._give_up is not None:
+            self._give_up.kill(block=False)
+            self._give_up = None
+
+    def finish(
+        self, last_frame: bytes | None, *, flush: bool, drain_timeout: float | None = None
+    ) -> bool:
         """Send ``last_frame`` (a close frame) and end the connection.
 
         With ``flush``, frames already queued are written first; without it
         (the client is too slow to wait for) they are discarded and counted.
-        The socket is torn down once the last frame is out. Calling it again
-        only matters without ``flush``: it then stops waiting for the drain.
+        The socket is torn down once the last frame is out, or after
+        ``drain_timeout`` seconds if the client does not read them. Calling it
+        again only matters without ``flush``: it then stops waiting for the drain.
 
         Returns:
             True when frames are still draining (the socket ends later), False
             when the socket was torn down already.
         """
+        draining = self._finish(last_frame, flush)
+        if draining and drain_timeout is not None and self._give_up is None:
+            # Do not wait for a stuck client forever.
+            self._give_up = gevent.spawn_later(drain_timeout, self._transport.abort)
+        return draining
+
+    def _finish(self, last_frame: bytes | None, flush: bool) -> bool:
         if not flush:
             self._discard()
         if self._finished:

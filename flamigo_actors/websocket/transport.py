@@ -18,12 +18,9 @@ import logging
 import socket
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from geventwebsocket.handler import WebSocketHandler
-
-if TYPE_CHECKING:
-    from ..integration.extension import Flamigo
 
 __all__ = [
     "CloseRequired",
@@ -284,6 +281,20 @@ Admission = Callable[[dict[str, Any]], "tuple[int, str] | None"]
 _REASONS = {400: "Bad Request", 403: "Forbidden", 429: "Too Many Requests", 503: "Service Unavailable"}
 
 
+class WebsocketHost(Protocol):
+    """What the :class:`Handler` needs from the served app's extension (``app.extensions["flamigo"]``)."""
+
+    @property
+    def settings(self) -> Any:
+        """``header_timeout``, ``ws_direct`` and ``ws_path`` are read."""
+
+    def admit(self, environ: dict[str, Any]) -> tuple[int, str] | None:
+        """``None`` to accept the upgrade, or ``(status, message)`` to refuse it."""
+
+    def serve_websocket(self, transport: SocketTransport) -> None:
+        """Serve an upgraded WebSocket until it ends."""
+
+
 class Handler(WebSocketHandler):
     """gevent-websocket's handler with an admission check before the upgrade.
 
@@ -293,7 +304,7 @@ class Handler(WebSocketHandler):
     must arrive within ``FLAMIGO_HEADER_TIMEOUT``.
     """
 
-    def _flamigo(self) -> Flamigo | None:
+    def _flamigo(self) -> WebsocketHost | None:
         found = getattr(self.server, "flamigo", None)
         if found is None:
             extensions = getattr(self.application, "extensions", None)

@@ -1,0 +1,129 @@
+"""The reader of one connection: it receives messages and tells the actor, nothing more.
+
+It runs in the server's handler greenlet. Per message: count it, apply the
+request rate limit (a limited request is still told to the actor, which
+answers 429 in order; too many in a row close with 1008), answer the
+canonical heartbeat frame itself (a long strategy must not make a live
+connection look dead), and tell the actor. When the actor has
+``FLAMIGO_MAX_PENDING_REQUESTS`` requests waiting, the reader stops reading
+(``reader_paused``) so TCP pushes back on the client.
+
+When the peer closes, or breaks a rule, the requests it sent before still get
+their replies, in order, before the close frame (bounded by the strategy time
+limit plus ``FLAMIGO_CLOSE_TIMEOUT``). :func:`read` returns the
+``(code, reason)`` the connection ended with; it reports into the
+connection's lifecycle and never raises.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+import pykka
+
+from .actor import Close, ConnectionActor, Inbound
+from .lifecycle import Lifecycle
+from .transport import CloseRequired, ConnectionEnded
+
+__all__ = ["read"]
+
+_log = logging.getLogger("flamigo_actors.connection")
+
+
+class ReaderConnection(Protocol):
+    """What the reader needs from its :class:`~flamigo_actors.websocket.connection.Connection`."""
+
+    hub: Any
+    ref: Any
+    transport: Any
+    client: Any
+    stats: Any
+    slots: Any
+    rate: Any
+    outbound: Any
+    lifecycle: Lifecycle
+    reader_paused: bool
+    limited_in_a_row: int
+
+    def send_text(self, payload: bytes) -> None: ...
+
+    def close(self, code: int, reason: str, *, flush: bool) -> None: ...
+
+
+def read(conn: ReaderConnection) -> tuple[int, str]:
+    """Start the connection's actor and read until the connection ends; return why."""
+    hub = conn.hub
+    code, reason = 1006, "connection lost"
+    try:
+        conn.ref = ConnectionActor.start(conn)
+        receive = conn.transport.receive
+        tell = conn.ref.tell
+        client = conn.client
+        stats = conn.stats
+        slots = conn.slots
+        rate = conn.rate
+        close_after = hub.settings.rate_limit_close_after
+        heartbeat, heartbeat_reply = hub.heartbeat_frames or (None, b"")
+        while True:
+            binary, data = receive()
+            client.messages_in += 1
+            stats.messages_in += 1
+            limited = False
+            if rate is not None and not rate.take():
+                limited = True
+                conn.limited_in_a_row += 1
+                stats.rate_limited += 1
+            else:
+                conn.limited_in_a_row = 0
+            if not limited and not binary and data == heartbeat:
+                # Answered ahead of the mailbox: a long strategy must not
+                # make a live connection look dead to the client's heartbeat.
+                conn.send_text(heartbeat_reply)
+                continue
+            if slots.locked():
+                # The actor is behind: stop reading so TCP pushes back on the client.
+                conn.reader_paused = True
+                slots.acquire()
+                conn.reader_paused = False
+            else:
+                slots.acquire()
+            tell(Inbound(binary, data, limited))
+            if limited and conn.limited_in_a_row >= close_after:
+                raise CloseRequired(1008, "rate limit exceeded")
+    except ConnectionEnded as ended:
+        code, reason = ended.code, ended.reason
+        if ended.answer is not None:  # the peer's close frame: echo it in turn
+            _close_in_turn(conn, ended.answer, "", code, reason)
+    except CloseRequired as required:
+        code, reason = required.code, required.reason
+        _close_in_turn(conn, code, reason, code, reason)
+    except pykka.ActorDeadError:
+        code, reason = 1011, "internal error"
+    except Exception:
+        _log.exception("connection %s: reader failed", conn.client.conn_id)
+        code, reason = 1011, "internal error"
+        conn.close(code, reason, flush=False)
+    return code, reason
+
+
+def _close_in_turn(
+    conn: ReaderConnection, code: int, reason: str, report: int, report_reason: str
+) -> None:
+    """Close with ``code`` once the requests already read are answered.
+
+    The peer closed or broke a rule: nothing more is read, but what it sent
+    before still gets its replies, in order, and then the close frame (RFC
+    6455 lets the close wait for them). Bounded: past the strategy time
+    limit plus ``FLAMIGO_CLOSE_TIMEOUT`` the connection closes anyway.
+    """
+    conn.lifecycle.record(report, report_reason)
+    try:
+        conn.ref.tell(Close(code, reason, wait_deferred=False))
+    except pykka.ActorDeadError:
+        conn.close(code, reason, flush=False)
+        return
+    settings = conn.hub.settings
+    if not conn.lifecycle.wait_closing(settings.strategy_timeout + settings.close_timeout):
+        conn.close(code, reason, flush=False)
+    conn.outbound.wait_drained(settings.close_timeout)
