@@ -18,7 +18,8 @@ from typing import Any, Protocol
 from ..core.errors import FlamigoError
 from ..core.events import UserAuthenticated
 from ..core.identity import WEBSOCKET, User
-from .lifecycle import Lifecycle
+from ..core.topics import Topic
+from .lifecycle import Lifecycle, State
 
 __all__ = ["ClientConnection", "WebsocketClient"]
 
@@ -39,8 +40,6 @@ class ClientConnection(Protocol):
     subscription: Any
     outbound: Any
     hub: Any
-
-    def subscribe(self, *patterns: str) -> None: ...
 
     def close(self, code: int, reason: str, *, flush: bool) -> None: ...
 
@@ -118,7 +117,13 @@ class WebsocketClient:
             TopicError: a pattern is malformed.
             RuntimeError: the connection has ended.
         """
-        self._connection.subscribe(*patterns)
+        connection = self._connection
+        if connection.lifecycle.state is State.CLOSED:
+            raise RuntimeError(f"connection {self.conn_id} has ended; cannot subscribe")
+        validated = [Topic(p) for p in patterns]
+        if connection.subscription is None:
+            connection.subscription = connection.hub.subscription(connection)
+        connection.subscription.add(*validated)
 
     def unsubscribe(self, *patterns: str) -> None:
         """Stop receiving pushes for ``patterns``; unknown ones are ignored."""

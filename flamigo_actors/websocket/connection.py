@@ -42,12 +42,11 @@ from . import protocol
 from ..core.errors import FlamigoError, status_of, trace_of
 from ..core.events import Disconnected
 from ..core.ratelimit import TokenBucket
-from ..core.topics import Topic
 from ..runtime.signals import connection_closed
 from .actor import END, Close, ConnectionActor, Push
 from .client import WebsocketClient
 from .hub import GOING_AWAY, KICKED, Hub
-from .lifecycle import Lifecycle, State
+from .lifecycle import Lifecycle
 from .outbound import Outbound
 from .reader import read
 from .transport import PING_FRAME, Transport, close_frame, text_frame
@@ -309,14 +308,6 @@ class Connection:
             self.pending_deliveries -= 1
             return False
         return True
-
-    def subscribe(self, *patterns: str) -> None:
-        if self.lifecycle.state is State.CLOSED:
-            raise RuntimeError(f"connection {self.client.conn_id} has ended; cannot subscribe")
-        validated = [Topic(p) for p in patterns]
-        if self.subscription is None:
-            self.subscription = self.hub.subscription(self)
-        self.subscription.add(*validated)
 
     # -- inspection ------------------------------------------------------------
 
