@@ -23,7 +23,7 @@ from gevent.queue import Empty, Queue
 
 from ..websocket.connection import Connection
 from ..core.errors import FlamigoError
-from ..websocket.transport import CloseRequired, ConnectionEnded
+from ..websocket.framing import CloseRequired, ConnectionEnded
 
 if TYPE_CHECKING:
     from .extension import Flamigo

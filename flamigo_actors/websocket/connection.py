@@ -43,7 +43,7 @@ from ..core.ratelimit import TokenBucket
 from ..runtime.signals import connection_closed, connection_opened
 from ..runtime.strategies import DeferredReply, Request, StrategyContext, run_strategy
 from ..core.topics import Topic
-from .transport import CloseRequired, ConnectionEnded, Transport, close_frame, text_frame
+from .framing import CloseRequired, ConnectionEnded, Transport, close_frame, text_frame
 
 if TYPE_CHECKING:
     from ..runtime.bus import Subscription, SyncWaiter

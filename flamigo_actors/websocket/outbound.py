@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import gevent
 
-from .transport import Transport
+from .framing import Transport
 
 __all__ = ["Outbound"]
 
