@@ -78,6 +78,9 @@ _OPCODES = frozenset((OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG))
 
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
+_CHUNK = 256 * 1024
+"""Most bytes asked for at once while a text frame trickles in (each ask allocates that much)."""
+
 
 class ConnectionEnded(Exception):
     """The peer closed or the connection was lost; nothing more will be read.
@@ -301,8 +304,16 @@ class MessageReader:
         size = 0
         limit = self.max_message_size
         utf8: Any = None  # the incremental decoder of a text message arriving in pieces
+        read = self._read
         while True:
-            b0, b1 = self._exactly(2)
+            # Reads are inlined (no helper call per read): this loop is the
+            # inbound hot path.
+            try:
+                b0, b1 = read(2)  # type: ignore[misc]
+            except OSError as err:
+                raise _lost(err) from None
+            except (ValueError, TypeError):  # fewer than 2 bytes: the stream ended
+                raise _lost() from None
             self.on_activity()
             fin, op, length = b0 & 0x80, b0 & 0x0F, b1 & 0x7F
             if b0 & 0x70:
@@ -333,29 +344,35 @@ class MessageReader:
                     )
                 if size + length > limit:
                     raise CloseRequired(CLOSE_TOO_BIG, f"message larger than {limit} bytes")
-            mask = self._exactly(4)
-            if (op or opcode) != OP_TEXT:
-                payload = unmask(self._exactly(length), mask) if length else b""
-            else:
-                # A text frame: read what has arrived; the rest, if any, is
-                # checked for UTF-8 as it trickles in.
-                try:
-                    data = self._read_some(length) if length else b""
-                except OSError as err:
-                    raise _lost(err) from None
-                if data is not None and len(data) == length:
-                    payload = unmask(data, mask) if length else b""
-                    if utf8 is not None or not fin:  # a fragmented message: check each piece
-                        if utf8 is None:
-                            utf8 = _utf8_decoder()
-                        try:
-                            utf8.decode(payload, fin)
-                        except UnicodeDecodeError:
-                            raise _invalid_text() from None
+            text = (op or opcode) == OP_TEXT  # a text frame (control frames never are)
+            try:
+                mask = read(4)
+                if not text:
+                    data = read(length)
                 else:
+                    # What has arrived of a text frame; the rest, if any, is
+                    # checked for UTF-8 as it trickles in (below).
+                    data = self._read_some(length) if length else b""
+            except OSError as err:
+                raise _lost(err) from None
+            if mask is None or len(mask) != 4:
+                raise _lost()
+            if data is not None and len(data) == length:
+                payload = unmask(data, mask) if length else b""
+                if text and (utf8 is not None or not fin):
+                    # A fragmented text message: each fragment is checked as it comes.
                     if utf8 is None:
                         utf8 = _utf8_decoder()
-                    payload = self._trickled(data or b"", length, mask, utf8, fin)
+                    try:
+                        utf8.decode(payload, fin)
+                    except UnicodeDecodeError:
+                        raise _invalid_text() from None
+            elif text:
+                if utf8 is None:
+                    utf8 = _utf8_decoder()
+                payload = self._trickled(data or b"", length, mask, utf8, fin)
+            else:
+                raise _lost()
             if op == OP_PING:
                 self.on_control(pong_frame(payload))
                 continue
@@ -393,7 +410,7 @@ class MessageReader:
             if len(received) == length:
                 break
             try:
-                chunk = self._read_some(length - len(received)) or b""
+                chunk = self._read_some(min(length - len(received), _CHUNK)) or b""
             except OSError as err:
                 raise _lost(err) from None
         if fin:
