@@ -206,6 +206,14 @@ def predict(stream: bytes, limit: int = LIMIT) -> Outcome:
         key = take(4)
         body = take(length) if key is not None else None
         if key is None or body is None:
+            if key is not None and (op or message_op) == OP_TEXT:
+                # The stream ends inside a text frame: what did arrive is
+                # checked for UTF-8 before the server waits for more.
+                arrived = codecs.getincrementaldecoder("utf-8")() if op == OP_TEXT else pieces
+                try:
+                    arrived.decode(_unmask(stream[pos:], key), False)
+                except UnicodeDecodeError:
+                    return end(1007)
             return end(None, complete=False)
         payload = _unmask(body, key)
         if op == OP_PING:
