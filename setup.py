@@ -59,6 +59,8 @@ setup(
             "redis>=5.0",
             "gunicorn>=22,<28",
             "playwright>=1.40",
+            # runs the Autobahn TestSuite's cases (tests/test_autobahn.py)
+            "kosoku>=0.1,<0.2",
             *BENCH,
         ],
         "bench": BENCH,

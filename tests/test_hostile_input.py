@@ -18,6 +18,7 @@ Example counts are fixed (see the constants) so the suite stays fast.
 
 from __future__ import annotations
 
+import codecs
 import json
 import socket
 import struct
@@ -161,6 +162,7 @@ def predict(stream: bytes, limit: int = LIMIT) -> Outcome:
     message_op: int | None = None
     buffered = b""
     actor_close: int | None = None  # 1007 decided in the mailbox; the reader reads on
+    pieces: Any = None  # UTF-8 decoder of a fragmented text message: checked as it arrives
 
     def take(n: int) -> bytes | None:
         nonlocal pos
@@ -204,6 +206,14 @@ def predict(stream: bytes, limit: int = LIMIT) -> Outcome:
         key = take(4)
         body = take(length) if key is not None else None
         if key is None or body is None:
+            if key is not None and (op or message_op) == OP_TEXT:
+                # The stream ends inside a text frame: what did arrive is
+                # checked for UTF-8 before the server waits for more.
+                arrived = codecs.getincrementaldecoder("utf-8")() if op == OP_TEXT else pieces
+                try:
+                    arrived.decode(_unmask(stream[pos:], key), False)
+                except UnicodeDecodeError:
+                    return end(1007)
             return end(None, complete=False)
         payload = _unmask(body, key)
         if op == OP_PING:
@@ -226,6 +236,12 @@ def predict(stream: bytes, limit: int = LIMIT) -> Outcome:
             return end(1000)
         if op != OP_CONT:
             message_op = op
+            pieces = codecs.getincrementaldecoder("utf-8")() if op == OP_TEXT and not fin else None
+        if pieces is not None:
+            try:
+                pieces.decode(payload, bool(fin))
+            except UnicodeDecodeError:
+                return end(1007)  # decided by the reader at the first bad fragment
         buffered += payload
         if not fin:
             continue

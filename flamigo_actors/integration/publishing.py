@@ -32,7 +32,7 @@ from ..runtime.signals import (
     signals,
 )
 from ..websocket.protocol import encode_push
-from ..websocket.transport import text_frame
+from ..websocket.framing import text_frame
 
 if TYPE_CHECKING:
     from ..core.identity import Identity

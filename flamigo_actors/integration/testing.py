@@ -25,8 +25,8 @@ from gevent.queue import Empty, Queue
 
 from ..websocket.connection import Connection
 from ..core.errors import FlamigoError
+from ..websocket.framing import CloseRequired, ConnectionEnded
 from ..websocket.hub import Hub
-from ..websocket.transport import CloseRequired, ConnectionEnded
 
 __all__ = ["MemoryTransport", "TestClient", "TestClientError", "TestClientRefused"]
 
@@ -66,7 +66,7 @@ class TestHost(Protocol):
 
 
 class MemoryTransport:
-    """A :class:`~flamigo_actors.websocket.transport.Transport` whose peer is a :class:`TestClient`."""
+    """A :class:`~flamigo_actors.websocket.framing.Transport` whose peer is a :class:`TestClient`."""
 
     def __init__(self, remote_addr: str) -> None:
         self.remote_addr = remote_addr

@@ -45,11 +45,11 @@ from ..core.ratelimit import TokenBucket
 from ..runtime.signals import connection_closed
 from .actor import END, Close, ConnectionActor, Push
 from .client import WebsocketClient
+from .framing import PING_FRAME, Transport, close_frame, text_frame
 from .hub import GOING_AWAY, KICKED, Hub
 from .lifecycle import Lifecycle
 from .outbound import Outbound
 from .reader import read
-from .transport import PING_FRAME, Transport, close_frame, text_frame
 
 if TYPE_CHECKING:
     from ..core.identity import Identity

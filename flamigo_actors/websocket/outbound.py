@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 import gevent
 
-from .transport import Transport
+from .framing import Transport
 
 __all__ = ["Outbound"]
 

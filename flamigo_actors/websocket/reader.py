@@ -24,7 +24,7 @@ import pykka
 
 from .actor import Close, ConnectionActor, Inbound
 from .lifecycle import Lifecycle
-from .transport import CloseRequired, ConnectionEnded
+from .framing import CloseRequired, ConnectionEnded
 
 __all__ = ["read"]
 

@@ -4,11 +4,20 @@ gevent-websocket (0.10.1) performs the HTTP upgrade handshake for us. Frames
 are read and written here instead of by its ``WebSocket`` class, because that
 class reads a frame of any announced length into memory, unmasks payloads one
 byte at a time in Python, validates UTF-8 in Python, and writes pongs directly
-to the socket where they could interleave with a half-written message.
+to the socket where they could interleave with a half-written message. The
+RFC 6455 parsing and building itself lives in
+:mod:`flamigo_actors.websocket.framing`; this module adds the socket I/O.
 
-Everything else in the package speaks to a :class:`Transport` (receive a
-message, try a non-blocking send, send all, close, abort), so swapping
-gevent-websocket for another handshake library touches only this file.
+Everything else in the package speaks to a
+:class:`~flamigo_actors.websocket.framing.Transport` (receive a message, try a
+non-blocking send, send all, close, abort), so swapping gevent-websocket for
+another handshake library touches only this file. The handler learns what to
+admit and how to serve an upgrade from a :class:`Host` (the ``Flamigo``
+extension), never by importing it.
+
+``CloseRequired``, ``ConnectionEnded``, ``Transport``, ``PING_FRAME``,
+``close_frame`` and ``text_frame`` are still importable from here for one
+release; import them from :mod:`flamigo_actors.websocket.framing`.
 """
 
 from __future__ import annotations
@@ -16,16 +25,29 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-import struct
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from geventwebsocket.handler import WebSocketHandler
 
+from .framing import (  # the names this module used to define, re-exported for one release
+    PING_FRAME,
+    CloseRequired,
+    ConnectionEnded,
+    MessageReader,
+    Transport,
+    close_frame,
+    text_frame,
+)
+
 __all__ = [
+    "PING_FRAME",
+    "Admission",
     "CloseRequired",
     "ConnectionEnded",
     "Handler",
+    "Host",
+    "HostSettings",
     "SocketTransport",
     "Transport",
     "close_frame",
@@ -35,208 +57,32 @@ __all__ = [
 
 _log = logging.getLogger("flamigo_actors.transport")
 
-OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
-PING_FRAME = b"\x89\x00"
-
-_OPCODES = frozenset((OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG))
-
-
-class ConnectionEnded(Exception):
-    """The peer closed or the connection was lost; nothing more will be read.
-
-    Attributes:
-        code, reason: what the disconnected event reports.
-        answer: the close code owed to the peer (its close frame is echoed once
-            the requests read before it are answered), or ``None`` when the
-            peer is gone and nothing can be sent.
-    """
-
-    def __init__(self, code: int, reason: str, answer: int | None = None) -> None:
-        super().__init__(f"{code} {reason}")
-        self.code = code
-        self.reason = reason
-        self.answer = answer
-
-
-class CloseRequired(Exception):
-    """The peer broke a rule: the server must close with ``code`` (1002, 1009...).
-
-    Nothing after the offending frame is read; requests read before it are
-    still answered, then the close frame follows.
-    """
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(f"{code} {reason}")
-        self.code = code
-        self.reason = reason
-        self.answer = code
-
-
-def text_frame(payload: bytes) -> bytes:
-    """A complete, unmasked server-to-client text frame carrying ``payload``."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 65536:
-        return struct.pack("!BBH", 0x81, 126, n) + payload
-    return struct.pack("!BBQ", 0x81, 127, n) + payload
-
-
-def close_frame(code: int, reason: str = "") -> bytes:
-    """A close frame with ``code`` and a reason (truncated to fit a control frame)."""
-    body = struct.pack("!H", code) + reason.encode("utf-8")[:123]
-    return bytes((0x88, len(body))) + body
-
-
-def _unmask(payload: bytes, mask: bytes) -> bytes:
-    # XOR as one big integer: linear time in C instead of a Python loop per byte.
-    n = len(payload)
-    if not n:
-        return b""
-    key = (mask * (n // 4 + 1))[:n]
-    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(
-        n, "little"
-    )
-
-
-class Transport(Protocol):
-    """What a connection needs from the wire."""
-
-    remote_addr: str
-
-    def receive(self) -> tuple[bool, bytes]:
-        """Block until a whole message arrives; return ``(is_binary, data)``.
-
-        Raises:
-            ConnectionEnded: the peer closed or vanished.
-            CloseRequired: the peer broke the protocol or a limit.
-        """
-        ...
-
-    def try_send(self, data: bytes | memoryview) -> int:
-        """Write without blocking; return how many bytes left (0 when the buffer is full)."""
-        ...
-
-    def send_all(self, data: bytes | memoryview) -> None:
-        """Write everything, yielding to other greenlets while the peer is slow."""
-        ...
-
-    def abort(self) -> None:
-        """Tear the connection down now; a blocked :meth:`receive` returns at once."""
-        ...
-
-
-class SocketTransport:
+class SocketTransport(MessageReader):
     """A WebSocket over a gevent socket, after gevent-websocket's handshake.
 
     Args:
         handler: the gevent-websocket handler that performed the upgrade.
 
-    The connection sets three attributes after creation:
-
-    * ``max_message_size``: largest inbound message (all fragments together);
-      a larger one raises :class:`CloseRequired` (1009) before it is read;
-    * ``on_control``: called with each pong to send, so it goes through the
-      same ordered outbound path as messages;
-    * ``on_activity``: called whenever a frame arrives (keepalive bookkeeping).
+    Frames are parsed by :class:`~flamigo_actors.websocket.framing.MessageReader`
+    straight from the handler's buffered reader. The connection sets three
+    attributes after creation: ``max_message_size``, ``on_control`` (pongs go
+    through its ordered outbound path; until then they are written directly)
+    and ``on_activity`` (see :class:`~flamigo_actors.websocket.framing.MessageReader`).
     """
 
     closed: bool
 
     def __init__(self, handler: WebSocketHandler) -> None:
+        rfile = handler.rfile
+        super().__init__(rfile.read, getattr(rfile, "read1", None))
         self.handler = handler
         self._socket = handler.socket
-        self._read = handler.rfile.read
         peer = handler.client_address
         self.remote_addr = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.environ = handler.environ
         self.closed = False
-        self.max_message_size = 65536
-        self.on_control: Callable[[bytes], Any] = self.send_all
-        self.on_activity: Callable[[], None] = _nothing
-
-    # -- reading -------------------------------------------------------------
-
-    def _exactly(self, n: int) -> bytes:
-        try:
-            data = self._read(n)
-        except OSError as err:
-            raise ConnectionEnded(1006, f"connection lost ({err.strerror or err})") from None
-        if data is None or len(data) != n:
-            raise ConnectionEnded(1006, "connection lost")
-        return data
-
-    def receive(self) -> tuple[bool, bytes]:
-        opcode = 0
-        # Fragments of one message: never more than max_message_size bytes,
-        # however many (possibly empty) fragments a peer sends.
-        fragments: bytearray | None = None
-        size = 0
-        limit = self.max_message_size
-        while True:
-            b0, b1 = self._exactly(2)
-            self.on_activity()
-            fin, op, length = b0 & 0x80, b0 & 0x0F, b1 & 0x7F
-            if b0 & 0x70:
-                raise CloseRequired(1002, "reserved bits set without an extension")
-            if not b1 & 0x80:
-                raise CloseRequired(1002, "client frames must be masked")
-            if op not in _OPCODES:
-                raise CloseRequired(1002, f"unknown opcode {op}")
-            if length == 126:
-                (length,) = struct.unpack("!H", self._exactly(2))
-            elif length == 127:
-                (length,) = struct.unpack("!Q", self._exactly(8))
-            # The whole header is checked before a byte of payload is read.
-            if op >= 0x8:
-                if not fin or length > 125:
-                    raise CloseRequired(1002, "control frames must be whole and under 126 bytes")
-            else:
-                if op == OP_CONT:
-                    if not opcode:
-                        raise CloseRequired(1002, "continuation frame without a message")
-                elif opcode:
-                    raise CloseRequired(1002, "new message before the previous one ended")
-                if size + length > limit:
-                    raise CloseRequired(1009, f"message larger than {limit} bytes")
-            mask = self._exactly(4)
-            payload = _unmask(self._exactly(length), mask) if length else b""
-            if op == OP_PING:
-                self.on_control(bytes((0x8A, len(payload))) + payload)
-                continue
-            if op == OP_PONG:
-                continue
-            if op == OP_CLOSE:
-                self._on_close_frame(payload)
-            if op != OP_CONT:
-                opcode = op
-            size += length
-            if fin:
-                if fragments is None:
-                    return opcode == OP_BINARY, payload
-                fragments += payload
-                return opcode == OP_BINARY, bytes(fragments)
-            if fragments is None:
-                fragments = bytearray(payload)
-            else:
-                fragments += payload
-
-    def _on_close_frame(self, payload: bytes) -> None:
-        code = 1005
-        if len(payload) == 1:
-            raise CloseRequired(1002, "malformed close frame")
-        if len(payload) >= 2:
-            (code,) = struct.unpack("!H", payload[:2])
-            if code < 1000 or 1004 <= code <= 1006 or 1015 <= code < 3000 or code >= 5000:
-                raise CloseRequired(1002, f"invalid close code {code}")
-            try:
-                payload[2:].decode("utf-8")
-            except UnicodeDecodeError:
-                raise CloseRequired(1007, "close reason is not valid UTF-8") from None
-        # Report the peer's code; the connection echoes it (RFC 6455 5.5.1)
-        # after answering the requests it read before the close.
-        raise ConnectionEnded(code, "client closed", answer=1000 if code == 1005 else code)
+        self.on_control = self.send_all
 
     # -- writing -------------------------------------------------------------
 
@@ -267,10 +113,6 @@ class SocketTransport:
         self.abort()
 
 
-def _nothing() -> None:
-    pass
-
-
 def _discard(data: bytes) -> None:
     pass
 
@@ -278,21 +120,36 @@ def _discard(data: bytes) -> None:
 Admission = Callable[[dict[str, Any]], "tuple[int, str] | None"]
 """Decides before the upgrade: ``None`` to accept, or ``(status, message)`` to refuse."""
 
-_REASONS = {400: "Bad Request", 403: "Forbidden", 429: "Too Many Requests", 503: "Service Unavailable"}
 
-
-class WebsocketHost(Protocol):
-    """What the :class:`Handler` needs from the served app's extension (``app.extensions["flamigo"]``)."""
+class HostSettings(Protocol):
+    """The settings the handler reads (a :class:`~flamigo_actors.core.settings.Settings`)."""
 
     @property
-    def settings(self) -> Any:
-        """``header_timeout``, ``ws_direct`` and ``ws_path`` are read."""
+    def header_timeout(self) -> float: ...
+
+    @property
+    def ws_direct(self) -> bool: ...
+
+    @property
+    def ws_path(self) -> str: ...
+
+
+class Host(Protocol):
+    """What the handler needs from the app it serves (the ``Flamigo`` extension)."""
+
+    @property
+    def settings(self) -> HostSettings: ...
 
     def admit(self, environ: dict[str, Any]) -> tuple[int, str] | None:
         """``None`` to accept the upgrade, or ``(status, message)`` to refuse it."""
+        ...
 
     def serve_websocket(self, transport: SocketTransport) -> None:
-        """Serve an upgraded WebSocket until it ends."""
+        """Serve an upgraded connection until it ends."""
+        ...
+
+
+_REASONS = {400: "Bad Request", 403: "Forbidden", 429: "Too Many Requests", 503: "Service Unavailable"}
 
 
 class Handler(WebSocketHandler):
@@ -304,7 +161,7 @@ class Handler(WebSocketHandler):
     must arrive within ``FLAMIGO_HEADER_TIMEOUT``.
     """
 
-    def _flamigo(self) -> WebsocketHost | None:
+    def _flamigo(self) -> Host | None:
         found = getattr(self.server, "flamigo", None)
         if found is None:
             extensions = getattr(self.application, "extensions", None)
