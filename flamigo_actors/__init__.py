@@ -141,7 +141,7 @@ class _MovedModuleFinder:
         package, _, name = fullname.rpartition(".")
         if package != __name__ or name not in MOVED_MODULES:
             return None
-        return importlib.machinery.ModuleSpec(fullname, self)
+        return importlib.machinery.ModuleSpec(fullname, self)  # type: ignore[arg-type]  # a Loader by duck typing
 
     def create_module(self, spec: Any) -> Any:
         name = spec.name.rpartition(".")[2]

@@ -33,6 +33,7 @@ import gevent
 
 from ..core.identity import Identity
 from ..core.ratelimit import AddressLimiter
+from ..runtime.context import ContextHost
 from .client import WebsocketClient
 
 __all__ = ["GOING_AWAY", "KICKED", "FlamigoStats", "Hook", "Hub", "HubConnection", "HubHost"]
@@ -68,20 +69,12 @@ class FlamigoStats:
     """Upgrades refused before the handshake (origin, rate, draining)."""
 
 
-class HubHost(Protocol):
-    """What the hub and its connections need from the application (the extension)."""
+class HubHost(ContextHost, Protocol):
+    """What the hub and its connections need from the application (the extension):
+    what a strategy's context needs (bus, strategies, settings, call), and more."""
 
     @property
     def app(self) -> Any: ...
-
-    @property
-    def settings(self) -> Any: ...
-
-    @property
-    def strategies(self) -> Any: ...
-
-    @property
-    def bus(self) -> Any: ...
 
     @property
     def auth_required(self) -> bool: ...
@@ -90,16 +83,6 @@ class HubHost(Protocol):
     def debug(self) -> bool: ...
 
     def publish(self, event: object, identity: Identity | None = None) -> None: ...
-
-    def call(
-        self,
-        name: str,
-        payload: Any = None,
-        *,
-        identity: Identity | None = None,
-        timeout: float | None = None,
-        deadline: float | None = None,
-    ) -> Any: ...
 
 
 class HubConnection(Protocol):
