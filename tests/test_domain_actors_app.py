@@ -10,10 +10,10 @@ from typing import Any
 import gevent
 import pytest
 import requests
-from flask import Flask
+from flask import Flask, request
 from gevent.event import Event
 
-from flamigo_actors import DomainActor, Flamigo, Registry, StrategyContext
+from flamigo_actors import ClientMessageEvent, Context, DomainActor, Flamigo, Registry, StrategyContext
 from flamigo_actors.runtime.engine import live_greenlets
 from tests.support import ErrorReply, LiveServer, eventually
 
@@ -73,7 +73,16 @@ def echo(ctx: StrategyContext) -> Any:
 def make_app(**config: Any) -> Flask:
     app = Flask(__name__)
     app.config.update(config)
-    Flamigo(app, strategies=strategies)
+    flamigo = Flamigo(app, strategies=strategies)
+
+    @app.post("/ledger/<key>")
+    def post_entry(key: str) -> Any:  # a plain Flask view calls an actor the same way
+        return {"count": flamigo.actors.get(Ledger, key).ask("append", request.get_json()).get()}
+
+    @flamigo.listen("ledger/*")
+    def on_entry(ctx: Context, event: ClientMessageEvent) -> None:  # so does a listener, via ctx.actors
+        ctx.actors.get(Ledger, "from-listener").ask("append", event.payload).get()
+
     return app
 
 
@@ -95,6 +104,15 @@ def test_a_strategy_returning_a_future_replies_when_it_resolves(server: LiveServ
         assert server.flamigo.call("app::ledger:append", {"ledger": "l1", "entry": "c"}) == 3
     finally:
         client.close()
+
+
+def test_views_and_listeners_call_actors_too(server: LiveServer) -> None:
+    for n in (1, 2):
+        response = requests.post(f"{server.url}/ledger/http", json={"n": n}, timeout=5)
+        assert response.status_code == 200 and response.json() == {"count": n}
+    server.flamigo.publish(ClientMessageEvent(("ledger/a",), "ledger:entry", "via the bus"))
+    ref = server.flamigo.actors.get(Ledger, "from-listener")
+    eventually(lambda: ref.ask("snapshot").get() == ["via the bus"])
 
 
 def test_a_slow_actor_call_does_not_hold_the_connection(server: LiveServer) -> None:
