@@ -311,3 +311,80 @@ def test_the_space_stop_stores_every_snapshot(space: ActorSpace) -> None:
     assert len(space) == 0
     with pytest.raises(ActorUnavailable, match="stopped"):
         space.get(Counter, "c").ask("add")
+
+
+# -- the placement seams, with small in-process implementations --------------------
+
+
+class KeyPrefixPlacement:
+    """Each key is owned by the node named before its "/" (an in-process stand-in for leases)."""
+
+    renew_interval: float | None = None
+
+    def __init__(self, node: str) -> None:
+        self.node_id = node
+        self.lost: list = []
+        self.released: list = []
+
+    def acquire(self, kind, key):
+        from flamigo_actors.runtime.placement import Lease
+
+        owner = key.partition("/")[0]
+        return Lease(kind, key, self.node_id, 1) if owner == self.node_id else owner
+
+    def renew(self, leases):
+        return [lease for lease in leases if lease.key in self.lost]
+
+    def release(self, lease):
+        self.released.append(lease.key)
+
+
+class InProcessCalls:
+    def __init__(self, spaces: dict) -> None:
+        self.spaces = spaces
+
+    def call(self, owner, kind, key, method, args, kwargs, *, want_reply, timeout):
+        return self.spaces[owner].handle_remote(kind, key, method, args, kwargs, want_reply)
+
+    def serve(self, handler) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_calls_to_keys_owned_elsewhere_go_through_remote_calls() -> None:
+    spaces: dict = {}
+    calls = InProcessCalls(spaces)
+    for node in ("a", "b"):
+        spaces[node] = ActorSpace(placement=KeyPrefixPlacement(node), remote=calls)
+    a, b = spaces["a"], spaces["b"]
+    try:
+        assert a.get(Counter, "b/x").ask("add", 2).get() == 2
+        a.get(Counter, "b/x").tell("add", 3)
+        assert a.get(Counter, "b/x").ask("value").get() == 5  # in order, through the owner
+        assert a.get(Counter, "a/y").ask("add", 1).get() == 1
+        assert [row["key"] for row in b.describe()] == ["b/x"]
+        eventually(lambda: [row["key"] for row in a.describe()] == ["a/y"])  # no forwarder left
+        assert a.stats.remote_calls == 3 and b.stats.activations == 1
+        with pytest.raises(ValueError, match="remote failure"):
+            a.get(Counter, "b/x").ask("fail", "remote failure").get()
+    finally:
+        for space in spaces.values():
+            space.stop(timeout=5)
+    assert b.placement.released == ["b/x"] and a.placement.released == ["a/y"]
+
+
+def test_a_lost_lease_stops_the_activation_without_saving() -> None:
+    placement = KeyPrefixPlacement("n")
+    placement.renew_interval = 0.1
+    space = ActorSpace(placement=placement)
+    try:
+        ref = space.get(Counter, "n/lost")
+        assert ref.ask("add", 4).get() == 4
+        placement.lost.append("n/lost")
+        eventually(lambda: len(space) == 0, timeout=5)
+        assert space.store.load("test-counter", "n/lost") is None  # never saved
+        assert placement.released == [] and space.stats.passivations == 0
+    finally:
+        space.stop(timeout=5)

@@ -190,6 +190,11 @@ class Activation:
         if self.lease is None:
             got = space.placement.acquire(kind, key)
             if isinstance(got, str):
+                if got == space.node_id:  # never forward to ourselves (a placement must re-grant its own)
+                    error = ActorUnavailable(f"{self.name}: this node holds the lease but has no activation; retry")
+                    if future is not None:
+                        future.set_exception(error)
+                    return False
                 self.owner = got
                 return True
             self.lease = got
