@@ -156,6 +156,9 @@ def test_inspection_and_shell_helpers_show_domain_actors(server: LiveServer) -> 
         assert domain["per_kind"] == {"test-ledger": 3} and domain["active"] == 3
         assert domain["busiest"][0] == {"kind": "test-ledger", "key": "slow", "mailbox": 3}
         assert domain["activations"] == 3 and domain["asks"] >= 3
+        kinds = {k["kind"]: k for k in doc["actor_kinds"]}  # the dashboard's table
+        assert kinds["domain:test-ledger"] == {"kind": "domain:test-ledger", "count": 3, "mailbox": 3, "max_mailbox": 3}
+        assert doc["domain_busiest"] == [{"kind": "test-ledger", "key": "slow", "mailbox": 3}]
         names = namespace(flamigo, live=True)
         rows = {row["key"]: row for row in names["actors"]() if row["kind"] == "test-ledger"}
         assert set(rows) == {"x", "y", "slow"}

@@ -109,6 +109,18 @@ def domain_actors(flamigo: Host) -> Table:
     return Table(rows, ["kind", "key", "owner", "mailbox", "restarts", "activated_at", "last_message_at"])
 
 
+def domain_kinds(flamigo: Host) -> list[dict[str, Any]]:
+    """Per domain-actor kind: activations, messages queued in all, the deepest mailbox."""
+    kinds: dict[str, dict[str, Any]] = {}
+    for name, count in flamigo.actors.counts().items():
+        kinds[name] = {"kind": name, "count": count, "mailbox": 0, "max_mailbox": 0}
+    for row in flamigo.actors.busiest(None):
+        entry = kinds[row["kind"]]
+        entry["mailbox"] += row["mailbox"]
+        entry["max_mailbox"] = max(entry["max_mailbox"], row["mailbox"])
+    return list(kinds.values())
+
+
 def domain_summary(flamigo: Host, busiest: int = 10) -> dict[str, Any]:
     """Domain actors at a glance: counters, activations per kind, the busiest mailboxes."""
     space = flamigo.actors

@@ -390,8 +390,8 @@ class ActorSpace:
         """Activations per kind."""
         return {kind: len(acts) for kind, acts in sorted(self._by_kind.items())}
 
-    def busiest(self, n: int = 10) -> list[dict[str, Any]]:
-        """The ``n`` deepest mailboxes (kind, key, mailbox), deepest first."""
+    def busiest(self, n: int | None = 10) -> list[dict[str, Any]]:
+        """The ``n`` deepest non-empty mailboxes (kind, key, mailbox), deepest first (``None``: all)."""
         busy = [act for acts in self._by_kind.values() for act in acts.values() if act.mailbox]
         busy.sort(key=lambda act: len(act.mailbox or ()), reverse=True)
         return [{"kind": a.cls.kind, "key": a.key, "mailbox": len(a.mailbox or ())} for a in busy[:n]]
