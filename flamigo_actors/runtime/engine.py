@@ -19,6 +19,10 @@ refs and futures, and swaps two internals for cheaper gevent-native ones:
   enters, so context variables set by ``on_start`` (the Flask app context,
   :func:`current_actor`) hold for its whole life, as with one greenlet.
 
+The same pooled runners drain domain actors' activations (anything
+:class:`Drainable`, handed over by :func:`wake`): an idle one of those holds
+no greenlet either.
+
 Both matter with ten thousand connection actors alive at once. Without
 monkey-patching (``flask shell`` on an offline app) the stock threads are used.
 
