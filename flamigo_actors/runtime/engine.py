@@ -19,6 +19,10 @@ refs and futures, and swaps two internals for cheaper gevent-native ones:
   enters, so context variables set by ``on_start`` (the Flask app context,
   :func:`current_actor`) hold for its whole life, as with one greenlet.
 
+The same pooled runners drain domain actors' activations (anything
+:class:`Drainable`, handed over by :func:`wake`): an idle one of those holds
+no greenlet either.
+
 Both matter with ten thousand connection actors alive at once. Without
 monkey-patching (``flask shell`` on an offline app) the stock threads are used.
 
@@ -35,7 +39,7 @@ import sys
 import time
 import weakref
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 
 import gevent
 import pykka
@@ -51,6 +55,7 @@ __all__ = [
     "live_actor",
     "live_greenlets",
     "parked_runners",
+    "wake",
 ]
 
 _pykka_log = logging.getLogger("pykka")
@@ -112,8 +117,37 @@ def _root(g: RawGreenlet) -> RawGreenlet:
     return g
 
 
-def _runner_main(actor: FlamigoActor) -> None:
-    # A runner greenlet: drain one actor's mailbox, park in the pool, repeat.
+class Drainable(Protocol):
+    """What a runner greenlet drains: a :class:`FlamigoActor`, or a domain actor's activation.
+
+    ``_runner`` is the runner holding it (``None`` when idle); ``_drain``
+    handles its mail until none is left and clears ``_runner`` without
+    yielding after its last emptiness check; ``_context`` is entered around it.
+    """
+
+    _runner: RawGreenlet | None
+
+    @property
+    def _context(self) -> contextvars.Context | None: ...
+
+    def _drain(self) -> None: ...
+
+
+def wake(target: Drainable) -> None:
+    """Hand ``target`` to a pooled runner greenlet unless one already has it.
+
+    The same hand-over as :meth:`FlamigoActor._wake` (which keeps its own
+    inlined copy: connection actors are the hot path).
+    """
+    if target._runner is None:
+        hub = gevent.get_hub()
+        runner = _free_runners.pop() if _free_runners else RawGreenlet(_runner_main, hub)
+        target._runner = runner
+        hub.loop.run_callback(runner.switch, target)
+
+
+def _runner_main(actor: Drainable) -> None:
+    # A runner greenlet: drain one actor's mailbox (or any Drainable), park in the pool, repeat.
     me = getcurrent()
     hub = me.parent
     while True:
