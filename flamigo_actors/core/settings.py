@@ -89,6 +89,9 @@ class Settings:
     """Entries the Redis stream keeps (approximately): how far a briefly disconnected process can catch up."""
     redis_outbox_max: int = 10_000
     """Events waiting to be written to Redis; beyond, the oldest are dropped and counted."""
+    actor_lease: float = 5.0
+    """Seconds a domain actor's lease in Redis lives without renewal (renewed every third of it):
+    how soon an actor whose process died can be activated in another one."""
     inspect_enabled: bool = False
     """Serve the JSON inspection endpoint and the live dashboard."""
     admin_token: str | None = None
@@ -146,7 +149,7 @@ class Settings:
             "outbound_max_bytes", "mailbox_max_deliveries", "max_pending_requests",
             "strategy_timeout", "listener_max_pending", "publish_sync_timeout",
             "drain_timeout", "close_timeout", "rate_limit_close_after", "header_timeout",
-            "redis_stream_maxlen", "redis_outbox_max",
+            "redis_stream_maxlen", "redis_outbox_max", "actor_lease",
         )
         for name in positive:
             if getattr(self, name) <= 0:
