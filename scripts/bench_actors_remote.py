@@ -7,7 +7,8 @@ It starts a real redis-server and an *owner* process that serves remote calls
 (``RedisRemoteCalls.serve``) for a counter actor; this process is the caller.
 In the same run, over the same Redis:
 
-* ``ping``: sequential ``PING`` round trips through the same Redis link (redis-py);
+* ``ping``: sequential ``PING`` round trips through the same Redis link (redis-py, a
+  connection of its own, as the calls' reader and sender have);
 * ``remote ask``: sequential asks (one caller, one actor), each waiting for its
   reply: p50/p99 latency and the p50 ratio to the PING round trip (target <= 3x);
 * ``throughput``: ``--callers`` greenlets each asking ``--per-caller`` times
@@ -96,13 +97,14 @@ def main() -> int:
             return calls.call("bench-owner", "counter", key, "add", (1,), {},  # type: ignore[union-attr]
                               want_reply=True, timeout=10).get(timeout=20)
 
+        pinger = link.dedicated()  # one connection of its own, like the calls' reader and sender
         for _ in range(200):  # warm up both sides (scripts, connections, code paths)
             ask("warm")
-            link.client.ping()
+            pinger.ping()
         pings, asks = [], []
         for _ in range(options.asks):  # interleaved: both see the same machine state
             started = time.perf_counter()
-            link.client.ping()
+            pinger.ping()
             pings.append(time.perf_counter() - started)
             started = time.perf_counter()
             ask("one")

@@ -2,16 +2,17 @@
 
 Each process reads one **inbox** stream, ``{<channel>:node:<node id>}:inbox``:
 
-* A call is an entry ``{t: "c", i: call id, n: caller node, k: kind, y: key,
-  m: method, a: JSON [args, kwargs], r: "1" if a reply is wanted, d: deadline
-  (Unix ms)}`` appended to the *owner's* inbox. The reply is an entry
-  ``{t: "r", i: call id, o: "1", v: JSON value}`` (or ``o: "0", e: JSON
-  [type name, message, status, public message]``) appended to the *caller's*
-  inbox, where it resolves the caller's future.
-* Writes go through a per-process outbox and one sender greenlet (pipelined
-  ``XADD ... MAXLEN ~``); one reader greenlet per process ``XREAD BLOCK``s the
-  inbox and hands calls to the local runtime (each in a greenlet of a bounded
-  pool, so that an activation waiting on Redis does not stall the reader).
+* An entry has one field, ``m``, a JSON array (one field: less to pack and
+  parse than one field per item). A call, appended to the *owner's* inbox:
+  ``["c", call id, caller node, kind, key, method, args, kwargs, want reply,
+  deadline (Unix ms)]``. Its reply, appended to the *caller's* inbox, where it
+  resolves the caller's future: ``["r", call id, true, value]`` or
+  ``["r", call id, false, [type name, message, status, public message]]``.
+* Writes go through a per-process outbox and one sender greenlet (``XADD ...
+  MAXLEN ~``, pipelined when several wait); one reader greenlet per process
+  ``XREAD BLOCK``s the inbox, resolves replies, and hands calls to the local
+  runtime's handler, which returns at once with a future; the reply is sent
+  when that future settles (no greenlet per call).
 * An inbox lives while its process refreshes its expiry; the inbox of a
   process that is gone expires (``inbox_ttl``), whoever still writes to it.
 
@@ -74,19 +75,15 @@ class RemoteActorError(FlamigoError):
         self.type_name = type_name
 
 
-def _text(value: bytes | None) -> str:
-    return value.decode() if value is not None else ""
-
-
 def _percentile_ms(ordered: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3) if ordered else None
 
 
-def encode_error(error: BaseException) -> bytes:
-    """How an exception crosses: JSON [type name, message, status, public message]."""
+def encode_error(error: BaseException) -> list[Any]:
+    """How an exception crosses: [type name, message, status, public message] (JSON)."""
     flamigo = isinstance(error, FlamigoError)
-    return orjson.dumps([type(error).__name__, str(error),
-                         status_of(error) if flamigo else None, public_message(error) if flamigo else None])
+    return [type(error).__name__, str(error),
+            status_of(error) if flamigo else None, public_message(error) if flamigo else None]
 
 
 def rebuild_error(errors: Mapping[str, type[FlamigoError]], type_name: str, message: str,
@@ -113,7 +110,7 @@ class RedisRemoteCalls:
             another process raises them; must be :class:`FlamigoError` subclasses.
         maxlen: approximate entries an inbox keeps.
         batch: most entries per pipeline and per ``XREAD``.
-        max_serving: calls from other processes run at once; beyond, reading waits.
+        max_serving: greenlets waiting for futures that offer no done-callback; beyond, reading waits.
         inbox_ttl: seconds an inbox outlives its last refresh (its process gone).
     """
 
@@ -137,9 +134,8 @@ class RedisRemoteCalls:
                       "expired": 0, "decode_errors": 0}
         self.latencies: deque[float] = deque(maxlen=4096)
         """Seconds from sending to the reply, of the latest remote asks."""
-        self._node = node_id.encode()
-        self._ids = (f"{uuid.uuid4().hex[:8]}.{n}".encode() for n in itertools.count(1))
-        self._pending: dict[bytes, tuple[Any, Any, float, str]] = {}
+        self._ids = (f"{uuid.uuid4().hex[:8]}.{n}" for n in itertools.count(1))
+        self._pending: dict[str, tuple[Any, Any, float, str]] = {}
         self._out = _Sender(self)
         self._pool = Pool(max_serving)
         self._handler: Handler | None = None
@@ -166,8 +162,10 @@ class RedisRemoteCalls:
             ActorUnavailable: a ``tell`` while Redis is unreachable.
         """
         label = f"{kind}:{key}.{method}() on {owner}"
+        call_id = next(self._ids)
         try:
-            arguments = orjson.dumps([args, kwargs])
+            entry = {b"m": orjson.dumps(["c", call_id, self.node_id, kind, key, method, args, kwargs,
+                                         want_reply, int((time.time() + timeout) * 1000)])}
         except TypeError as err:
             raise TypeError(f"the arguments of {label} cannot cross processes ({err}): pass "
                             "JSON-able values (lists, dicts, strings, numbers, booleans, None)") from None
@@ -180,20 +178,16 @@ class RedisRemoteCalls:
             future = self.future_factory()
             future.set_exception(error)
             return future
-        call_id = next(self._ids)
-        fields = {b"t": b"c", b"i": call_id, b"n": self._node, b"k": kind, b"y": key, b"m": method,
-                  b"a": arguments, b"r": b"1" if want_reply else b"0",
-                  b"d": int((time.time() + timeout) * 1000)}
         future = None
         if want_reply:
             future = self.future_factory()
             timer = gevent.get_hub().loop.timer(timeout)
             self._pending[call_id] = (future, timer, time.perf_counter(), label)
             timer.start(self._timed_out, call_id, timeout)
-        self._out.put(inbox_of(self.channel, owner), fields, call_id if want_reply else None)
+        self._out.put(inbox_of(self.channel, owner), entry, call_id if want_reply else None)
         return future
 
-    def _timed_out(self, call_id: bytes, timeout: float) -> None:
+    def _timed_out(self, call_id: str, timeout: float) -> None:
         entry = self._pending.pop(call_id, None)
         if entry is None:
             return
@@ -204,7 +198,7 @@ class RedisRemoteCalls:
             f"{label}: no reply within {timeout:g}s (the owner may be gone or overloaded; the call "
             "may or may not have run and is not retried)"))
 
-    def _fail(self, call_id: bytes | None, why: str) -> None:
+    def _fail(self, call_id: str | None, why: str) -> None:
         entry = self._pending.pop(call_id, None) if call_id is not None else None
         self.stats["failed"] += 1
         if entry is not None:
@@ -220,20 +214,20 @@ class RedisRemoteCalls:
         for call_id in list(self._pending):
             self._fail(call_id, why)
 
-    def _resolve(self, fields: dict[bytes, bytes]) -> None:
-        entry = self._pending.pop(fields.get(b"i", b""), None)
+    def _resolve(self, reply: list[Any]) -> None:
+        entry = self._pending.pop(reply[1], None)
         if entry is None:
             return  # timed out already, or a reply to a previous process with our node id
         future, timer, started, label = entry
         timer.close()
         self.stats["replied"] += 1
         self.latencies.append(time.perf_counter() - started)
+        if reply[2] is True:
+            future.set(reply[3])
+            return
         try:
-            if fields.get(b"o") == b"1":
-                future.set(orjson.loads(fields[b"v"]))
-                return
-            type_name, message, status, public = orjson.loads(fields[b"e"])
-        except Exception as err:  # noqa: BLE001 - a malformed reply fails its call, not the reader
+            type_name, message, status, public = reply[3]
+        except (TypeError, ValueError) as err:
             self.stats["decode_errors"] += 1
             future.set_exception(ActorUnavailable(f"{label}: unreadable reply ({err})"))
             return
@@ -285,53 +279,66 @@ class RedisRemoteCalls:
             for _name, entries in streams:
                 for entry_id, fields in entries:
                     self._last_id = entry_id
-                    if fields.get(b"t") == b"r":
-                        self._resolve(fields)
-                    elif int(fields.get(b"d", 0)) < time.time() * 1000:
-                        self.stats["expired"] += 1  # its caller gave up already: never run it late
-                    else:
-                        self._pool.spawn(self._serve_one, fields)
+                    self._receive(fields)
             # Let the calls just read run, and their replies (or the callers woken by replies)
             # go out, before paying for the next XREAD: it is off the latency path then.
             gevent.sleep(0)
             gevent.sleep(0)
 
-    def _serve_one(self, fields: dict[bytes, bytes]) -> None:
-        want_reply = fields.get(b"r") == b"1"
+    def _receive(self, fields: dict[bytes, bytes]) -> None:
         try:
-            kind, key, method = _text(fields[b"k"]), _text(fields[b"y"]), _text(fields[b"m"])
-            args, kwargs = orjson.loads(fields[b"a"])
+            message = orjson.loads(fields[b"m"])
+            if message[0] == "r":
+                self._resolve(message)
+                return
+            _c, call_id, caller, kind, key, method, args, kwargs, want_reply, deadline = message
+        except Exception as err:  # noqa: BLE001 - one bad entry must not stop the reader
+            self.stats["decode_errors"] += 1
+            _log.error("domain actors: unreadable entry in %s: %s: %s", self.inbox, type(err).__name__, err)
+            return
+        if deadline < time.time() * 1000:
+            self.stats["expired"] += 1  # its caller gave up already: never run it late
+            return
+        reply_to = (caller, call_id, method) if want_reply else None
+        try:
             if self._handler is None:
                 raise ActorUnavailable(f"{kind}:{key}: {self.node_id} does not serve actor calls (yet)")
             future = self._handler(kind, key, method, tuple(args), kwargs, want_reply)
-            self.stats["served"] += 1
-            if not want_reply:
-                return
-            wait = max(0.0, int(fields[b"d"]) / 1000 - time.time())
-            value = future.get(timeout=wait)
-        except (Exception, gevent.Timeout) as err:  # noqa: BLE001 - any failure is the caller's answer
-            if isinstance(err, gevent.Timeout) or type(err).__name__ == "Timeout":
-                return  # past the deadline: the caller has failed the call already
-            if want_reply:
-                self._reply(fields, error=err)
+        except Exception as err:  # noqa: BLE001 - the caller's answer
+            if reply_to is None:
+                _log.warning("domain actors: a remote tell to %s:%s failed here: %s: %s",
+                             kind, key, type(err).__name__, err)
             else:
-                _log.warning("domain actors: a remote tell failed here: %s: %s", type(err).__name__, err)
+                self._reply(reply_to, error=err)
             return
-        self._reply(fields, value=value)
+        self.stats["served"] += 1
+        if reply_to is None:
+            return
+        if hasattr(future, "add_done_callback"):  # the runtime's ActorFuture
+            future.add_done_callback(lambda done: self._settled(reply_to, done))
+        elif hasattr(future, "rawlink"):  # a gevent AsyncResult
+            future.rawlink(lambda done: self._settled(reply_to, done))
+        else:
+            self._pool.spawn(self._settled, reply_to, future)
 
-    def _reply(self, fields: dict[bytes, bytes], *, value: Any = None, error: BaseException | None = None) -> None:
-        reply: dict[bytes, Any] = {b"t": b"r", b"i": fields[b"i"]}
+    def _settled(self, reply_to: tuple[str, str, str], future: Any) -> None:
+        try:
+            value = future.get()  # settled already (in a callback): returns at once
+        except Exception as err:  # noqa: BLE001 - the caller's answer
+            self._reply(reply_to, error=err)
+        else:
+            self._reply(reply_to, value=value)
+
+    def _reply(self, reply_to: tuple[str, str, str], *, value: Any = None, error: BaseException | None = None) -> None:
+        caller, call_id, method = reply_to
         if error is None:
             try:
-                reply[b"v"] = orjson.dumps(value)
-                reply[b"o"] = b"1"
+                document = orjson.dumps(["r", call_id, True, value])
             except TypeError as err:
-                error = TypeError(f"the reply of {_text(fields.get(b'm'))}() cannot cross processes ({err}): "
-                                  "return JSON-able values")
+                error = TypeError(f"the reply of {method}() cannot cross processes ({err}): return JSON-able values")
         if error is not None:
-            reply[b"o"] = b"0"
-            reply[b"e"] = encode_error(error)
-        self._out.put(inbox_of(self.channel, _text(fields[b"n"])), reply, None)
+            document = orjson.dumps(["r", call_id, False, encode_error(error)])
+        self._out.put(inbox_of(self.channel, caller), {b"m": document}, None)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -368,7 +375,7 @@ class _Sender:
 
     def __init__(self, calls: RedisRemoteCalls) -> None:
         self.calls = calls
-        self.outbox: deque[tuple[str, dict[bytes, Any], bytes | None]] = deque()
+        self.outbox: deque[tuple[str, dict[bytes, Any], str | None]] = deque()
         self.in_flight = 0
         self.wake = Event()
         self.expiring: dict[str, float] = {}
@@ -377,11 +384,11 @@ class _Sender:
     def pending(self) -> int:
         return len(self.outbox) + self.in_flight
 
-    def put(self, target: str, fields: dict[bytes, Any], call_id: bytes | None) -> None:
+    def put(self, target: str, fields: dict[bytes, Any], call_id: str | None) -> None:
         self.outbox.append((target, fields, call_id))
         self.wake.set()
 
-    def drop_all(self) -> list[bytes | None]:
+    def drop_all(self) -> list[str | None]:
         """Forget what waits (its call ids, to fail them)."""
         ids = [call_id for _target, _fields, call_id in self.outbox]
         self.outbox.clear()
@@ -417,7 +424,7 @@ class _Sender:
             finally:
                 self.in_flight = 0
 
-    def write(self, client: Any, batch: list[tuple[str, dict[bytes, Any], bytes | None]]) -> None:
+    def write(self, client: Any, batch: list[tuple[str, dict[bytes, Any], str | None]]) -> None:
         calls = self.calls
         now = time.monotonic()
         # A gone node's inbox expires: EXPIRE NX (after the XADD that may create it) now and then.
