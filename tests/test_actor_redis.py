@@ -350,7 +350,7 @@ def test_a_call_without_a_reply_in_time_fails_once_and_is_not_run_late(two_nodes
     ran = len(log)
     gevent.sleep(0.5)
     late = RedisRemoteCalls(owner.link, "host:2")
-    late._last_id = b"0-0"  # read the whole inbox again, as a restarted reader would from its last id
+    late._in.last_id = b"0-0"  # read the whole inbox again, as a restarted reader would from its last id
     late.serve(counter_handler(log))
     eventually(lambda: late.stats["expired"] >= 1)
     assert len(log) == ran

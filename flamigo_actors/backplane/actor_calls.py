@@ -139,11 +139,10 @@ class RedisRemoteCalls:
         self._out = _Sender(self)
         self._pool = Pool(max_serving)
         self._handler: Handler | None = None
-        self._last_id: Any = None
-        self._positioned = Event()  # the reader knows where the inbox ends: calls may go out
+        self._in = _Reader(self)
         self._closed = False
         # Both run from the start: replies to this node's calls arrive through its inbox too.
-        self._reader: gevent.Greenlet | None = gevent.spawn(self._read_loop)
+        self._reader: gevent.Greenlet | None = gevent.spawn(self._in.run)
         self._sender: gevent.Greenlet | None = gevent.spawn(self._out.run)
         link.when_down(self._fail_waiting)
 
@@ -245,45 +244,7 @@ class RedisRemoteCalls:
             raise RuntimeError("already serving")
         self._handler = handler
         if self.link.connected:
-            self._positioned.wait(self.link.socket_timeout)
-
-    def _read_loop(self) -> None:
-        link = self.link
-        block_ms = max(1, int(link.block * 1000))
-        refreshed = 0.0
-        client = None
-        while not self._closed:
-            link.up.wait()
-            try:
-                if client is None:
-                    client = link.dedicated()  # its own connection: no pool round trip per read
-                if self._last_id is None:
-                    last = client.xrevrange(self.inbox, count=1)
-                    self._last_id = last[0][0] if last else b"0-0"
-                    self._positioned.set()
-                if time.monotonic() - refreshed > self.inbox_ttl / 4:
-                    client.expire(self.inbox, int(self.inbox_ttl))
-                    refreshed = time.monotonic()
-                reply = client.xread({self.inbox: self._last_id}, count=self.batch, block=block_ms)
-            except link.link_errors as err:
-                link.lost(err)
-                continue
-            except link.redis_error as err:  # e.g. WRONGTYPE: not a stream
-                link.last_error = f"{type(err).__name__}: {err}"
-                _log.error("domain actors: reading the inbox %s failed: %s", self.inbox, err)
-                gevent.sleep(link.reconnect_cap)
-                continue
-            if not reply:
-                continue
-            streams = reply.items() if isinstance(reply, dict) else reply
-            for _name, entries in streams:
-                for entry_id, fields in entries:
-                    self._last_id = entry_id
-                    self._receive(fields)
-            # Let the calls just read run, and their replies (or the callers woken by replies)
-            # go out, before paying for the next XREAD: it is off the latency path then.
-            gevent.sleep(0)
-            gevent.sleep(0)
+            self._in.positioned.wait(self.link.socket_timeout)
 
     def _receive(self, fields: dict[bytes, bytes]) -> None:
         try:
@@ -405,8 +366,8 @@ class _Sender:
             if not link.connected:
                 calls._fail_waiting()
                 continue
-            if not calls._positioned.is_set():  # else a quick reply could land before the reader's start
-                calls._positioned.wait(link.socket_timeout)
+            if not calls._in.positioned.is_set():  # else a quick reply could land before the reader's start
+                calls._in.positioned.wait(link.socket_timeout)
                 continue
             batch = [outbox.popleft() for _ in range(min(len(outbox), calls.batch))]
             self.in_flight = len(batch)
@@ -445,3 +406,54 @@ class _Sender:
             pipe.execute()
         finally:
             pipe.reset()
+
+
+class _Reader:
+    """The read side: ``XREAD BLOCK`` this node's inbox from the last entry seen (on a
+    connection of its own), refresh the inbox's expiry, hand each entry to the calls."""
+
+    def __init__(self, calls: RedisRemoteCalls) -> None:
+        self.calls = calls
+        self.last_id: Any = None
+        self.positioned = Event()
+        """Set once the reader knows where the inbox ends: calls may go out (a reply written
+        before that point would never be read)."""
+
+    def run(self) -> None:
+        calls = self.calls
+        link = calls.link
+        block_ms = max(1, int(link.block * 1000))
+        refreshed = 0.0
+        client = None
+        while not calls._closed:
+            link.up.wait()
+            try:
+                if client is None:
+                    client = link.dedicated()  # its own connection: no pool round trip per read
+                if self.last_id is None:
+                    last = client.xrevrange(calls.inbox, count=1)
+                    self.last_id = last[0][0] if last else b"0-0"
+                    self.positioned.set()
+                if time.monotonic() - refreshed > calls.inbox_ttl / 4:
+                    client.expire(calls.inbox, int(calls.inbox_ttl))
+                    refreshed = time.monotonic()
+                reply = client.xread({calls.inbox: self.last_id}, count=calls.batch, block=block_ms)
+            except link.link_errors as err:
+                link.lost(err)
+                continue
+            except link.redis_error as err:  # e.g. WRONGTYPE: not a stream
+                link.last_error = f"{type(err).__name__}: {err}"
+                _log.error("domain actors: reading the inbox %s failed: %s", calls.inbox, err)
+                gevent.sleep(link.reconnect_cap)
+                continue
+            if not reply:
+                continue
+            streams = reply.items() if isinstance(reply, dict) else reply
+            for _name, entries in streams:
+                for entry_id, fields in entries:
+                    self.last_id = entry_id
+                    calls._receive(fields)
+            # Let the calls just read run, and their replies (or the callers woken by replies)
+            # go out, before paying for the next XREAD: it is off the latency path then.
+            gevent.sleep(0)
+            gevent.sleep(0)
