@@ -77,6 +77,20 @@ _EXPORTS: dict[str, str] = {
     "serve": "serving.server",
     "make_server": "serving.server",
     "TestClient": "integration.testing",
+    # domain actors
+    "DomainActor": "runtime.domain",
+    "ActorSpace": "runtime.actor_space",
+    "ActorRef": "runtime.actor_space",
+    "ActorFuture": "runtime.futures",
+    "get": "runtime.futures",
+    "wait": "runtime.futures",
+    "ActorError": "runtime.actor_errors",
+    "ActorRestarted": "runtime.actor_errors",
+    "ActorUnavailable": "runtime.actor_errors",
+    "ActorTimeout": "runtime.actor_errors",
+    "ActorDeadlock": "runtime.actor_errors",
+    "ActorOverloaded": "runtime.actor_errors",
+    "StaleOwner": "runtime.actor_errors",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -202,3 +216,15 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .runtime.strategies import DeferredReply, Registry, Request, Response, Strategy, StrategyContext
     from .integration.testing import TestClient
     from .core.topics import Topic, TopicError, matches
+    from .runtime.actor_errors import (
+        ActorDeadlock,
+        ActorError,
+        ActorOverloaded,
+        ActorRestarted,
+        ActorTimeout,
+        ActorUnavailable,
+        StaleOwner,
+    )
+    from .runtime.actor_space import ActorRef, ActorSpace
+    from .runtime.domain import DomainActor
+    from .runtime.futures import ActorFuture, get, wait

@@ -72,6 +72,7 @@ SLOW: dict[str, str | set[str]] = {
     "test_cli": {"test_run_with_workers_finds_the_module_in_the_current_directory"},
     "test_dashboard": {"test_dashboard_shows_connections_and_mailbox_depth_in_chromium"},
     "test_demo_app": {"test_expired_token_is_refused"},
+    "test_domain_actors_app": {"test_ten_thousand_activate_passivate_cycles_leave_nothing_behind"},
     "test_flamigo_js": "*",
     "test_head_of_line": {
         "test_a_client_leaving_with_deferred_work_leaves_nothing_behind",

@@ -70,3 +70,20 @@ def test_bench_quick_mode_runs_every_workload_against_every_server(tmp_path: Pat
     chart = Path(results["chart"])
     assert chart.is_file() and chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "cores; load before" in proc.stdout  # the machine line printed with the table
+
+
+def test_bench_actors_quick_mode_reports_every_figure() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_actors.py"), "--asks", "--quick", "--repeat", "1",
+         "--memory", "2000", "--json"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert set(report["asks"]) == {"many_callers_many_actors", "one_caller_one_actor"}
+    for case in report["asks"].values():
+        assert case["domain_asks_per_second"] > 0 and case["pykka_asks_per_second"] > 0 and case["ratio"] > 0
+    memory = report["memory"]
+    assert memory["actors"] == 2000 and memory["activations_per_second"] > 0
+    assert memory["bytes_per_actor"] is not None

@@ -166,6 +166,36 @@ def test_stats_and_actors_from_the_shell(backdoor_server: Any) -> None:
     assert re.search(r"^messages_in +\d+  \d+\.\d/s$", result.stdout, re.M)  # the readable form
 
 
+def test_the_shell_lists_and_calls_domain_actors(backdoor_server: Any) -> None:
+    server, backdoor, _ = backdoor_server
+    result = run_shell(backdoor, """
+        import json
+        from flamigo_actors import DomainActor
+        class Tally(DomainActor):
+            kind = "shell-tally"
+            def on_activate(self, key, state):
+                self.n = state or 0
+            def add(self, k):
+                self.n += k
+                return self.n
+
+        ref = actor_space.get(Tally, "t1")
+        print(json.dumps([call(ref, "add", 2), call(actor("shell-tally", "t1"), "add", 3)]))
+        rows = [a for a in actors() if a["kind"] == "shell-tally"]
+        print(json.dumps([{k: a[k] for k in ("key", "mailbox", "restarts", "owner")} for a in rows]))
+        print(json.dumps([bool(a["activated_at"] and a["last_message_at"]) for a in rows]))
+        actors()
+    """)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stdout, result.stdout
+    replies, rows, stamped = json_lines(result.stdout)
+    assert replies == [2, 5]
+    assert rows == [{"key": "t1", "mailbox": 0, "restarts": 0, "owner": rows[0]["owner"]}]
+    assert rows[0]["owner"].endswith(f":{server.process.pid}")
+    assert stamped == [True]
+    assert "shell-tally" in result.stdout  # the printed table
+
+
 def test_kick_closes_exactly_that_client_and_fires_disconnected(backdoor_server: Any) -> None:
     server, backdoor, clients = backdoor_server
     dave = server.client("dave")

@@ -89,6 +89,10 @@ class Settings:
     """Entries the Redis stream keeps (approximately): how far a briefly disconnected process can catch up."""
     redis_outbox_max: int = 10_000
     """Events waiting to be written to Redis; beyond, the oldest are dropped and counted."""
+    actor_call_timeout: float = 10.0
+    """Default wait of a domain-actor call's ``future.get()``; past it the call fails with ``ActorTimeout``."""
+    actor_mailbox_max: int = 10_000
+    """Messages queued for one domain actor; past it ``tell``/``ask`` fail at once with ``ActorOverloaded``."""
     actor_lease: float = 5.0
     """Seconds a domain actor's lease in Redis lives without renewal (renewed every third of it):
     how soon an actor whose process died can be activated in another one."""
@@ -149,7 +153,8 @@ class Settings:
             "outbound_max_bytes", "mailbox_max_deliveries", "max_pending_requests",
             "strategy_timeout", "listener_max_pending", "publish_sync_timeout",
             "drain_timeout", "close_timeout", "rate_limit_close_after", "header_timeout",
-            "redis_stream_maxlen", "redis_outbox_max", "actor_lease",
+            "redis_stream_maxlen", "redis_outbox_max", "actor_call_timeout", "actor_mailbox_max",
+            "actor_lease",
         )
         for name in positive:
             if getattr(self, name) <= 0:

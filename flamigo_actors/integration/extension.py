@@ -34,6 +34,7 @@ from typing import Any
 
 from flask import Flask, Response, request
 
+from ..runtime.actor_space import ActorSpace
 from ..runtime.bus import Bus
 from .publishing import push_frame
 from ..runtime.calls import call as call_strategy
@@ -80,9 +81,9 @@ class Flamigo:
         self._listeners: list[tuple[Callable[..., Any], tuple[str, ...], dict[str, Any]]] = []
         self.started_at = time.time()
         self.settings: Settings = Settings()
-        self.hub = Hub(self)
-        """The live connections: registry, admission, keepalive, kick, drain."""
+        self.hub = Hub(self)  # the live connections: registry, admission, keepalive, kick, drain
         self.bus: Bus = Bus(self, encoder=push_frame)  # the bus never imports the wire format
+        self.actors = ActorSpace()  # the app's domain actors: flamigo.actors.get(Room, "lobby")
         if app is not None:
             self.init_app(app)
 
@@ -111,6 +112,7 @@ class Flamigo:
             register_auth(self._registry, self._verifier)
         self.hub.heartbeat_frames = register_heartbeat(self._registry)
         self.hub.configure(settings)
+        self.actors.call_timeout, self.actors.mailbox_max = settings.actor_call_timeout, settings.actor_mailbox_max
         app.extensions["flamigo"] = self
         app.add_url_rule(
             settings.ws_path, "flamigo_websocket", lambda: _websocket_view(self.hub), websocket=True
@@ -274,6 +276,7 @@ class Flamigo:
 
             RedisBackplane.from_settings(self.bus, self.settings).start()
         self.bus.start()
+        self.actors.start()
 
     # -- shutdown --------------------------------------------------------------
 
@@ -286,6 +289,7 @@ class Flamigo:
         """
         drain = self.settings.drain_timeout if timeout is None else timeout
         self.hub.drain(drain)
+        self.actors.stop(drain)  # snapshots stored
         if self.bus.backplane is not None:  # after the disconnected events, before the bus
             self.bus.backplane.close()
         self.bus.close()

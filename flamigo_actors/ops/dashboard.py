@@ -106,6 +106,9 @@ def snapshot(flamigo: Host, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
         kind["count"] += 1
         kind["mailbox"] += row["mailbox"]
         kind["max_mailbox"] = max(kind["max_mailbox"], row["mailbox"])
+    for row in inspect.domain_kinds(flamigo):  # the domain actors' kinds, in the same table
+        row["kind"] = f"domain:{row['kind']}"
+        kinds[row["kind"]] = row
     actors.sort(key=lambda r: (-r["mailbox"], r["kind"]))
     subscriptions = inspect.subscriptions(flamigo)
     app = flamigo.app
@@ -119,6 +122,7 @@ def snapshot(flamigo: Host, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
         "actors": list(actors[:limit]),
         "actors_total": len(actors),
         "actor_kinds": sorted(kinds.values(), key=lambda k: k["kind"]),
+        "domain_busiest": flamigo.actors.busiest(limit),
         "subscriptions": list(subscriptions[:limit]),
         "subscriptions_total": len(subscriptions),
         "limit": limit,

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from ..core.identity import Identity
     from ..core.settings import Settings
+    from ..runtime.actor_space import ActorSpace
     from ..runtime.bus import Bus
 
 __all__ = ["Counters", "Host"]
@@ -62,6 +63,9 @@ class Host(Protocol):
 
     @property
     def started_at(self) -> float: ...
+
+    @property
+    def actors(self) -> ActorSpace: ...
 
     def call(
         self, name: str, payload: Any = None, *, identity: Identity | None = None,

@@ -66,8 +66,9 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def actors() -> Table:
-    """Every live Pykka actor: kind, urn, alive, mailbox depth, age in seconds."""
+def actors(flamigo: Host | None = None) -> Table:
+    """Every live Pykka actor: kind, urn, alive, mailbox depth, age in seconds; then, given
+    the application, its domain actors (see :func:`domain_actors`)."""
     now = time.time()
     rows = []
     for ref in pykka.ActorRegistry.get_all():
@@ -84,7 +85,51 @@ def actors() -> Table:
             }
         )
     rows.sort(key=lambda r: (r["kind"], -(r["age"] or 0)))
-    return Table(rows, ["kind", "urn", "alive", "mailbox", "age"])
+    if flamigo is None:
+        return Table(rows, ["kind", "urn", "alive", "mailbox", "age"])
+    rows.extend(domain_actors(flamigo))
+    return Table(rows, ["kind", "urn", "alive", "mailbox", "age", "owner", "restarts", "idle"])
+
+
+def domain_actors(flamigo: Host) -> Table:
+    """Every domain-actor activation of this process: kind, key, owner node, mailbox depth,
+    restarts, activated at and last message at (``time.time()`` values), age and idle seconds."""
+    now = time.time()
+    rows = []
+    for row in flamigo.actors.describe():
+        activated, last = row["activated_at"], row["last_message_at"]
+        row.update(
+            urn=f"{row['kind']}:{row['key']}",
+            alive=activated is not None,
+            age=round(now - activated, 1) if activated else None,
+            idle=round(now - last, 1),
+        )
+        rows.append(row)
+    rows.sort(key=lambda r: (r["kind"], r["key"]))
+    return Table(rows, ["kind", "key", "owner", "mailbox", "restarts", "activated_at", "last_message_at"])
+
+
+def domain_kinds(flamigo: Host) -> list[dict[str, Any]]:
+    """Per domain-actor kind: activations, messages queued in all, the deepest mailbox."""
+    kinds: dict[str, dict[str, Any]] = {}
+    for name, count in flamigo.actors.counts().items():
+        kinds[name] = {"kind": name, "count": count, "mailbox": 0, "max_mailbox": 0}
+    for row in flamigo.actors.busiest(None):
+        entry = kinds[row["kind"]]
+        entry["mailbox"] += row["mailbox"]
+        entry["max_mailbox"] = max(entry["max_mailbox"], row["mailbox"])
+    return list(kinds.values())
+
+
+def domain_summary(flamigo: Host, busiest: int = 10) -> dict[str, Any]:
+    """Domain actors at a glance: counters, activations per kind, the busiest mailboxes."""
+    space = flamigo.actors
+    return {
+        **space.stats.as_dict(),
+        "active": len(space),
+        "per_kind": space.counts(),
+        "busiest": space.busiest(busiest),
+    }
 
 
 def connections(flamigo: Host) -> Table:
@@ -218,6 +263,7 @@ def stats(flamigo: Host) -> Stats:
             "rates_per_second": rates,
             "rate_window": window,
             "backplane": None if flamigo.bus.backplane is None else flamigo.bus.backplane.snapshot(),
+            "domain_actors": domain_summary(flamigo),
             "uptime": round(time.time() - flamigo.started_at, 1),
         }
     )

@@ -35,6 +35,8 @@ from gevent.fileobject import FileObjectPosix
 from gevent.hub import getcurrent
 
 from . import inspect
+from ..runtime.actor_space import ActorRef
+from ..runtime.domain import DomainActor
 from ..runtime.engine import gevent_patched
 from ..core.events import ClientMessageEvent
 from ..core.identity import BackendIdentity, Identity
@@ -62,8 +64,8 @@ RESET = "# flamigo-actors shell: reset"
 _PROMPTS = (PS1.encode(), PS2.encode())
 
 HELPERS = (
-    "actors()  connections()  subscriptions()  stats()\n"
-    "call(name, payload)  publish(client_topic, payload, topic=...)  kick(conn_id, reason)\n"
+    "actors()  connections()  subscriptions()  stats()  actor(kind, key)\n"
+    "call(name, payload)  call(ref, method, *args)  publish(client_topic, payload, topic=...)  kick(conn_id, reason)\n"
     "also: app, flamigo, bus, ActorRegistry"
 )
 
@@ -84,8 +86,14 @@ def namespace(flamigo: Host, *, live: bool) -> dict[str, Any]:
         _stop_runtime_at_exit(flamigo)
 
     def actors() -> inspect.Table:
-        """Every live Pykka actor: kind, urn, alive, mailbox depth, age."""
-        return inspect.actors()
+        """Every live Pykka actor (kind, urn, alive, mailbox depth, age), then every domain
+        actor (kind, key, owner, mailbox, restarts, activated at, last message at)."""
+        return inspect.actors(flamigo)
+
+    def actor(kind: str | type[DomainActor], key: str) -> ActorRef:
+        """A ref to a domain actor by its kind (``"room"``) or class and key: ``call(actor("room", "lobby"), "post", ...)``."""
+        space = flamigo.actors
+        return space.get(space.class_of(kind) if isinstance(kind, str) else kind, key)
 
     def subscriptions() -> inspect.Table:
         """Every topic pattern with its subscribers."""
@@ -96,12 +104,19 @@ def namespace(flamigo: Host, *, live: bool) -> dict[str, Any]:
         return inspect.stats(flamigo)
 
     def call(
-        name: str, payload: Any = None, *, identity: Identity | None = None,
-        timeout: float | None = None,
+        target: str | ActorRef, payload: Any = None, *args: Any, identity: Identity | None = None,
+        timeout: float | None = None, **kwargs: Any,
     ) -> Any:
-        """Run strategy ``name`` (as the backend identity by default) and return its result."""
+        """Run strategy ``target`` (as the backend identity by default) and return its result;
+        or, given a domain actor's ref, call its method: ``call(ref, "post", "ops", "hi")``."""
+        if isinstance(target, ActorRef):
+            if not isinstance(payload, str):
+                raise TypeError(f"call(ref, method, *args): the method name is a string, got {payload!r}")
+            return _in_app_context(flamigo, lambda: target.ask(payload, *args, **kwargs).get(timeout))
+        if args or kwargs:
+            raise TypeError("call(strategy_name, payload): a strategy takes one payload")
         who = identity if identity is not None else BackendIdentity("shell")
-        return _in_app_context(flamigo, lambda: flamigo.call(name, payload, identity=who, timeout=timeout))
+        return _in_app_context(flamigo, lambda: flamigo.call(target, payload, identity=who, timeout=timeout))
 
     def publish(client_topic: str, payload: Any, topic: str | Sequence[str]) -> None:
         """Push ``{"topic": client_topic, "payload": payload}`` to the subscribers of ``topic``.
@@ -120,6 +135,8 @@ def namespace(flamigo: Host, *, live: bool) -> dict[str, Any]:
         "bus": flamigo.bus,
         "ActorRegistry": pykka.ActorRegistry,
         "actors": actors,
+        "actor": actor,
+        "actor_space": flamigo.actors,
         "subscriptions": subscriptions,
         "stats": stats,
         "call": call,

@@ -39,6 +39,10 @@ class ContextHost(Protocol):
     def settings(self) -> Any:
         """The application's settings."""
 
+    @property
+    def actors(self) -> Any:
+        """The application's domain actors (an ``ActorSpace``)."""
+
     def call(
         self,
         name: str,
@@ -107,6 +111,11 @@ class Context:
     def strategies(self) -> Any:
         """The application's strategy registry."""
         return self.flamigo.strategies
+
+    @property
+    def actors(self) -> Any:
+        """The application's domain actors: ``ctx.actors.get(Room, "lobby").ask("post", ...)``."""
+        return self.flamigo.actors
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline (never negative), or ``None`` without one."""

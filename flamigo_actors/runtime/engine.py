@@ -35,7 +35,7 @@ import sys
 import time
 import weakref
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 
 import gevent
 import pykka
@@ -51,6 +51,7 @@ __all__ = [
     "live_actor",
     "live_greenlets",
     "parked_runners",
+    "wake",
 ]
 
 _pykka_log = logging.getLogger("pykka")
@@ -112,8 +113,37 @@ def _root(g: RawGreenlet) -> RawGreenlet:
     return g
 
 
-def _runner_main(actor: FlamigoActor) -> None:
-    # A runner greenlet: drain one actor's mailbox, park in the pool, repeat.
+class Drainable(Protocol):
+    """What a runner greenlet drains: a :class:`FlamigoActor`, or a domain actor's activation.
+
+    ``_runner`` is the runner holding it (``None`` when idle); ``_drain``
+    handles its mail until none is left and clears ``_runner`` without
+    yielding after its last emptiness check; ``_context`` is entered around it.
+    """
+
+    _runner: RawGreenlet | None
+
+    @property
+    def _context(self) -> contextvars.Context | None: ...
+
+    def _drain(self) -> None: ...
+
+
+def wake(target: Drainable) -> None:
+    """Hand ``target`` to a pooled runner greenlet unless one already has it.
+
+    The same hand-over as :meth:`FlamigoActor._wake` (which keeps its own
+    inlined copy: connection actors are the hot path).
+    """
+    if target._runner is None:
+        hub = gevent.get_hub()
+        runner = _free_runners.pop() if _free_runners else RawGreenlet(_runner_main, hub)
+        target._runner = runner
+        hub.loop.run_callback(runner.switch, target)
+
+
+def _runner_main(actor: Drainable) -> None:
+    # A runner greenlet: drain one actor's mailbox (or any Drainable), park in the pool, repeat.
     me = getcurrent()
     hub = me.parent
     while True:

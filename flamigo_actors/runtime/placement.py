@@ -37,9 +37,16 @@ class Placement(Protocol):
     """Decides and records which node runs each (kind, key)."""
 
     node_id: str
+    renew_interval: float | None
+    """Seconds between lease renewals by the actor space's sweeper (``None``: leases never expire)."""
 
     def acquire(self, kind: str, key: str) -> Lease | str:
-        """Lease if this node now owns (kind, key) (set-if-absent with expiry, new fence), else the owner's node id."""
+        """Lease if this node now owns (kind, key) (set-if-absent with expiry, new fence), else the owner's node id.
+
+        A lease this node already holds (its release still in flight after a
+        passivation) must be granted again with a new fence, never answered
+        with this node's own id (the actor space refuses to forward to itself).
+        """
 
     def renew(self, leases: list[Lease]) -> list[Lease]:
         """Extend the leases; returns those that were lost (the activation must stop at once, without saving)."""

@@ -28,6 +28,7 @@ import gevent
 import pydantic
 
 from .context import Context, ContextHost
+from .futures import ActorFuture
 from ..core.errors import FieldError, FlamigoError, wrap
 
 if TYPE_CHECKING:
@@ -413,9 +414,26 @@ def run_strategy(strategy: Strategy, ctx: StrategyContext) -> Any:
     except (Exception, SystemExit) as err:  # noqa: BLE001 - every failure becomes a layered error
         # SystemExit too: a strategy's sys.exit() must not end the process's actors.
         raise wrap(f"strategy({strategy.name})", err)
+    if result.__class__ is ActorFuture and ctx.deferred is None:
+        # A domain actor's reply: sent when it resolves, the connection's mailbox free meanwhile.
+        _defer_future(ctx, result)
+        return None
     response = ctx.response
     if response.is_set and result is None:
         if response.error is not None:
             raise wrap(f"strategy({strategy.name})", response.error)
         return response.result
     return result
+
+
+def _defer_future(ctx: StrategyContext, future: ActorFuture) -> None:
+    reply = ctx.defer()
+
+    def settled(done: ActorFuture) -> None:  # in the hub: resolve/fail only tell the connection
+        error = done.exception(0)
+        if error is not None:
+            reply.fail(error)
+        else:
+            reply.resolve(done.get(0))
+
+    future.add_done_callback(settled)
