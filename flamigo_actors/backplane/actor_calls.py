@@ -112,13 +112,16 @@ class RedisRemoteCalls:
         batch: most entries per pipeline and per ``XREAD``.
         max_serving: greenlets waiting for futures that offer no done-callback; beyond, reading waits.
         inbox_ttl: seconds an inbox outlives its last refresh (its process gone).
+        on_unreachable: ``on_unreachable(kind, key)`` after a call to that actor got no
+            reply in time (e.g. the placement forgets the owner it remembered).
     """
 
     def __init__(self, link: RedisLink, node_id: str, *, channel: str = "flamigo",
                  future_factory: Callable[[], Any] = AsyncResult,
                  errors: Mapping[str, type[FlamigoError]] | None = None,
                  maxlen: int = 10_000, batch: int = 500, max_serving: int = 10_000,
-                 inbox_ttl: float = 60.0) -> None:
+                 inbox_ttl: float = 60.0,
+                 on_unreachable: Callable[[str, str], None] | None = None) -> None:
         self.link = link
         self.node_id = node_id
         self.channel = channel
@@ -130,6 +133,7 @@ class RedisRemoteCalls:
         self.maxlen = maxlen
         self.batch = batch
         self.inbox_ttl = inbox_ttl
+        self.on_unreachable = on_unreachable
         self.stats = {"sent": 0, "replied": 0, "timeouts": 0, "failed": 0, "served": 0,
                       "expired": 0, "decode_errors": 0}
         self.latencies: deque[float] = deque(maxlen=4096)
@@ -182,17 +186,19 @@ class RedisRemoteCalls:
             future = self.future_factory()
             timer = gevent.get_hub().loop.timer(timeout)
             self._pending[call_id] = (future, timer, time.perf_counter(), label)
-            timer.start(self._timed_out, call_id, timeout)
+            timer.start(self._timed_out, call_id, timeout, kind, key)
         self._out.put(inbox_of(self.channel, owner), entry, call_id if want_reply else None)
         return future
 
-    def _timed_out(self, call_id: str, timeout: float) -> None:
+    def _timed_out(self, call_id: str, timeout: float, kind: str, key: str) -> None:
         entry = self._pending.pop(call_id, None)
         if entry is None:
             return
         future, timer, _started, label = entry
         timer.close()
         self.stats["timeouts"] += 1
+        if self.on_unreachable is not None:
+            self.on_unreachable(kind, key)
         future.set_exception(ActorTimeout(
             f"{label}: no reply within {timeout:g}s (the owner may be gone or overloaded; the call "
             "may or may not have run and is not retried)"))
@@ -433,7 +439,7 @@ class _Reader:
                 if self.last_id is None:
                     last = client.xrevrange(calls.inbox, count=1)
                     self.last_id = last[0][0] if last else b"0-0"
-                    self.positioned.set()
+                self.positioned.set()
                 if time.monotonic() - refreshed > calls.inbox_ttl / 4:
                     client.expire(calls.inbox, int(calls.inbox_ttl))
                     refreshed = time.monotonic()

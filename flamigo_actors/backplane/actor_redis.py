@@ -5,9 +5,10 @@
 (``FLAMIGO_ACTOR_LEASE``), a :class:`~.snapshots.RedisSnapshotStore` and a
 :class:`~.actor_calls.RedisRemoteCalls`, all under ``FLAMIGO_REDIS_CHANNEL``.
 :meth:`RedisActors.attach` sets them on the actor space before it starts (the
-space renews the leases: the placement's ``renew_interval``);
-:meth:`RedisActors.close` runs after the space stopped (snapshots stored,
-leases released).
+space renews the leases: the placement's ``renew_interval``). :class:`RedisActors`
+is the space's ``remote`` itself (it passes calls on to the remote calls), so
+that ``space.stop()``, which closes ``remote`` after the actors stored their
+snapshots and released their leases, closes every Redis part.
 """
 
 from __future__ import annotations
@@ -57,15 +58,26 @@ class RedisActors:
             placement,
             RedisSnapshotStore(link, channel=settings.redis_channel),
             RedisRemoteCalls(link, placement.node_id, channel=settings.redis_channel,
-                             future_factory=future_factory),
+                             future_factory=future_factory, on_unreachable=placement.forget_owner),
         )
 
     def attach(self, space: Space) -> None:
         """Make ``space`` use these parts (before ``space.start()``)."""
-        space.store, space.placement, space.remote = self.store, self.placement, self.remote
+        space.store, space.placement, space.remote = self.store, self.placement, self
+
+    # -- the RemoteCalls protocol, for the space: passed on ---------------------------
+
+    def call(self, owner: str, kind: str, key: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+             *, want_reply: bool, timeout: float) -> Any:
+        """See :meth:`RedisRemoteCalls.call`."""
+        return self.remote.call(owner, kind, key, method, args, kwargs, want_reply=want_reply, timeout=timeout)
+
+    def serve(self, handler: Callable[[str, str, str, tuple[Any, ...], dict[str, Any], bool], Any]) -> None:
+        """See :meth:`RedisRemoteCalls.serve`."""
+        self.remote.serve(handler)
 
     def close(self) -> None:
-        """Stop remote calls and the link (after the space stopped; idempotent)."""
+        """Stop remote calls, lease renewal and the link (after the space stopped; idempotent)."""
         self.remote.close()
         self.placement.close(release=True)
         self.link.close()
