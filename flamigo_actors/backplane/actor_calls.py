@@ -144,6 +144,7 @@ class RedisRemoteCalls:
         self._pool = Pool(max_serving)
         self._handler: Handler | None = None
         self._in = _Reader(self)
+        self._unsettled = 0  # calls read whose reply is not written yet
         self._closed = False
         # Both run from the start: replies to this node's calls arrive through its inbox too.
         self._reader: gevent.Greenlet | None = gevent.spawn(self._in.run)
@@ -267,6 +268,8 @@ class RedisRemoteCalls:
             self.stats["expired"] += 1  # its caller gave up already: never run it late
             return
         reply_to = (caller, call_id, method) if want_reply else None
+        if reply_to is not None:
+            self._unsettled += 1
         try:
             if self._handler is None:
                 raise ActorUnavailable(f"{kind}:{key}: {self.node_id} does not serve actor calls (yet)")
@@ -297,6 +300,7 @@ class RedisRemoteCalls:
             self._reply(reply_to, value=value)
 
     def _reply(self, reply_to: tuple[str, str, str], *, value: Any = None, error: BaseException | None = None) -> None:
+        self._unsettled -= 1
         caller, call_id, method = reply_to
         if error is None:
             try:
@@ -459,7 +463,10 @@ class _Reader:
                 for entry_id, fields in entries:
                     self.last_id = entry_id
                     calls._receive(fields)
-            # Let the calls just read run, and their replies (or the callers woken by replies)
-            # go out, before paying for the next XREAD: it is off the latency path then.
-            gevent.sleep(0)
-            gevent.sleep(0)
+            # Let the calls just read run and their replies go out (or the callers woken by
+            # replies run) before paying for the next XREAD: it is off the latency path then.
+            # Bounded: a slow actor's reply goes out whenever it comes.
+            for _ in range(8):
+                gevent.sleep(0)
+                if not calls._unsettled and not calls._out.outbox:
+                    break
