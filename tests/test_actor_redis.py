@@ -386,3 +386,47 @@ def test_redis_stopped_and_restarted_remote_calls_fail_fast_then_work_again(
 
     eventually(works, timeout=20, interval=0.1)
     assert caller.link.reconnects >= 1 and owner.link.reconnects >= 1
+
+
+# -- an actor space on Redis (in this process) --------------------------------------------------
+
+
+def test_a_soak_of_ten_thousand_activate_passivate_cycles_leaves_no_lease_behind(redis_server: RedisServer) -> None:
+    from flamigo_actors import DomainActor
+    from flamigo_actors.backplane.actor_redis import RedisActors
+    from flamigo_actors.core.settings import Settings
+    from flamigo_actors.runtime.actor_space import ActorSpace
+    from flamigo_actors.runtime.futures import ActorFuture
+
+    class Visits(DomainActor):
+        kind = "test-visits"
+        idle_timeout = 0.05
+
+        def on_activate(self, key: str, state: object) -> None:
+            self.count = int(state or 0)
+
+        def snapshot(self) -> int:
+            return self.count
+
+        def visit(self) -> int:
+            self.count += 1
+            return self.count
+
+    space = ActorSpace()
+    parts = RedisActors.from_settings(Settings(redis_url=redis_server.url), future_factory=ActorFuture)
+    parts.attach(space)
+    space.start()
+    keys = [f"v{n}" for n in range(2000)]
+    try:
+        for round_ in range(1, 6):  # 5 rounds x 2,000 keys: 10,000 activations, each passivated
+            futures = [space.get(Visits, key).ask("visit") for key in keys]
+            assert [f.get(timeout=60) for f in futures] == [round_] * len(keys)  # from the stored snapshot
+            eventually(lambda: len(space) == 0, timeout=30)
+        assert space.stats.activations == 10_000 and space.stats.passivations == 10_000
+        redis = redis_server.client()
+        assert redis.keys("*:lease") == []  # every lease released
+        assert parts.placement.held == []
+        assert len(redis.keys("*:snapshot")) == 2000
+    finally:
+        space.stop(5)
+    assert parts.remote.greenlets() == [] and parts.link.greenlets() == []
