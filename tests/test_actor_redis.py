@@ -424,10 +424,13 @@ def test_a_soak_of_ten_thousand_activate_passivate_cycles_leaves_no_lease_behind
             eventually(lambda: len(space) == 0, timeout=30)
         assert space.stats.activations == 10_000 and space.stats.passivations == 10_000
         redis = redis_server.client()
-        # An activation leaves the space, then releases its lease (a Redis round trip): wait for
-        # the last releases, then every lease must be gone.
-        # (Not waiting on the keys themselves: a leaked lease would expire by itself.)
+        # An activation leaves the space, then releases its lease (a Redis round trip), and a
+        # renewal in flight may take a just-released lease back (its round then deletes it
+        # again): wait for the last releases and for the sweeper (which renews) to end, then
+        # every lease must be gone. (Not waiting on the keys themselves: a leaked lease would
+        # expire by itself.)
         eventually(lambda: parts.placement.stats.released == 10_000, timeout=10)
+        eventually(lambda: space._sweeper is None, timeout=10)
         assert parts.placement.held == []
         assert redis.keys("{flamigo:actor:test-visits:*}:lease") == []  # every lease released
         assert len(redis.keys("{flamigo:actor:test-visits:*}:snapshot")) == 2000

@@ -206,12 +206,24 @@ class RedisPlacement:
                 del self._held[(lease.kind, lease.key)]
             _log.error("domain actors: lease of %s:%s (fence %d) was lost to another process: "
                        "this activation stops without saving", lease.kind, lease.key, lease.fence)
+        # A lease released while this renewal was in flight: its release may have
+        # reached Redis first and the renewal then taken the expired-looking key
+        # back. Delete it again (only if it is still this fence's), or it would
+        # linger until it expires and keep other nodes from the actor meanwhile.
+        for lease in leases:
+            if self._held.get((lease.kind, lease.key)) != lease:
+                self._delete(lease)
         return lost
 
     def release(self, lease: Lease) -> None:
         """Delete the lease if this node still holds it (a Redis error is logged; it expires anyway)."""
         if self._held.get((lease.kind, lease.key)) == lease:
             del self._held[(lease.kind, lease.key)]
+        if self._delete(lease):
+            self.stats.released += 1
+
+    def _delete(self, lease: Lease) -> bool:
+        """Delete the lease's key if it still holds this fence and owner; False on a Redis error."""
         prefix = actor_keys(self.channel, lease.kind, lease.key)
         try:
             self._script("release", _RELEASE)(keys=[prefix + ":lease"], args=[f"{lease.fence}:{lease.owner}"])
@@ -220,8 +232,8 @@ class RedisPlacement:
                 self.link.lost(err)
             _log.warning("domain actors: could not release the lease of %s:%s (%s): it expires "
                          "within %.1fs", lease.kind, lease.key, err, self.lease)
-            return
-        self.stats.released += 1
+            return False
+        return True
 
     # -- the renewing greenlet ---------------------------------------------------------
 

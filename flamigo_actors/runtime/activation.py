@@ -294,6 +294,8 @@ class Activation:
         self.instance = None
         self._fail_queued(ActorUnavailable, "stopped")
         self.space._remove(self)
+        if instance is not None:  # counted as it leaves the space, before the release may yield
+            self.space.stats.passivations += 1
         if self.lease is not None:
             lease, self.lease = self.lease, None
             try:
@@ -301,7 +303,6 @@ class Activation:
             except Exception:  # noqa: BLE001
                 _log.exception("domain actor %s: releasing its lease failed", self.name)
         if instance is not None:
-            self.space.stats.passivations += 1
             try:
                 instance.on_passivate()
             except Exception:  # noqa: BLE001
