@@ -13,6 +13,7 @@ Runs in one process under gevent (monkey-patched, like a server):
     python scripts/bench_actors.py                       # --memory 100000 --asks
     python scripts/bench_actors.py --memory 1000000
     python scripts/bench_actors.py --asks --json
+    python scripts/bench_actors.py --remote [--asks 2000]  # two processes on Redis: scripts/bench_actors_remote.py
 """
 
 from gevent import monkey
@@ -155,6 +156,11 @@ def asks(repeat: int, quick: bool) -> dict[str, Any]:
 
 
 def main() -> int:
+    if "--remote" in sys.argv[1:]:  # remote asks through Redis, with that script's own options
+        sys.argv.remove("--remote")
+        from scripts.bench_actors_remote import main as remote
+
+        return remote()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--memory", type=int, metavar="N", help="activate N idle actors and measure RSS")
     parser.add_argument("--asks", action="store_true", help="asks/s against pykka.ThreadingActor")

@@ -46,6 +46,11 @@ CHROMIUM_ARGS = [
 # `browser` and `redis` follow from the fixtures a test uses.
 
 SUBPROCESS: dict[str, str | set[str]] = {
+    "test_actor_redis": {
+        "test_two_processes_racing_a_thousand_first_calls_grant_one_lease_in_total",
+        "test_the_owner_killed_the_actor_is_placed_on_a_survivor_within_the_lease_with_its_snapshot",
+    },
+    "test_actors_across_processes": "*",
     "test_backplane": {"test_a_missing_redis_server_fails_under_ci"},
     "test_bench_smoke": "*",
     "test_browser_chat": {
@@ -66,6 +71,16 @@ SUBPROCESS: dict[str, str | set[str]] = {
 """Tests that start a child process."""
 
 SLOW: dict[str, str | set[str]] = {
+    "test_actor_redis": {
+        "test_two_processes_racing_a_thousand_first_calls_grant_one_lease_in_total",
+        "test_the_owner_killed_the_actor_is_placed_on_a_survivor_within_the_lease_with_its_snapshot",
+        "test_redis_stopped_and_restarted_remote_calls_fail_fast_then_work_again",
+        "test_a_call_without_a_reply_in_time_fails_once_and_is_not_run_late",
+    },
+    "test_actors_across_processes": {
+        "test_two_processes_racing_a_thousand_first_calls_activate_one_actor_in_total",
+        "test_the_owner_killed_the_actor_comes_back_on_the_survivor_within_the_lease_from_its_snapshot",
+    },
     "test_backplane": {"test_a_missing_redis_server_fails_under_ci"},
     "test_bench_smoke": "*",
     "test_browser_chat": "*",

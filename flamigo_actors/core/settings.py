@@ -93,6 +93,9 @@ class Settings:
     """Default wait of a domain-actor call's ``future.get()``; past it the call fails with ``ActorTimeout``."""
     actor_mailbox_max: int = 10_000
     """Messages queued for one domain actor; past it ``tell``/``ask`` fail at once with ``ActorOverloaded``."""
+    actor_lease: float = 5.0
+    """Seconds a domain actor's lease in Redis lives without renewal (renewed every third of it):
+    how soon an actor whose process died can be activated in another one."""
     inspect_enabled: bool = False
     """Serve the JSON inspection endpoint and the live dashboard."""
     admin_token: str | None = None
@@ -151,6 +154,7 @@ class Settings:
             "strategy_timeout", "listener_max_pending", "publish_sync_timeout",
             "drain_timeout", "close_timeout", "rate_limit_close_after", "header_timeout",
             "redis_stream_maxlen", "redis_outbox_max", "actor_call_timeout", "actor_mailbox_max",
+            "actor_lease",
         )
         for name in positive:
             if getattr(self, name) <= 0:

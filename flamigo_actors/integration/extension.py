@@ -264,17 +264,15 @@ class Flamigo:
     def start(self) -> None:
         """Start the runtime eagerly (the server calls this; otherwise it starts on first use).
 
-        With ``FLAMIGO_REDIS_URL`` set, this also starts the Redis backplane.
+        With ``FLAMIGO_REDIS_URL`` set, this also starts the Redis backplane and domain actors in Redis.
 
         Raises:
             RedisUnavailable: Redis cannot be reached and ``FLAMIGO_REDIS_REQUIRED`` is true.
         """
         if self.app is None:
             raise RuntimeError("call init_app(app) before start()")
-        if self.settings.redis_url and self.bus.backplane is None:
-            from ..backplane.streams import RedisBackplane
-
-            RedisBackplane.from_settings(self.bus, self.settings).start()
+        if self.settings.redis_url:
+            _start_redis(self.bus, self.actors, self.settings)
         self.bus.start()
         self.actors.start()
 
@@ -315,6 +313,21 @@ def _serve(connection: Connection) -> Any:
     """A response body that serves ``connection`` when iterated, and yields nothing."""
     connection.run()
     yield from ()
+
+
+
+def _start_redis(bus: Bus, space: ActorSpace, settings: Settings) -> None:
+    """The events backplane, and one actor space for every process on the Redis: leases,
+    snapshots and remote calls in Redis (closed with the space: ``space.stop()`` closes its
+    ``remote``). Each only once."""
+    from ..backplane.actor_redis import RedisActors
+    from ..backplane.streams import RedisBackplane
+    from ..runtime.futures import ActorFuture
+
+    if bus.backplane is None:
+        RedisBackplane.from_settings(bus, settings).start()
+    if space.remote is None:
+        RedisActors.from_settings(settings, future_factory=ActorFuture).attach(space)
 
 
 def _websocket_view(hub: Hub) -> Response:

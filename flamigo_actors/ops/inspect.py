@@ -124,11 +124,14 @@ def domain_kinds(flamigo: Host) -> list[dict[str, Any]]:
 def domain_summary(flamigo: Host, busiest: int = 10) -> dict[str, Any]:
     """Domain actors at a glance: counters, activations per kind, the busiest mailboxes."""
     space = flamigo.actors
+    redis_parts = getattr(space.remote, "snapshot", None)  # with FLAMIGO_REDIS_URL: the Redis parts
     return {
         **space.stats.as_dict(),
         "active": len(space),
         "per_kind": space.counts(),
         "busiest": space.busiest(busiest),
+        # With Redis: remote calls (counts, p50/p99 latency), leases, the link.
+        "redis": redis_parts() if redis_parts is not None else None,
     }
 
 

@@ -188,7 +188,12 @@ class Activation:
         space = self.space
         kind, key = self.cls.kind, self.key
         if self.lease is None:
-            got = space.placement.acquire(kind, key)
+            try:
+                got = space.placement.acquire(kind, key)
+            except ActorUnavailable as err:  # e.g. Redis unreachable: this call fails, the next asks again
+                if future is not None:
+                    future.set_exception(err)
+                return False
             if isinstance(got, str):
                 if got == space.node_id:  # never forward to ourselves (a placement must re-grant its own)
                     error = ActorUnavailable(f"{self.name}: this node holds the lease but has no activation; retry")
@@ -200,6 +205,11 @@ class Activation:
             self.lease = got
         try:
             stored = space.store.load(kind, key)
+        except ActorUnavailable as err:  # not a crash: the store is out of reach (the lease is kept)
+            if future is not None:
+                future.set_exception(err)
+            return False
+        try:
             instance = self.cls.__new__(self.cls)
             instance.key = key
             instance._activation = self

@@ -1,0 +1,472 @@
+"""Calls to domain actors owned by another process, over Redis streams.
+
+Each process reads one **inbox** stream, ``{<channel>:node:<node id>}:inbox``:
+
+* An entry has one field, ``m``, a JSON array (one field: less to pack and
+  parse than one field per item). A call, appended to the *owner's* inbox:
+  ``["c", call id, caller node, kind, key, method, args, kwargs, want reply,
+  deadline (Unix ms)]``. Its reply, appended to the *caller's* inbox, where it
+  resolves the caller's future: ``["r", call id, true, value]`` or
+  ``["r", call id, false, [type name, message, status, public message]]``.
+* Writes go through a per-process outbox and one sender greenlet (``XADD ...
+  MAXLEN ~``, pipelined when several wait); one reader greenlet per process
+  ``XREAD BLOCK``s the inbox, resolves replies, and hands calls to the local
+  runtime's handler, which returns at once with a future; the reply is sent
+  when that future settles (no greenlet per call).
+* An inbox lives while its process refreshes its expiry; the inbox of a
+  process that is gone expires (``inbox_ttl``), whoever still writes to it.
+
+Guarantees and failures:
+
+* **At-most-once**: a call is written once and never retried. The caller's
+  future fails with :class:`~flamigo_actors.runtime.actor_errors.ActorUnavailable`
+  when no reply came within the call's timeout (the owner may be gone; the call
+  may or may not have run), and at once when Redis is unreachable or the link
+  drops while the call waits (fail fast). A call read after its deadline is not
+  run (its caller gave up on it already).
+* Redis lost → every waiting call fails at once, new calls fail at once, the
+  link reconnects with backoff (:class:`~flamigo_actors.backplane.link.RedisLink`),
+  and calls work again once it is back. Local calls never touch this module.
+* Arguments and replies are JSON (orjson); an argument that cannot be encoded
+  raises ``TypeError`` in the caller before anything is sent; a reply that
+  cannot be encoded fails the call with the owner's explanation. An exception
+  crosses as (type name, message, status, public message) and is raised again
+  on the caller's side as the same class when it is a known one (``errors``),
+  else as :class:`RemoteActorError`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import gevent
+import orjson
+from gevent.event import AsyncResult, Event
+from gevent.pool import Pool
+
+from ..core.errors import FlamigoError, public_message, status_of
+from ..runtime import actor_errors
+from ..runtime.actor_errors import ActorTimeout, ActorUnavailable
+from .link import RedisLink
+
+__all__ = ["RedisRemoteCalls", "RemoteActorError", "inbox_of"]
+
+_log = logging.getLogger("flamigo_actors.actors.redis")
+
+Handler = Callable[[str, str, str, tuple, dict, bool], Any]
+
+
+def inbox_of(channel: str, node: str) -> str:
+    """The Redis key of node ``node``'s inbox stream."""
+    return f"{{{channel}:node:{node}}}:inbox"
+
+
+class RemoteActorError(FlamigoError):
+    """An exception raised by an actor in another process, of a class not known here."""
+
+    def __init__(self, type_name: str, message: str, *, public: str | None, status: int | None) -> None:
+        super().__init__(f"{type_name}: {message}", public=public, status=status)
+        self.type_name = type_name
+
+
+def _percentile_ms(ordered: list[float], q: float) -> float | None:
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3) if ordered else None
+
+
+def encode_error(error: BaseException) -> list[Any]:
+    """How an exception crosses: [type name, message, status, public message] (JSON)."""
+    flamigo = isinstance(error, FlamigoError)
+    return [type(error).__name__, str(error),
+            status_of(error) if flamigo else None, public_message(error) if flamigo else None]
+
+
+def rebuild_error(errors: Mapping[str, type[FlamigoError]], type_name: str, message: str,
+                  public: str | None, status: int | None) -> FlamigoError:
+    """The caller's side of :func:`encode_error`: the same class when ``errors`` knows it."""
+    cls = errors.get(type_name)
+    if cls is None:
+        return RemoteActorError(type_name, message, public=public, status=status)
+    error = cls.__new__(cls)  # whatever its constructor takes: a FlamigoError layer
+    FlamigoError.__init__(error, message, public=public, status=status)
+    return error
+
+
+class RedisRemoteCalls:
+    """Remote calls through per-process inbox streams (see the module docstring).
+
+    Args:
+        link: the shared Redis link.
+        node_id: this process's node id (the placement's).
+        channel: prefix of the keys (``FLAMIGO_REDIS_CHANNEL``).
+        future_factory: makes the future a call returns; it needs ``set(value)``
+            and ``set_exception(error)`` (a ``gevent.event.AsyncResult`` by default).
+        errors: exception classes (by name) rebuilt as themselves when an actor in
+            another process raises them; must be :class:`FlamigoError` subclasses.
+        maxlen: approximate entries an inbox keeps.
+        batch: most entries per pipeline and per ``XREAD``.
+        max_serving: greenlets waiting for futures that offer no done-callback; beyond, reading waits.
+        inbox_ttl: seconds an inbox outlives its last refresh (its process gone).
+        on_unreachable: ``on_unreachable(kind, key)`` after a call to that actor got no
+            reply in time (e.g. the placement forgets the owner it remembered).
+    """
+
+    def __init__(self, link: RedisLink, node_id: str, *, channel: str = "flamigo",
+                 future_factory: Callable[[], Any] = AsyncResult,
+                 errors: Mapping[str, type[FlamigoError]] | None = None,
+                 maxlen: int = 10_000, batch: int = 500, max_serving: int = 10_000,
+                 inbox_ttl: float = 60.0,
+                 on_unreachable: Callable[[str, str], None] | None = None) -> None:
+        self.link = link
+        self.node_id = node_id
+        self.channel = channel
+        self.inbox = inbox_of(channel, node_id)
+        self.future_factory = future_factory
+        self.errors: dict[str, type[FlamigoError]] = {
+            name: getattr(actor_errors, name) for name in actor_errors.__all__}
+        self.errors.update(errors or {})
+        self.maxlen = maxlen
+        self.batch = batch
+        self.inbox_ttl = inbox_ttl
+        self.on_unreachable = on_unreachable
+        self.stats = {"sent": 0, "replied": 0, "timeouts": 0, "failed": 0, "served": 0,
+                      "expired": 0, "decode_errors": 0}
+        self.latencies: deque[float] = deque(maxlen=4096)
+        """Seconds from sending to the reply, of the latest remote asks."""
+        self._ids = (f"{uuid.uuid4().hex[:8]}.{n}" for n in itertools.count(1))
+        self._pending: dict[str, tuple[Any, Any, float, str]] = {}
+        self._out = _Sender(self)
+        self._pool = Pool(max_serving)
+        self._handler: Handler | None = None
+        self._in = _Reader(self)
+        self._unsettled = 0  # calls read whose reply is not written yet
+        self._closed = False
+        # Both run from the start: replies to this node's calls arrive through its inbox too.
+        self._reader: gevent.Greenlet | None = gevent.spawn(self._in.run)
+        self._sender: gevent.Greenlet | None = gevent.spawn(self._out.run)
+        link.when_down(self._fail_waiting)
+
+    # -- the caller's side --------------------------------------------------------------
+
+    def call(self, owner: str, kind: str, key: str, method: str, args: tuple, kwargs: dict,
+             *, want_reply: bool, timeout: float) -> Any:
+        """Send ``method(*args, **kwargs)`` to actor (kind, key) on node ``owner``.
+
+        Returns a future (``want_reply``), else None. The future fails with
+        ActorUnavailable after ``timeout`` seconds without a reply, or at once
+        when Redis is unreachable.
+
+        Raises:
+            TypeError: an argument is not JSON-able (nothing was sent).
+            ActorUnavailable: a ``tell`` while Redis is unreachable.
+        """
+        label = f"{kind}:{key}.{method}() on {owner}"
+        call_id = next(self._ids)
+        try:
+            entry = {b"m": orjson.dumps(["c", call_id, self.node_id, kind, key, method, args, kwargs,
+                                         want_reply, int((time.time() + timeout) * 1000)])}
+        except TypeError as err:
+            raise TypeError(f"the arguments of {label} cannot cross processes ({err}): pass "
+                            "JSON-able values (lists, dicts, strings, numbers, booleans, None)") from None
+        if self._closed or not self.link.connected:
+            self.stats["failed"] += 1
+            error = ActorUnavailable(f"{label}: Redis is unreachable ({self.link.last_error})"
+                                     if not self._closed else f"{label}: remote calls are closed")
+            if not want_reply:
+                raise error
+            future = self.future_factory()
+            future.set_exception(error)
+            return future
+        future = None
+        if want_reply:
+            future = self.future_factory()
+            timer = gevent.get_hub().loop.timer(timeout)
+            self._pending[call_id] = (future, timer, time.perf_counter(), label)
+            timer.start(self._timed_out, call_id, timeout, kind, key)
+        self._out.put(inbox_of(self.channel, owner), entry, call_id if want_reply else None)
+        return future
+
+    def _timed_out(self, call_id: str, timeout: float, kind: str, key: str) -> None:
+        entry = self._pending.pop(call_id, None)
+        if entry is None:
+            return
+        future, timer, _started, label = entry
+        timer.close()
+        self.stats["timeouts"] += 1
+        if self.on_unreachable is not None:
+            self.on_unreachable(kind, key)
+        future.set_exception(ActorTimeout(
+            f"{label}: no reply within {timeout:g}s (the owner may be gone or overloaded; the call "
+            "may or may not have run and is not retried)"))
+
+    def _fail(self, call_id: str | None, why: str) -> None:
+        entry = self._pending.pop(call_id, None) if call_id is not None else None
+        self.stats["failed"] += 1
+        if entry is not None:
+            future, timer, _started, label = entry
+            timer.close()
+            future.set_exception(ActorUnavailable(f"{label}: {why} (the call may or may not have run)"))
+
+    def _fail_waiting(self) -> None:
+        """The link dropped: every queued or waiting call fails now rather than at its timeout."""
+        why = f"lost Redis ({self.link.last_error})"
+        for call_id in self._out.drop_all():
+            self._fail(call_id, why)
+        for call_id in list(self._pending):
+            self._fail(call_id, why)
+
+    def _resolve(self, reply: list[Any]) -> None:
+        entry = self._pending.pop(reply[1], None)
+        if entry is None:
+            return  # timed out already, or a reply to a previous process with our node id
+        future, timer, started, label = entry
+        timer.close()
+        self.stats["replied"] += 1
+        self.latencies.append(time.perf_counter() - started)
+        if reply[2] is True:
+            future.set(reply[3])
+            return
+        try:
+            type_name, message, status, public = reply[3]
+        except (TypeError, ValueError) as err:
+            self.stats["decode_errors"] += 1
+            future.set_exception(ActorUnavailable(f"{label}: unreadable reply ({err})"))
+            return
+        future.set_exception(rebuild_error(self.errors, type_name, f"{message} (in {label})", public, status))
+
+    # -- the owner's side -----------------------------------------------------------------
+
+    def serve(self, handler: Handler) -> None:
+        """Run the calls that other nodes send here through ``handler`` (until then they fail).
+
+        Returns once the reader knows where the inbox ends (at most ``socket_timeout``
+        when Redis is up): a call written before that would not be read.
+        """
+        if self._handler is not None:
+            raise RuntimeError("already serving")
+        self._handler = handler
+        if self.link.connected:
+            self._in.positioned.wait(self.link.socket_timeout)
+
+    def _receive(self, fields: dict[bytes, bytes]) -> None:
+        try:
+            message = orjson.loads(fields[b"m"])
+            if message[0] == "r":
+                self._resolve(message)
+                return
+            _c, call_id, caller, kind, key, method, args, kwargs, want_reply, deadline = message
+        except Exception as err:  # noqa: BLE001 - one bad entry must not stop the reader
+            self.stats["decode_errors"] += 1
+            _log.error("domain actors: unreadable entry in %s: %s: %s", self.inbox, type(err).__name__, err)
+            return
+        if deadline < time.time() * 1000:
+            self.stats["expired"] += 1  # its caller gave up already: never run it late
+            return
+        reply_to = (caller, call_id, method) if want_reply else None
+        if reply_to is not None:
+            self._unsettled += 1
+        try:
+            if self._handler is None:
+                raise ActorUnavailable(f"{kind}:{key}: {self.node_id} does not serve actor calls (yet)")
+            future = self._handler(kind, key, method, tuple(args), kwargs, want_reply)
+        except Exception as err:  # noqa: BLE001 - the caller's answer
+            if reply_to is None:
+                _log.warning("domain actors: a remote tell to %s:%s failed here: %s: %s",
+                             kind, key, type(err).__name__, err)
+            else:
+                self._reply(reply_to, error=err)
+            return
+        self.stats["served"] += 1
+        if reply_to is None:
+            return
+        if hasattr(future, "add_done_callback"):  # the runtime's ActorFuture
+            future.add_done_callback(lambda done: self._settled(reply_to, done))
+        elif hasattr(future, "rawlink"):  # a gevent AsyncResult
+            future.rawlink(lambda done: self._settled(reply_to, done))
+        else:
+            self._pool.spawn(self._settled, reply_to, future)
+
+    def _settled(self, reply_to: tuple[str, str, str], future: Any) -> None:
+        try:
+            value = future.get()  # settled already (in a callback): returns at once
+        except Exception as err:  # noqa: BLE001 - the caller's answer
+            self._reply(reply_to, error=err)
+        else:
+            self._reply(reply_to, value=value)
+
+    def _reply(self, reply_to: tuple[str, str, str], *, value: Any = None, error: BaseException | None = None) -> None:
+        self._unsettled -= 1
+        caller, call_id, method = reply_to
+        if error is None:
+            try:
+                document = orjson.dumps(["r", call_id, True, value])
+            except TypeError as err:
+                error = TypeError(f"the reply of {method}() cannot cross processes ({err}): return JSON-able values")
+        if error is not None:
+            document = orjson.dumps(["r", call_id, False, encode_error(error)])
+        self._out.put(inbox_of(self.channel, caller), {b"m": document}, None)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def greenlets(self) -> list[gevent.Greenlet]:
+        """Live greenlets: reader, sender and calls being served."""
+        own = [g for g in (self._reader, self._sender) if g is not None and not g.dead]
+        return own + [g for g in self._pool if not g.dead]
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop reading and writing; calls still waiting fail with ActorUnavailable (idempotent)."""
+        if self._closed:
+            return
+        deadline = time.monotonic() + timeout
+        while self._out.pending and self.link.connected and time.monotonic() < deadline:
+            gevent.sleep(0.005)  # replies already computed still go out
+        self._closed = True
+        gevent.killall(self.greenlets(), block=True, timeout=max(0.1, deadline - time.monotonic()))
+        for call_id in self._out.drop_all():
+            self._fail(call_id, "remote calls closed")
+        for call_id in list(self._pending):
+            self._fail(call_id, "remote calls closed")
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters and latency of remote asks (for inspection)."""
+        ordered = sorted(self.latencies)
+        return {"inbox": self.inbox, "waiting": len(self._pending), "queued": self._out.pending,
+                "serving": len(self._pool), **self.stats,
+                "p50_ms": _percentile_ms(ordered, 0.5), "p99_ms": _percentile_ms(ordered, 0.99)}
+
+
+class _Sender:
+    """The write side: an outbox filled without touching the network, and the greenlet
+    that writes it to the inboxes (one ``XADD`` alone, a pipeline when several wait)."""
+
+    def __init__(self, calls: RedisRemoteCalls) -> None:
+        self.calls = calls
+        self.outbox: deque[tuple[str, dict[bytes, Any], str | None]] = deque()
+        self.in_flight = 0
+        self.wake = Event()
+        self.expiring: dict[str, float] = {}
+
+    @property
+    def pending(self) -> int:
+        return len(self.outbox) + self.in_flight
+
+    def put(self, target: str, fields: dict[bytes, Any], call_id: str | None) -> None:
+        self.outbox.append((target, fields, call_id))
+        self.wake.set()
+
+    def drop_all(self) -> list[str | None]:
+        """Forget what waits (its call ids, to fail them)."""
+        ids = [call_id for _target, _fields, call_id in self.outbox]
+        self.outbox.clear()
+        return ids
+
+    def run(self) -> None:
+        calls, outbox = self.calls, self.outbox
+        link = calls.link
+        client = None
+        while True:
+            while not outbox:
+                self.wake.clear()
+                self.wake.wait()
+            if not link.connected:
+                calls._fail_waiting()
+                continue
+            if not calls._in.positioned.is_set():  # else a quick reply could land before the reader's start
+                calls._in.positioned.wait(link.socket_timeout)
+                continue
+            batch = [outbox.popleft() for _ in range(min(len(outbox), calls.batch))]
+            self.in_flight = len(batch)
+            try:
+                if client is None:
+                    client = link.dedicated()  # its own connection: no pool round trip per write
+                self.write(client, batch)
+            except link.redis_error as err:
+                for _target, _fields, call_id in batch:
+                    calls._fail(call_id, f"cannot reach Redis ({err})")
+                if isinstance(err, link.link_errors):
+                    link.lost(err)
+            else:
+                calls.stats["sent"] += len(batch)
+            finally:
+                self.in_flight = 0
+
+    def write(self, client: Any, batch: list[tuple[str, dict[bytes, Any], str | None]]) -> None:
+        calls = self.calls
+        now = time.monotonic()
+        # A gone node's inbox expires: EXPIRE NX (after the XADD that may create it) now and then.
+        expire = [t for t in {target for target, _f, _i in batch} if self.expiring.get(t, 0.0) < now]
+        if len(batch) == 1 and not expire:
+            target, fields, _id = batch[0]
+            client.xadd(target, fields, maxlen=calls.maxlen, approximate=True)
+            return
+        pipe = client.pipeline(transaction=False)
+        try:
+            for target, fields, _id in batch:
+                pipe.xadd(target, fields, maxlen=calls.maxlen, approximate=True)
+            for target in expire:
+                pipe.expire(target, int(calls.inbox_ttl), nx=True)
+                self.expiring[target] = now + calls.inbox_ttl / 4
+            if len(self.expiring) > 10_000:
+                self.expiring.clear()
+            pipe.execute()
+        finally:
+            pipe.reset()
+
+
+class _Reader:
+    """The read side: ``XREAD BLOCK`` this node's inbox from the last entry seen (on a
+    connection of its own), refresh the inbox's expiry, hand each entry to the calls."""
+
+    def __init__(self, calls: RedisRemoteCalls) -> None:
+        self.calls = calls
+        self.last_id: Any = None
+        self.positioned = Event()
+        """Set once the reader knows where the inbox ends: calls may go out (a reply written
+        before that point would never be read)."""
+
+    def run(self) -> None:
+        calls = self.calls
+        link = calls.link
+        block_ms = max(1, int(link.block * 1000))
+        refreshed = 0.0
+        client = None
+        while not calls._closed:
+            link.up.wait()
+            try:
+                if client is None:
+                    client = link.dedicated()  # its own connection: no pool round trip per read
+                if self.last_id is None:
+                    last = client.xrevrange(calls.inbox, count=1)
+                    self.last_id = last[0][0] if last else b"0-0"
+                self.positioned.set()
+                if time.monotonic() - refreshed > calls.inbox_ttl / 4:
+                    client.expire(calls.inbox, int(calls.inbox_ttl))
+                    refreshed = time.monotonic()
+                reply = client.xread({calls.inbox: self.last_id}, count=calls.batch, block=block_ms)
+            except link.link_errors as err:
+                link.lost(err)
+                continue
+            except link.redis_error as err:  # e.g. WRONGTYPE: not a stream
+                link.last_error = f"{type(err).__name__}: {err}"
+                _log.error("domain actors: reading the inbox %s failed: %s", calls.inbox, err)
+                gevent.sleep(link.reconnect_cap)
+                continue
+            if not reply:
+                continue
+            streams = reply.items() if isinstance(reply, dict) else reply
+            for _name, entries in streams:
+                for entry_id, fields in entries:
+                    self.last_id = entry_id
+                    calls._receive(fields)
+            # Let the calls just read run and their replies go out (or the callers woken by
+            # replies run) before paying for the next XREAD: it is off the latency path then.
+            # Bounded: a slow actor's reply goes out whenever it comes.
+            for _ in range(8):
+                gevent.sleep(0)
+                if not calls._unsettled and not calls._out.outbox:
+                    break

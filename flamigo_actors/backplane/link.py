@@ -1,0 +1,190 @@
+"""One process's link to Redis for the domain actors: a client, whether Redis is up, reconnection.
+
+The actors' Redis parts (leases, snapshots, remote calls) share one
+:class:`RedisLink`: one connection pool, configured like the events
+backplane's (``FLAMIGO_REDIS_URL``; no retries inside redis-py, so a failure
+surfaces at once), and one notion of "Redis is up". A part that sees a link
+error calls :meth:`RedisLink.lost`: the link goes down and one greenlet
+pings with the backplane's exponential backoff with jitter until Redis
+answers, then the link is up again. While it is down, the parts fail fast
+(:class:`~flamigo_actors.runtime.actor_errors.ActorUnavailable`) instead of waiting
+for timeouts.
+
+``import redis`` happens in :meth:`RedisLink.start` only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+from gevent.event import Event
+
+from .streams import RedisUnavailable, backoff, redact
+
+__all__ = ["RedisLink"]
+
+_log = logging.getLogger("flamigo_actors.actors.redis")
+
+
+class RedisLink:
+    """A Redis client shared by the actor parts, and the state of the link.
+
+    Args:
+        url: ``redis://[:password@]host:port/db`` (``FLAMIGO_REDIS_URL``).
+        socket_timeout: a Redis call silent for this long counts as a lost link.
+        block: longest blocking read (``XREAD BLOCK``) done through this link.
+        reconnect_base / reconnect_cap: backoff of reconnection attempts (seconds).
+        max_connections: connections to Redis at most (callers beyond wait for one).
+    """
+
+    def __init__(self, url: str, *, socket_timeout: float = 5.0, block: float = 2.0,
+                 reconnect_base: float = 0.1, reconnect_cap: float = 3.0,
+                 max_connections: int = 64) -> None:
+        self.url = url
+        self.max_connections = max_connections
+        self.socket_timeout = socket_timeout
+        self.block = block
+        self.reconnect_base = reconnect_base
+        self.reconnect_cap = reconnect_cap
+        self.client: Any = None
+        self.up = Event()
+        self.reconnects = 0
+        self.last_error: str | None = None
+        self.link_errors: tuple[type[BaseException], ...] = (OSError,)
+        """Exceptions meaning "Redis is unreachable" (redis-py's, once started)."""
+        self.redis_error: type[BaseException] = OSError
+        """Any error from Redis, an error reply included."""
+        self._on_up: list[Callable[[], None]] = []
+        self._on_down: list[Callable[[], None]] = []
+        self._reconnector: gevent.Greenlet | None = None
+        self._down_since: float | None = None
+        self._closed = False
+
+    @property
+    def connected(self) -> bool:
+        """Whether the link is up right now."""
+        return self.up.is_set()
+
+    def when_up(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` each time the link comes back."""
+        self._on_up.append(callback)
+
+    def when_down(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` each time the link is lost (e.g. to fail waiting calls at once)."""
+        self._on_down.append(callback)
+
+    def start(self, *, required: bool = True) -> None:
+        """Connect and check with ``PING``.
+
+        Raises:
+            RedisUnavailable: Redis cannot be reached and ``required`` is true, or the
+                URL is not a Redis URL.
+            RuntimeError: redis-py is not installed.
+        """
+        if self.client is not None:
+            raise RuntimeError("this Redis link was already started")
+        try:
+            import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+        except ImportError:
+            raise RuntimeError(
+                "FLAMIGO_REDIS_URL is set but redis-py is not installed: "
+                "pip install 'flamigo-actors[redis]'"
+            ) from None
+        self.link_errors = (redis.ConnectionError, redis.TimeoutError, OSError)
+        self.redis_error = redis.RedisError
+        try:
+            # Bounded: a thousand greenlets activating at once share max_connections sockets
+            # (waiting for a free one, never failing for want of one).
+            pool = redis.BlockingConnectionPool.from_url(
+                self.url,
+                max_connections=self.max_connections,
+                timeout=None,
+                socket_timeout=self.socket_timeout + self.block,
+                socket_connect_timeout=min(2.0, self.socket_timeout),
+                socket_keepalive=True,
+                retry=Retry(NoBackoff(), 0),  # a failure surfaces at once: we reconnect ourselves
+                health_check_interval=0,
+            )
+            self.client = redis.Redis(connection_pool=pool)
+        except ValueError as err:
+            raise RedisUnavailable(self.url, f"not a Redis URL: {err}") from None
+        try:
+            self.client.ping()
+        except redis.RedisError as err:
+            if required:
+                self.client.connection_pool.disconnect()
+                self.client = None
+                raise RedisUnavailable(self.url, err) from None
+            self.lost(err)
+        else:
+            self.up.set()
+
+    def dedicated(self) -> Any:
+        """A client holding one connection of the pool for itself (a reading or writing greenlet's)."""
+        import redis
+
+        return redis.Redis(connection_pool=self.client.connection_pool, single_connection_client=True)
+
+    def lost(self, err: BaseException) -> None:
+        """Report a link error: the link goes down and reconnection starts (idempotent)."""
+        self.last_error = f"{type(err).__name__}: {err}"
+        if self._closed:
+            return
+        if self.up.is_set() or self._down_since is None:
+            self.up.clear()
+            self._down_since = time.monotonic()
+            _log.error("domain actors: lost Redis at %s (%s): remote calls fail at once, local "
+                       "actors go on; reconnecting with backoff", redact(self.url), err)
+            for callback in list(self._on_down):
+                callback()
+        if self._reconnector is None or self._reconnector.dead:
+            self._reconnector = gevent.spawn(self._reconnect_loop)
+
+    def _reconnect_loop(self) -> None:
+        attempt = 0
+        while not self._closed:
+            gevent.sleep(backoff(attempt, self.reconnect_base, self.reconnect_cap))
+            attempt += 1
+            try:
+                self.client.ping()
+            except self.redis_error as err:
+                self.last_error = f"{type(err).__name__}: {err}"
+                continue
+            down = time.monotonic() - (self._down_since or time.monotonic())
+            self.reconnects += 1
+            self._down_since = None
+            _log.warning("domain actors: Redis at %s is back after %.1fs (%d attempts)",
+                         redact(self.url), down, attempt)
+            self.up.set()
+            for callback in list(self._on_up):
+                callback()
+            return
+
+    def greenlets(self) -> list[gevent.Greenlet]:
+        """The link's live greenlets (the reconnector, while reconnecting)."""
+        return [g for g in (self._reconnector,) if g is not None and not g.dead]
+
+    def close(self) -> None:
+        """Stop reconnecting and close the connections (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.up.clear()
+        gevent.killall(self.greenlets(), block=True, timeout=1.0)
+        if self.client is not None:
+            try:
+                self.client.close()
+                self.client.connection_pool.disconnect()
+            except Exception:  # noqa: BLE001 - closing a broken connection
+                pass
+
+    def snapshot(self) -> dict[str, Any]:
+        """State as plain data (for inspection)."""
+        return {"url": redact(self.url), "connected": self.connected,
+                "reconnects": self.reconnects, "last_error": self.last_error}

@@ -1,0 +1,125 @@
+"""Domain actors across processes: servers sharing one real redis-server share one actor space.
+
+Every server is ``tests/actors_redis_app.py`` in a child process
+(``flamigo-actors run ... --redis URL``) on its own free port; Redis is a real
+redis-server (the ``redis_server`` fixture). The Redis parts on their own are
+tested in ``test_actor_redis.py``.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from tests.support import RedisServer, ServerProcess, eventually, free_port
+
+APP = "tests.actors_redis_app:create_app"
+
+
+@pytest.fixture
+def servers(redis_server: RedisServer) -> Iterator[Any]:
+    """``start(n, **env)``: n servers of the test app on the test's Redis (stopped afterwards)."""
+    started: list[ServerProcess] = []
+
+    def start(n: int, **env: str) -> list[ServerProcess]:
+        new = []
+        for _ in range(n):
+            port = free_port()
+            new.append(ServerProcess(
+                ["-m", "flamigo_actors.serving.cli", "run", APP, "--port", str(port), "--redis", redis_server.url],
+                port, env=env,
+            ))
+        started.extend(new)
+        for server in new:
+            server.wait_ready()
+        return new
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def add(server: ServerProcess, key: str, n: int = 1, timeout: float = 15) -> requests.Response:
+    return requests.post(f"{server.url}/tally/{key}/add", json={"n": n}, timeout=timeout)
+
+
+def space(server: ServerProcess) -> dict[str, Any]:
+    return dict(requests.get(f"{server.url}/space", timeout=5).json())
+
+
+def test_two_processes_racing_a_thousand_first_calls_activate_one_actor_in_total(servers: Any) -> None:
+    a, b = servers(2)
+    at = time.time() + 1.0
+    with_a = _post_async(f"{a.url}/tally/race/race", {"calls": 1000, "at": at})
+    with_b = _post_async(f"{b.url}/tally/race/race", {"calls": 1000, "at": at})
+    for result in (with_a.get(timeout=60), with_b.get(timeout=60)):
+        assert result == {"ok": 1000, "failed": 0, "errors": []}
+    spaces = [space(a), space(b)]
+    assert sum(s["activations"] for s in spaces) == 1, spaces
+    owner = next(s for s in spaces if s["activations"] == 1)
+    other = next(s for s in spaces if s is not owner)
+    assert other["remote_calls"] >= 1000 and owner["leases"] and not other["leases"]
+    # every call applied exactly once, whichever process it came through
+    assert add(a, "race", 0).json() == {"total": 2000, "node": owner["node"]}
+    assert add(b, "race", 0).json() == {"total": 2000, "node": owner["node"]}
+
+
+def test_the_owner_killed_the_actor_comes_back_on_the_survivor_within_the_lease_from_its_snapshot(
+    servers: Any,
+) -> None:
+    env = {"FLAMIGO_ACTOR_LEASE": "2", "FLAMIGO_ACTOR_CALL_TIMEOUT": "0.5"}
+    a, b = servers(2, **env)
+    for n in range(1, 6):
+        assert add(a, "doc").json() == {"total": n, "node": space(a)["node"]}
+    assert add(b, "doc").json()["node"] == space(a)["node"]  # routed to the owner: 6
+    a.signal(signal.SIGKILL)
+    a.wait(10)
+    answers: list[requests.Response] = []
+
+    def served_by_the_survivor() -> bool:
+        answers.append(add(b, "doc"))
+        return answers[-1].status_code == 200
+
+    # The issue's bound: re-activated within lease (2 s) + 1 s of the kill.
+    eventually(served_by_the_survivor, timeout=2.0 + 1.0, interval=0.01)
+    refused = answers[:-1]
+    assert all(r.status_code in (503, 504) and r.json()["error"] in ("ActorTimeout", "ActorUnavailable")
+               for r in refused), [r.text for r in refused]
+    # Nothing acknowledged was lost; the calls refused meanwhile were never applied.
+    assert answers[-1].json() == {"total": 7, "node": space(b)["node"]}
+    assert space(b)["activations"] == 1
+
+
+def test_redis_stopped_and_restarted_local_calls_go_on_remote_calls_fail_fast_then_work(
+    servers: Any, redis_server: RedisServer
+) -> None:
+    a, b = servers(2, FLAMIGO_ACTOR_CALL_TIMEOUT="30")
+    assert add(a, "here").json()["node"] == space(a)["node"]
+    assert add(b, "there").json()["node"] == space(b)["node"]
+    redis_server.kill()
+    # Local activations go on (a call that does not persist needs no Redis) ...
+    for n in range(2, 12):
+        response = requests.post(f"{a.url}/tally/here/bump", timeout=10)
+        assert response.json() == {"total": n, "node": space(a)["node"]}
+    # ... and remote calls fail at once (503), not after the 30 s call timeout.
+    response = add(a, "there", timeout=10)
+    assert response.status_code == 503 and response.json()["error"] == "ActorUnavailable"
+    assert "Redis" in response.json()["message"]
+    redis_server.start()
+
+    def remote_works() -> bool:
+        return add(a, "there", timeout=10).status_code == 200
+
+    eventually(remote_works, timeout=20, interval=0.2)
+    assert add(a, "here").status_code == 200  # persisting works again too
+
+
+def _post_async(url: str, body: dict[str, Any]) -> Any:
+    import gevent
+
+    return gevent.spawn(lambda: requests.post(url, json=body, timeout=60).json())
