@@ -151,12 +151,12 @@ def test_redis_killed_and_restarted_while_both_servers_run(
     assert all(nothing_arrives(client) for client in (alice, carol, bob, late_joiner))
 
     redis_server.start()  # same port, empty: a restart without persistence
-    # Once Redis is back, the room takes messages again (503 until then: never run, so
-    # retrying cannot duplicate) and they flow both ways, once.
+    # Once Redis is back (and each server's link to it), the room takes messages again
+    # from both servers (503 until then: never run, so retrying cannot duplicate), once.
     eventually(lambda: said(alice, "A again"), timeout=20, interval=0.2)
     everyone_receives([alice, carol, late_joiner, bob], "A again")
-    say(bob, "after")
-    everyone_receives([alice, carol, late_joiner, bob], "after")
+    eventually(lambda: said(bob, "B again"), timeout=20, interval=0.2)
+    everyone_receives([alice, carol, late_joiner, bob], "B again")
     nothing_else_before([alice, carol, late_joiner, bob], alice)
     nothing_else_before([alice, carol, late_joiner, bob], bob)
 
@@ -297,12 +297,13 @@ def test_killing_the_rooms_owner_loses_no_acknowledged_message(
     owner.process.kill()  # SIGKILL: no snapshot on the way out, no lease released
     owner.process.wait()
 
-    def said_again() -> bool:  # until the lease expires, the room is unavailable (503), never wrong
-        try:
-            say(client_on_survivor, "after the kill")
+    def said_again() -> bool:  # until the lease expires, the room is unavailable (503/504), never wrong
+        try:  # a call forwarded to the dead owner fails after the call timeout (10 s): wait longer
+            reply = client_on_survivor.request("app::rooms:send", {"room": "lobby", "text": "after the kill"}, timeout=30)
         except ErrorReply as err:
             assert err.status in (503, 504), err.payload
             return False
+        assert reply == {"room": "lobby", "sent": True}
         return True
 
     eventually(said_again, timeout=30, interval=0.2)
