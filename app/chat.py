@@ -1,16 +1,14 @@
-"""The chat domain: the chat-message event and the strategies clients call."""
+"""The chat strategies clients call; each room is a :class:`~app.room.Room` domain actor."""
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
 from typing import Any
 
 import gevent
 from pydantic import BaseModel, Field
 
 from flamigo_actors import (
-    ClientMessage,
+    ActorFuture,
     FlamigoError,
     Registry,
     StrategyContext,
@@ -18,41 +16,15 @@ from flamigo_actors import (
     is_authenticated,
     is_websocket,
     require_identity,
-    serializable,
 )
+
+from .room import ChatMessage, Room, room_topic, say  # noqa: F401 - the event's home is room.py
 
 ROOM = r"^[A-Za-z0-9_-]{1,64}$"
 MAX_TEXT = 2000
 DEFAULT_ROOMS = ("lobby", "random")
 
 strategies = Registry("app")
-
-
-def room_topic(room: str) -> str:
-    """The bus topic of a room."""
-    return f"rooms/{room}"
-
-
-@serializable("chat.message")
-@dataclass(frozen=True)
-class ChatMessage:
-    """A message said in a room; every member receives it as ``chat:message``."""
-
-    room: str
-    user: str
-    text: str
-    ts: float
-
-    @property
-    def topics(self) -> tuple[str, ...]:
-        return (room_topic(self.room),)
-
-    @property
-    def client_message(self) -> ClientMessage:
-        return ClientMessage(
-            "chat:message",
-            {"room": self.room, "user": self.user, "text": self.text, "ts": self.ts},
-        )
 
 
 class RoomPayload(BaseModel):
@@ -82,11 +54,6 @@ class RoomDirectory:
 
 
 rooms = RoomDirectory()
-
-
-def say(room: str, user: str, text: str) -> ChatMessage:
-    """Build the chat-message event (the same for WebSocket and HTTP senders)."""
-    return ChatMessage(room=room, user=user, text=text, ts=time.time())
 
 
 @strategies.strategy("app::echo")
@@ -146,12 +113,18 @@ def leave(ctx: StrategyContext) -> dict[str, Any]:
 
 
 @strategies.strategy("app::rooms:send", payload=SendPayload)
-def send(ctx: StrategyContext) -> dict[str, Any]:
-    """Say something in a room: every member receives a ``chat:message`` push."""
+def send(ctx: StrategyContext) -> ActorFuture:
+    """Say something in a room: once stored in its history, every member receives a ``chat:message`` push."""
     identity = require_identity(ctx, is_authenticated)
     user = getattr(identity, "user", None)
     if user is None:  # is_authenticated guarantees it; keeps type checkers honest
         raise FlamigoError("send: no user", public="not authenticated", status=401)
     data = ctx.request.data
-    ctx.publish(say(data.room, user.username, data.text))
-    return {"room": data.room, "sent": True}
+    # The room appends, stores, publishes, then replies: the connection's mailbox is not held meanwhile.
+    return ctx.actors.get(Room, data.room).ask("post", user.username, data.text)
+
+
+@strategies.strategy("app::rooms:history", payload=RoomPayload)
+def history(ctx: StrategyContext) -> ActorFuture:
+    """The room's last messages (oldest first) and the process holding the room (``owner``)."""
+    return ctx.actors.get(Room, ctx.request.data.room).ask("history")

@@ -8,10 +8,11 @@ from typing import Any
 
 from flask import Flask, jsonify, request
 
-from flamigo_actors import BackendIdentity, Flamigo, WebsocketClient, publish
+from flamigo_actors import Flamigo, FlamigoError, WebsocketClient
 
 from .auth import InvalidUsername, TokenService
-from .chat import MAX_TEXT, ROOM, rooms, say, strategies
+from .chat import MAX_TEXT, ROOM, rooms, strategies
+from .room import Room, bind_rooms
 from .ui import register_ui
 
 _log = logging.getLogger("app")
@@ -31,6 +32,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     tokens = TokenService(app.config["SECRET_KEY"], app.config["TOKEN_MAX_AGE"])
     flamigo = Flamigo(app, strategies=strategies, auth=tokens.verify)
     app.extensions["tokens"] = tokens
+    bind_rooms(flamigo.actors, flamigo.publish)  # rooms publish chat messages on this app's bus
 
     @flamigo.on_authenticated
     def subscribe_own_topic(client: WebsocketClient) -> None:
@@ -62,6 +64,7 @@ def register_views(app: Flask, tokens: TokenService) -> None:
     import re
 
     room_pattern = re.compile(ROOM)
+    actors = app.extensions["flamigo"].actors
 
     @app.get("/healthz")
     def healthz() -> Any:
@@ -95,6 +98,9 @@ def register_views(app: Flask, tokens: TokenService) -> None:
         text = body.get("text") if isinstance(body, dict) else None
         if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT:
             return _error(400, f"text must be a non-empty string of at most {MAX_TEXT} characters")
-        # One call: the chat-message domain signal; the bus pushes it to the room.
-        publish(say(room, user.username, text), identity=BackendIdentity("http", user))
+        # The same path as app::rooms:send: the room stores the message, then publishes it.
+        try:
+            actors.get(Room, room).ask("post", user.username, text).get()
+        except FlamigoError as err:  # the room is down, unreachable or too slow: not acknowledged
+            return _error(err.status or 503, err.public or "the room is unavailable: retry")
         return jsonify({"room": room, "accepted": True}), 202

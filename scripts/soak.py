@@ -15,9 +15,13 @@ receives the pushes of whoever shares the room), then leaves in one of three
 ways, in turn: a clean close handshake, an abrupt drop after the reply, or an
 abrupt drop with a request still in flight.
 
+The rooms are ``Room`` domain actors that live on between connections
+(with their history, and the actor space's sweeper greenlet): all 20 are
+activated before the first census, which then counts them as the baseline.
+
 The census is taken at the start, after the warm-up and at the end, each
-time once every connection has ended. It passes when actors, greenlets,
-connections and subscriptions at the end equal the start, and the RSS at the
+time once every connection has ended. It passes when actors, domain actors,
+greenlets, connections and subscriptions at the end equal the start, and the RSS at the
 end is within 10% of the RSS after the warm-up (allocator arenas and caches
 grow during the warm-up, then must stay put). Exit status 0 on a pass, 1
 otherwise.
@@ -150,6 +154,7 @@ class Client:
 def census(flamigo: Any) -> dict[str, int]:
     return {
         "actors": len(pykka.ActorRegistry.get_all()),
+        "domain_actors": len(flamigo.actors),
         "greenlets": len(live_greenlets()),
         "parked_runners": len(parked_runners()),
         "connections": len(flamigo.connections),
@@ -169,7 +174,7 @@ def settled(flamigo: Any, hold: float = 1.5, timeout: float = 20.0) -> dict[str,
     connection left and ends.
     """
     deadline = time.monotonic() + timeout
-    keys = ("actors", "greenlets", "connections", "subscriptions")
+    keys = ("actors", "domain_actors", "greenlets", "connections", "subscriptions")
     stable_since: float | None = None
     previous: dict[str, int] | None = None
     while True:
@@ -193,6 +198,7 @@ def settled(flamigo: Any, hold: float = 1.5, timeout: float = 20.0) -> dict[str,
 def run(cycles: int, concurrency: int, warmup: int) -> dict[str, Any]:
     """Run the soak and return the census at start, after the warm-up and at the end."""
     from app import create_app
+    from app.room import Room
     from flamigo_actors.serving.server import make_server
 
     app = create_app({"FLAMIGO_PING_INTERVAL": 54.0})
@@ -238,6 +244,8 @@ def run(cycles: int, concurrency: int, warmup: int) -> dict[str, Any]:
         return time.monotonic() - started
 
     try:
+        for n in range(ROOMS):  # the rooms outlive connections: part of the baseline
+            flamigo.actors.get(Room, f"soak{n}").ask("history").get()
         start = settled(flamigo, hold=0.5)  # no connection yet: no keepalive to wait for
         warm_time = phase(warmup)
         counter = itertools.count(warmup)
@@ -248,7 +256,7 @@ def run(cycles: int, concurrency: int, warmup: int) -> dict[str, Any]:
         flamigo.shutdown(timeout=2)
         server.stop(timeout=1)
 
-    counts = ("actors", "greenlets", "connections", "subscriptions")
+    counts = ("actors", "domain_actors", "greenlets", "connections", "subscriptions")
     rss_growth = (end["rss"] - after_warmup["rss"]) / after_warmup["rss"]
     result = {
         "cycles": cycles,
@@ -277,7 +285,7 @@ def run(cycles: int, concurrency: int, warmup: int) -> dict[str, Any]:
 
 def _print_table(result: dict[str, Any]) -> None:
     rows = [("", "start", "after warm-up", "end")]
-    for key in ("actors", "greenlets", "connections", "subscriptions"):
+    for key in ("actors", "domain_actors", "greenlets", "connections", "subscriptions"):
         rows.append((key, *(str(result[p][key]) for p in ("start", "after_warmup", "end"))))
     rows.append(("RSS (MiB)", *(f"{result[p]['rss'] / 2**20:.1f}" for p in ("start", "after_warmup", "end"))))
     rows.append(("Python blocks", *(str(result[p]["python_blocks"]) for p in ("start", "after_warmup", "end"))))

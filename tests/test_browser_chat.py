@@ -89,6 +89,47 @@ def test_two_users_chat_over_websocket_and_http(
     expect(alice.locator("#messages .message")).to_have_count(2)
 
 
+def texts_shown(page: Any) -> list[str]:
+    return list(page.locator("#messages .message .text").all_text_contents())
+
+
+def test_a_room_shows_its_history_on_join_and_after_a_reload(
+    demo_server: LiveServer, new_page: Callable[[], Any], artifacts_dir: str
+) -> None:
+    alice, bob, carol = new_page(), new_page(), new_page()
+    log_in(alice, demo_server.url, "alice")
+    join(alice, "history")
+    said = ["first, over the WebSocket", "second, through the Flask view", "third, over the WebSocket"]
+    for text, via in zip(said, ("ws", "http", "ws")):
+        send(alice, text, via=via)
+        expect_message(alice, "alice", text)
+
+    # Joining shows what was said before, oldest first.
+    log_in(bob, demo_server.url, "bob")
+    join(bob, "history")
+    expect(bob.locator("#messages .message")).to_have_count(3, timeout=WAIT)
+    assert texts_shown(bob) == said
+
+    # A reload starts from an empty page: the history comes back, once.
+    alice.reload()
+    expect(alice.locator("#conn-state")).to_have_attribute("data-state", "connected", timeout=WAIT)
+    expect(alice.locator("#messages .message")).to_have_count(3, timeout=WAIT)
+    assert texts_shown(alice) == said
+
+    # A message said while carol joins is shown once, whether it reaches her as a push, in the history or both.
+    log_in(carol, demo_server.url, "carol")
+    carol.fill("#room-name", "history")
+    carol.click("#join-form button[type=submit]")
+    send(bob, "said while carol joins", via="http")
+    said.append("said while carol joins")
+    for page in (alice, bob, carol):
+        expect(page.locator("#messages .message")).to_have_count(4, timeout=WAIT)
+        expect_message(page, "bob", "said while carol joins")
+        assert texts_shown(page) == said
+    carol.screenshot(path=os.path.join(artifacts_dir, "chat-history-carol.png"), full_page=True)
+    alice.screenshot(path=os.path.join(artifacts_dir, "chat-history-alice-reloaded.png"), full_page=True)
+
+
 def test_request_errors_show_in_the_page(demo_server: LiveServer, new_page: Callable[[], Any]) -> None:
     page = new_page()
     log_in(page, demo_server.url, "erin")

@@ -65,8 +65,8 @@ FUZZ = settings(
 
 REGISTERED = frozenset(
     {"app::echo", "app::demo:fail", "app::demo:slow", "app::demo:deferred", "app::rooms:list",
-     "app::rooms:join", "app::rooms:leave", "app::rooms:send", "app::websocket:auth",
-     "app::websocket:ping"}
+     "app::rooms:join", "app::rooms:leave", "app::rooms:send", "app::rooms:history",
+     "app::websocket:auth", "app::websocket:ping"}
 )
 """Strategies the generators avoid (the model knows only app::echo's answer)."""
 

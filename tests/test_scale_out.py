@@ -8,13 +8,23 @@ from __future__ import annotations
 
 import itertools
 import signal
+import socket
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import psutil
 import pytest
 import requests
 
-from tests.support import RedisServer, ServerProcess, WsClient, eventually, free_port
+from tests.support import (
+    ErrorReply,
+    RedisServer,
+    ServerProcess,
+    WsClient,
+    eventually,
+    free_port,
+    nothing_arrives,
+)
 
 _texts = itertools.count(1)
 
@@ -129,25 +139,24 @@ def test_redis_killed_and_restarted_while_both_servers_run(
     everyone_receives([alice, carol, bob], "before")
 
     redis_server.kill()
-    # Local delivery never stops.
-    say(alice, "A during the outage")
-    everyone_receives([alice, carol], "A during the outage")
-    say(bob, "B during the outage")
-    everyone_receives([bob], "B during the outage")
+    # A room stores each message in Redis before anyone hears it: while Redis is down,
+    # a message is refused at once (503) on either server, and nobody receives it.
+    for client in (alice, bob):
+        with pytest.raises(ErrorReply) as raised:
+            say(client, "during the outage")
+        assert raised.value.status == 503
+    # The servers keep their connections and serve new ones.
     assert connections(a) == 2 and connections(b) == 1
-    late_joiner = joined(a, "erin")  # new connections are served too
-    say(carol, "A again")
-    everyone_receives([alice, carol, late_joiner], "A again")
+    late_joiner = joined(a, "erin")
+    assert all(nothing_arrives(client) for client in (alice, carol, bob, late_joiner))
 
     redis_server.start()  # same port, empty: a restart without persistence
-    # What was published during the outage crosses once Redis is back (each
-    # process flushes its outbox), then new messages flow both ways again.
-    assert next_text(bob, timeout=20) == "A during the outage"
-    assert next_text(bob) == "A again"
-    assert next_text(alice, timeout=20) == "B during the outage"
-    everyone_receives([carol, late_joiner], "B during the outage")
-    say(bob, "after")
-    everyone_receives([alice, carol, late_joiner, bob], "after")
+    # Once Redis is back (and each server's link to it), the room takes messages again
+    # from both servers (503 until then: never run, so retrying cannot duplicate), once.
+    eventually(lambda: said(alice, "A again"), timeout=20, interval=0.2)
+    everyone_receives([alice, carol, late_joiner, bob], "A again")
+    eventually(lambda: said(bob, "B again"), timeout=20, interval=0.2)
+    everyone_receives([alice, carol, late_joiner, bob], "B again")
     nothing_else_before([alice, carol, late_joiner, bob], alice)
     nothing_else_before([alice, carol, late_joiner, bob], bob)
 
@@ -162,6 +171,16 @@ def test_redis_killed_and_restarted_while_both_servers_run(
         server.signal(signal.SIGTERM)
         assert server.wait(15) == 0
         assert "lost Redis at" in server.log and "is back after" in server.log
+
+
+def said(client: WsClient, text: str) -> bool:
+    """Say ``text``; False when the room refused it at once (503: not run, so safe to retry)."""
+    try:
+        say(client, text)
+    except ErrorReply as err:
+        assert err.status == 503, err.payload
+        return False
+    return True
 
 
 def test_two_workers_on_one_port_share_every_message(
@@ -224,3 +243,70 @@ def test_unreachable_redis_refuses_to_start(processes: list[ServerProcess]) -> N
     assert f"cannot reach Redis at {url}" in workers.log
     assert no_redis.wait(30) != 0
     assert "--workers 2 needs the Redis backplane" in no_redis.log
+
+
+# -- rooms are domain actors: one Room per name across the servers ------------------------
+
+
+def history(client: WsClient, room: str = "lobby") -> dict[str, Any]:
+    reply = client.request("app::rooms:history", {"room": room})
+    assert reply["room"] == room
+    return reply  # type: ignore[no-any-return]
+
+
+def node_of(server: ServerProcess) -> str:
+    return f"{socket.gethostname()}:{server.process.pid}"
+
+
+def test_two_servers_share_one_history_per_room(redis_server: RedisServer, processes: list[ServerProcess]) -> None:
+    a, b, (alice, carol, bob) = two_servers_with_a_room(redis_server, processes)
+    sent: list[str] = []
+    for n in range(6):  # alternating servers and paths; each acknowledged before the next
+        text = f"message {n}"
+        if n % 3 == 0:
+            say(alice, text)
+        elif n % 3 == 1:
+            say(bob, text)
+        else:
+            post(a if n % 2 else b, "dave", text)
+        sent.append(text)
+
+    on_a, on_b = history(carol), history(bob)
+    assert on_a == on_b  # the same room whichever server is asked
+    assert [m["text"] for m in on_a["messages"]] == sent  # each once, in the order received
+    assert on_a["owner"] in {node_of(a), node_of(b)}
+    for client in (alice, carol, bob):  # the pushes: each once, in the history's order
+        assert [next_text(client) for _ in sent] == sent
+    nothing_else_before([alice, carol, bob], bob)
+
+
+def test_killing_the_rooms_owner_loses_no_acknowledged_message(
+    redis_server: RedisServer, processes: list[ServerProcess]
+) -> None:
+    a, b, (alice, _, bob) = two_servers_with_a_room(redis_server, processes)
+    say(alice, "first")
+    owner_node = history(bob)["owner"]
+    owner, survivor = (a, b) if owner_node == node_of(a) else (b, a)
+    assert owner_node == node_of(owner)
+    client_on_survivor = bob if survivor is b else alice
+    acknowledged = ["first"]
+    for n in range(20):  # acknowledged through both servers right up to the kill
+        say(alice if n % 2 else bob, f"before the kill {n}")
+        acknowledged.append(f"before the kill {n}")
+
+    owner.process.kill()  # SIGKILL: no snapshot on the way out, no lease released
+    owner.process.wait()
+
+    def said_again() -> bool:  # until the lease expires, the room is unavailable (503/504), never wrong
+        try:  # a call forwarded to the dead owner fails after the call timeout (10 s): wait longer
+            reply = client_on_survivor.request("app::rooms:send", {"room": "lobby", "text": "after the kill"}, timeout=30)
+        except ErrorReply as err:
+            assert err.status in (503, 504), err.payload
+            return False
+        assert reply == {"room": "lobby", "sent": True}
+        return True
+
+    eventually(said_again, timeout=30, interval=0.2)
+    reply = history(client_on_survivor)
+    assert reply["owner"] == node_of(survivor)  # re-activated on the survivor ...
+    assert [m["text"] for m in reply["messages"]] == [*acknowledged, "after the kill"]  # ... with all of it

@@ -25,9 +25,9 @@ def test_1000_cycles_leave_nothing_behind() -> None:
     assert result["errors"] == 0, result["first_errors"]
     assert result["connections_opened"] == result["connections_closed"] == 1000
     start, warm, end = result["start"], result["after_warmup"], result["end"]
-    for key in ("actors", "greenlets", "connections", "subscriptions"):
+    for key in ("actors", "domain_actors", "greenlets", "connections", "subscriptions"):
         assert end[key] == start[key], (key, start, end)
         assert warm[key] == start[key], (key, start, warm)
-    assert (end["connections"], end["subscriptions"]) == (0, 0)
+    assert (end["connections"], end["subscriptions"], end["domain_actors"]) == (0, 0, 20)  # the 20 rooms
     assert end["rss"] <= warm["rss"] * 1.10, result
     assert result["passed"] and done.returncode == 0

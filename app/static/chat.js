@@ -123,6 +123,17 @@ function watch(client) {
 async function rejoin(session) {
   // Called by flamigo.js after every (re)connect, before queued requests are sent.
   await Promise.all([...state.joined].map((room) => session.request("app::rooms:join", { room })));
+  for (const room of state.joined) loadHistory(room, session); // not awaited: the queue goes on meanwhile
+}
+
+async function loadHistory(room, client = state.client) {
+  // After joining: pushes arriving from now on are either in the history or newer than it.
+  try {
+    const { messages } = await client.request("app::rooms:history", { room });
+    showHistory(room, messages.map((message) => ({ room, ...message })));
+  } catch (error) {
+    showError(`history of #${room}`, error);
+  }
 }
 
 async function refreshRooms() {
@@ -179,6 +190,7 @@ async function openRoom(room) {
     }
     state.joined.add(room);
     state.known.add(room);
+    loadHistory(room);
   }
   state.current = room;
   state.unread.delete(room);
@@ -225,6 +237,19 @@ function renderMessages() {
   const list = $("messages");
   list.replaceChildren(...(state.messages.get(state.current) || []).map(messageItem));
   list.scrollTop = list.scrollHeight;
+}
+
+// A message's identity: the room actor stamps each one, and its push and history entries carry the same values.
+const messageKey = (message) => `${message.ts}|${message.user}|${message.text}`;
+
+function showHistory(room, history) {
+  // Older messages kept from before (e.g. a reconnect), the history, then what arrived live and is newer.
+  const inHistory = new Set(history.map(messageKey));
+  const first = history.length ? history[0].ts : Infinity;
+  const kept = (state.messages.get(room) || []).filter((message) => !inHistory.has(messageKey(message)));
+  const log = [...kept.filter((m) => m.ts < first), ...history, ...kept.filter((m) => m.ts >= first)];
+  state.messages.set(room, log.slice(-MAX_MESSAGES));
+  if (room === state.current) renderMessages();
 }
 
 function receive(message) {
