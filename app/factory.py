@@ -12,7 +12,7 @@ from flamigo_actors import Flamigo, FlamigoError, WebsocketClient
 
 from .auth import InvalidUsername, TokenService
 from .chat import MAX_TEXT, ROOM, rooms, strategies
-from .room import Room, bind_rooms
+from .room import Room
 from .ui import register_ui
 
 _log = logging.getLogger("app")
@@ -32,7 +32,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     tokens = TokenService(app.config["SECRET_KEY"], app.config["TOKEN_MAX_AGE"])
     flamigo = Flamigo(app, strategies=strategies, auth=tokens.verify)
     app.extensions["tokens"] = tokens
-    bind_rooms(flamigo.actors, flamigo.publish)  # rooms publish chat messages on this app's bus
 
     @flamigo.on_authenticated
     def subscribe_own_topic(client: WebsocketClient) -> None:

@@ -11,8 +11,6 @@ per name across every process sharing the Redis.
 from __future__ import annotations
 
 import time
-import weakref
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,10 +18,6 @@ from flamigo_actors import ClientMessage, DomainActor, serializable
 
 HISTORY = 50
 """Messages a room keeps (the newest)."""
-
-# Each app's actor space -> its bus (create_app binds it): a room publishes on its own app's bus.
-_publishers: weakref.WeakKeyDictionary[Any, Callable[[object], None]] = weakref.WeakKeyDictionary()
-
 
 def room_topic(room: str) -> str:
     """The bus topic of a room."""
@@ -57,11 +51,6 @@ def say(room: str, user: str, text: str) -> ChatMessage:
     return ChatMessage(room=room, user=user, text=text, ts=time.time())
 
 
-def bind_rooms(actors: Any, publish: Callable[[object], None]) -> None:
-    """Let the rooms of the actor space ``actors`` publish with ``publish`` (``flamigo.publish``)."""
-    _publishers[actors] = publish
-
-
 class Room(DomainActor):
     """One chat room: its last :data:`HISTORY` messages (oldest first) and its message count."""
 
@@ -93,7 +82,7 @@ class Room(DomainActor):
         except Exception:
             self.messages, self.count = kept, self.count - 1  # not stored: not said
             raise
-        _publishers[self.actors](message)
+        self.publish(message)  # on this app's bus, after the message is stored
         return {"room": self.key, "sent": True}
 
     def history(self) -> dict[str, Any]:

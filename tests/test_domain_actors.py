@@ -388,3 +388,25 @@ def test_a_lost_lease_stops_the_activation_without_saving() -> None:
         assert placement.released == [] and space.stats.passivations == 0
     finally:
         space.stop(timeout=5)
+
+
+class Announcer(DomainActor):
+    kind = "test-announcer"
+
+    def announce(self, text: str) -> str:
+        self.publish(("announced", self.key, text))
+        return text
+
+
+def test_an_actor_publishes_through_its_space_publisher_and_a_bare_space_says_how() -> None:
+    published: list[object] = []
+    with_app = ActorSpace(publisher=published.append)
+    bare = ActorSpace()
+    try:
+        assert with_app.get(Announcer, "a").ask("announce", "hi").get(timeout=5) == "hi"
+        assert published == [("announced", "a", "hi")]
+        with pytest.raises(RuntimeError, match="use flamigo.actors|no publisher"):
+            bare.get(Announcer, "b").ask("announce", "hi").get(timeout=5)
+    finally:
+        with_app.stop(5)
+        bare.stop(5)

@@ -83,7 +83,7 @@ class Flamigo:
         self.settings: Settings = Settings()
         self.hub = Hub(self)  # the live connections: registry, admission, keepalive, kick, drain
         self.bus: Bus = Bus(self, encoder=push_frame)  # the bus never imports the wire format
-        self.actors = ActorSpace()  # the app's domain actors: flamigo.actors.get(Room, "lobby")
+        self.actors = ActorSpace(publisher=self.publish)  # the app's domain actors: flamigo.actors.get(Room, "lobby")
         if app is not None:
             self.init_app(app)
 

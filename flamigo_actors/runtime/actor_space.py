@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,7 +172,10 @@ class ActorSpace:
         *,
         call_timeout: float = DEFAULT_TIMEOUT,
         mailbox_max: int = 10_000,
+        publisher: Callable[[object], None] | None = None,
     ) -> None:
+        self.publisher = publisher
+        """Publishes an event on the app's bus (``DomainActor.publish``); the extension sets it."""
         self.store: SnapshotStore = store if store is not None else MemorySnapshotStore()
         self.placement: Placement = placement if placement is not None else LocalPlacement()
         self.remote: RemoteCalls | None = remote

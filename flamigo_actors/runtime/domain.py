@@ -68,6 +68,22 @@ class DomainActor:
         """
         self._activation.persist()
 
+    def publish(self, event: object) -> None:
+        """Publish ``event`` on the bus of the app this actor lives in (as ``flamigo.publish``).
+
+        Raises:
+            RuntimeError: the actor space belongs to no app (an ``ActorSpace()`` made by
+                hand without ``publisher=``): use ``flamigo.actors``.
+            NoBusError: the app's bus is closed (after shutdown).
+        """
+        publish = self._activation.space.publisher
+        if publish is None:
+            raise RuntimeError(
+                f"{self.kind}:{self.key}: this actor space has no publisher; actors of "
+                "flamigo.actors publish on their app's bus"
+            )
+        publish(event)
+
     def crash(self, reason: str = "crash requested") -> NoReturn:
         """Crash this actor now (for tests): it restarts from its last snapshot."""
         raise ActorCrash(f"{self.kind}:{self.key}: {reason}")
