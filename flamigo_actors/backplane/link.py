@@ -23,7 +23,7 @@ from typing import Any
 import gevent
 from gevent.event import Event
 
-from .streams import RedisUnavailable, backoff, redact
+from .streams import RedisUnavailable, backoff, import_redis, redact
 
 __all__ = ["RedisLink"]
 
@@ -87,15 +87,7 @@ class RedisLink:
         """
         if self.client is not None:
             raise RuntimeError("this Redis link was already started")
-        try:
-            import redis
-            from redis.backoff import NoBackoff
-            from redis.retry import Retry
-        except ImportError:
-            raise RuntimeError(
-                "FLAMIGO_REDIS_URL is set but redis-py is not installed: "
-                "pip install 'flamigo-actors[redis]'"
-            ) from None
+        redis, NoBackoff, Retry = import_redis()
         self.link_errors = (redis.ConnectionError, redis.TimeoutError, OSError)
         self.redis_error = redis.RedisError
         try:

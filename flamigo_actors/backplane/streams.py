@@ -83,6 +83,7 @@ if TYPE_CHECKING:
     from ..core.settings import Settings
 
 __all__ = [
+    "import_redis",
     "REMOTE",
     "BackplaneStats",
     "LocalBus",
@@ -154,6 +155,24 @@ class BackplaneStats:
     missed: int = 0
     """Entries of other processes never read: trimmed from the stream (``MAXLEN``)
     or lost by Redis before this process read them."""
+
+
+def import_redis() -> tuple[Any, Any, Any]:
+    """redis-py, its ``NoBackoff`` and ``Retry`` (imported when Redis is configured, not before).
+
+    Raises:
+        RuntimeError: redis-py is not installed (says which extra installs it).
+    """
+    try:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+    except ImportError:
+        raise RuntimeError(
+            "FLAMIGO_REDIS_URL is set but redis-py is not installed: "
+            "pip install 'flamigo-actors[redis]'"
+        ) from None
+    return redis, NoBackoff, Retry
 
 
 def redact(url: str) -> str:
@@ -319,15 +338,7 @@ class RedisBackplane:
         """
         if self._client is not None:
             raise RuntimeError("this backplane was already started")
-        try:
-            import redis
-            from redis.backoff import NoBackoff
-            from redis.retry import Retry
-        except ImportError:
-            raise RuntimeError(
-                "FLAMIGO_REDIS_URL is set but redis-py is not installed: "
-                "pip install 'flamigo-actors[redis]'"
-            ) from None
+        redis, NoBackoff, Retry = import_redis()
         self._link_errors = (redis.ConnectionError, redis.TimeoutError, OSError)
         self._redis_error = redis.RedisError
         try:
