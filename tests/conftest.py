@@ -22,6 +22,8 @@ from typing import Any  # noqa: E402
 import pytest  # noqa: E402
 from flask import Flask  # noqa: E402
 
+from flamigo_actors import Flamigo  # noqa: E402
+
 from tests.support import (  # noqa: E402
     SLOW,
     SUBPROCESS,
@@ -116,6 +118,20 @@ def demo_app() -> Callable[..., Flask]:
         return create_app({"TESTING": True, **config})
 
     return build
+
+
+@pytest.fixture
+def app(demo_app: Callable[..., Flask]) -> Iterator[Flask]:
+    """The demo app, not served (for the in-memory test client); shut down afterwards."""
+    app = demo_app()
+    yield app
+    app.extensions["flamigo"].shutdown(timeout=1)
+
+
+@pytest.fixture
+def flamigo(app: Flask) -> Flamigo:
+    """The ``app`` fixture's Flamigo extension."""
+    return app.extensions["flamigo"]
 
 
 @pytest.fixture

@@ -458,3 +458,10 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def offline_token(app: Flask, username: str) -> str:
+    """A demo token for ``username``, from ``POST /api/login`` through Flask's test client."""
+    response = app.test_client().post("/api/login", json={"username": username})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return str(response.get_json()["token"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import gevent
 import pytest
@@ -10,24 +10,7 @@ from flask import Flask
 
 from flamigo_actors import Flamigo
 from flamigo_actors.integration.testing import TestClient, TestClientError
-
-
-@pytest.fixture
-def app(demo_app: Callable[..., Flask]) -> Iterator[Flask]:
-    app = demo_app()
-    yield app
-    app.extensions["flamigo"].shutdown(timeout=1)
-
-
-@pytest.fixture
-def flamigo(app: Flask) -> Flamigo:
-    return app.extensions["flamigo"]
-
-
-def token_for(app: Flask, username: str) -> str:
-    response = app.test_client().post("/api/login", json={"username": username})
-    assert response.status_code == 200
-    return str(response.get_json()["token"])
+from tests.support import offline_token
 
 
 def test_echo_after_auth(app: Flask, flamigo: Flamigo) -> None:
@@ -35,14 +18,14 @@ def test_echo_after_auth(app: Flask, flamigo: Flamigo) -> None:
         with pytest.raises(TestClientError) as info:
             client.request("app::echo", 1)
         assert info.value.status == 401
-        assert client.authenticate(token_for(app, "ann"))["user"]["username"] == "ann"
+        assert client.authenticate(offline_token(app, "ann"))["user"]["username"] == "ann"
         assert client.request("app::echo", {"deep": [1, {"x": None}]}) == {"deep": [1, {"x": None}]}
 
 
 def test_rooms_through_the_test_client(app: Flask, flamigo: Flamigo) -> None:
     with flamigo.test_client() as ann, flamigo.test_client() as ben:
-        ann.authenticate(token_for(app, "ann"))
-        ben.authenticate(token_for(app, "ben"))
+        ann.authenticate(offline_token(app, "ann"))
+        ben.authenticate(offline_token(app, "ben"))
         ann.request("app::rooms:join", {"room": "lobby"})
         ben.request("app::rooms:join", {"room": "lobby"})
         assert "lobby" in ann.request("app::rooms:list")["rooms"]
@@ -53,7 +36,7 @@ def test_rooms_through_the_test_client(app: Flask, flamigo: Flamigo) -> None:
         response = app.test_client().post(
             "/api/rooms/lobby/messages",
             json={"text": "from http"},
-            headers={"Authorization": f"Bearer {token_for(app, 'cat')}"},
+            headers={"Authorization": f"Bearer {offline_token(app, 'cat')}"},
         )
         assert response.status_code == 202
         assert [p["payload"]["text"] for p in ben.pushes("chat:message", count=2, wait=2)] == ["hi ann", "from http"]
@@ -61,7 +44,7 @@ def test_rooms_through_the_test_client(app: Flask, flamigo: Flamigo) -> None:
 
 def test_errors_through_the_test_client(app: Flask, flamigo: Flamigo) -> None:
     with flamigo.test_client() as client:
-        client.authenticate(token_for(app, "ann"))
+        client.authenticate(offline_token(app, "ann"))
         with pytest.raises(TestClientError) as info:
             client.request("app::demo:fail")
         assert (info.value.status, info.value.public) == (500, "internal error")
@@ -74,7 +57,7 @@ def test_errors_through_the_test_client(app: Flask, flamigo: Flamigo) -> None:
 
 def test_deferred_reply_frees_the_mailbox(app: Flask, flamigo: Flamigo) -> None:
     with flamigo.test_client() as client:
-        client.authenticate(token_for(app, "ann"))
+        client.authenticate(offline_token(app, "ann"))
         client.send("app::demo:deferred", {"seconds": 0.3}, ack_id="slow")
         assert client.request("app::echo", "first") == "first"  # not stuck behind the deferred one
         reply = client.receive(timeout=3)
@@ -84,7 +67,7 @@ def test_deferred_reply_frees_the_mailbox(app: Flask, flamigo: Flamigo) -> None:
 def test_expired_token_is_refused(demo_app: Callable[..., Flask]) -> None:
     app = demo_app(TOKEN_MAX_AGE=1)
     flamigo = app.extensions["flamigo"]
-    token = token_for(app, "ann")
+    token = offline_token(app, "ann")
     gevent.sleep(2.1)
     try:
         with flamigo.test_client() as client:

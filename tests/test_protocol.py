@@ -17,31 +17,14 @@ from flask import Flask
 
 from flamigo_actors import Flamigo
 from flamigo_actors.integration.testing import TestClient, TestClientError
-
-
-@pytest.fixture
-def app(demo_app: Callable[..., Flask]) -> Iterator[Flask]:
-    app = demo_app()
-    yield app
-    app.extensions["flamigo"].shutdown(timeout=1)
-
-
-@pytest.fixture
-def flamigo(app: Flask) -> Flamigo:
-    return app.extensions["flamigo"]
-
-
-def login(app: Flask, username: str) -> str:
-    response = app.test_client().post("/api/login", json={"username": username})
-    assert response.status_code == 200, response.get_data(as_text=True)
-    return str(response.get_json()["token"])
+from tests.support import offline_token
 
 
 @pytest.fixture
 def client(app: Flask, flamigo: Flamigo) -> Iterator[TestClient]:
     """A test connection authenticated as alice."""
     with flamigo.test_client() as client:
-        client.authenticate(login(app, "alice"))
+        client.authenticate(offline_token(app, "alice"))
         yield client
 
 
@@ -98,7 +81,7 @@ def test_statuses_in_order_401_403_404_422_500(app: Flask, flamigo: Flamigo) -> 
             with pytest.raises(TestClientError) as info:
                 client.request(topic, {})
             assert info.value.status == 401
-        client.authenticate(login(app, "alice"))
+        client.authenticate(offline_token(app, "alice"))
         expectations = [
             ("other::thing", {}, 403, "invalid scope"),
             ("app::missing", {}, 404, "unknown strategy app::missing"),
@@ -130,7 +113,7 @@ def test_debug_mode_sends_the_trace(demo_app: Callable[..., Flask]) -> None:
     flamigo = app.extensions["flamigo"]
     try:
         with flamigo.test_client() as client:
-            client.authenticate(login(app, "alice"))
+            client.authenticate(offline_token(app, "alice"))
             with pytest.raises(TestClientError) as info:
                 client.request("app::demo:fail")
             assert "demo failure" in info.value.payload["trace"]
@@ -155,11 +138,11 @@ def test_auth_gating_and_retry_after_a_bad_token(app: Flask, flamigo: Flamigo) -
         with pytest.raises(TestClientError) as info:
             client.request("app::websocket:auth", {})
         assert info.value.status == 422
-        reply = client.request("app::websocket:auth", {"token": login(app, "Bob")})
+        reply = client.request("app::websocket:auth", {"token": offline_token(app, "Bob")})
         assert reply == {"success": True, "user": {"id": "bob", "username": "Bob"}}
         assert client.request("app::echo", 5) == 5
         # the same user refreshing the token is fine; another user is refused
-        client.request("app::websocket:auth", {"token": login(app, "bob")})
+        client.request("app::websocket:auth", {"token": offline_token(app, "bob")})
         with pytest.raises(TestClientError) as info:
-            client.request("app::websocket:auth", {"token": login(app, "eve")})
+            client.request("app::websocket:auth", {"token": offline_token(app, "eve")})
         assert info.value.status == 409
