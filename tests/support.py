@@ -465,3 +465,16 @@ def offline_token(app: Flask, username: str) -> str:
     response = app.test_client().post("/api/login", json={"username": username})
     assert response.status_code == 200, response.get_data(as_text=True)
     return str(response.get_json()["token"])
+
+
+def post_message(server: Any, username: str, room: str, text: str) -> None:
+    """Say ``text`` in ``room`` through the demo's HTTP view on ``server`` (a LiveServer or
+    ServerProcess) as ``username``: answered 202 once the room stored it."""
+    response = requests.post(
+        f"{server.url}/api/rooms/{room}/messages",
+        json={"text": text},
+        headers={"Authorization": f"Bearer {server.login(username)}"},
+        timeout=5,
+    )
+    assert response.status_code == 202, response.text
+    assert response.json() == {"room": room, "accepted": True}

@@ -11,20 +11,8 @@ import socket
 from typing import Any
 
 import pytest
-import requests
 
-from tests.support import ErrorReply, LiveServer, WsClient
-
-
-def post(server: LiveServer, username: str, room: str, text: str) -> None:
-    response = requests.post(
-        f"{server.url}/api/rooms/{room}/messages",
-        json={"text": text},
-        headers={"Authorization": f"Bearer {server.login(username)}"},
-        timeout=5,
-    )
-    assert response.status_code == 202, response.text
-    assert response.json() == {"room": room, "accepted": True}
+from tests.support import ErrorReply, LiveServer, WsClient, post_message
 
 
 def send(client: WsClient, room: str, text: str) -> None:
@@ -55,7 +43,7 @@ def test_history_holds_what_both_paths_sent_in_order_with_the_pushes_values(demo
         assert history(ann, "h1")["messages"] == []
         send(ann, "h1", "one")
         assert stored(demo_server, "h1") == ["one"]  # stored before the reply
-        post(demo_server, "bob", "h1", "two")
+        post_message(demo_server, "bob", "h1", "two")
         assert stored(demo_server, "h1") == ["one", "two"]  # stored before the 202
         send(ann, "h1", "three")
 
@@ -79,7 +67,7 @@ def test_history_keeps_the_last_fifty_messages_oldest_first(demo_server: LiveSer
     try:
         for n in range(1, 61):
             if n % 10 == 0:
-                post(demo_server, "bob", "cap", f"m{n}")
+                post_message(demo_server, "bob", "cap", f"m{n}")
             else:
                 send(ann, "cap", f"m{n}")
         assert texts(history(ann, "cap")) == [f"m{n}" for n in range(11, 61)]

@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from tests.support import (
+    post_message,
     ErrorReply,
     RedisServer,
     ServerProcess,
@@ -54,13 +55,7 @@ def say(client: WsClient, text: str, room: str = "lobby") -> None:
 
 
 def post(server: ServerProcess, username: str, text: str, room: str = "lobby") -> None:
-    response = requests.post(
-        f"{server.url}/api/rooms/{room}/messages",
-        json={"text": text},
-        headers={"Authorization": f"Bearer {server.login(username)}"},
-        timeout=5,
-    )
-    assert response.status_code == 202, response.text
+    post_message(server, username, room, text)
 
 
 def next_text(client: WsClient, timeout: float = 10.0) -> str:
