@@ -40,16 +40,16 @@ from .publishing import push_frame
 from ..runtime.calls import call as call_strategy
 from ..websocket.builtins import TokenVerifier, register_auth, register_heartbeat
 from ..websocket.connection import Connection
-from ..websocket.client import WebsocketClient
 from ..core.identity import Identity
-from ..websocket.hub import KICKED, FlamigoStats, Hook, Hub
+from ..websocket.hub import FlamigoStats, Hub
+from .connections import ConnectionsMixin
 from ..core.settings import Settings
 from ..runtime.strategies import Registry
 from ..websocket.transport import SocketTransport
 
 __all__ = ["Flamigo", "FlamigoStats", "TokenVerifier"]
 
-class Flamigo:
+class Flamigo(ConnectionsMixin):
     """The flamigo_actors extension of one Flask application.
 
     Args:
@@ -165,26 +165,6 @@ class Flamigo:
 
         return decorate
 
-    def on_connect(self, hook: Hook) -> Hook:
-        """Run ``hook(client)`` in the connection's actor when a client connects.
-
-        A hook that raises closes the connection with 1011; its ``Connected``
-        event is then never published, and no ``Disconnected`` either
-        (``on_disconnect`` hooks still run).
-        """
-        self.hub.hooks["connect"].append(hook)
-        return hook
-
-    def on_authenticated(self, hook: Hook) -> Hook:
-        """Run ``hook(client)`` when a client authenticates (e.g. subscribe it to ``user/<id>``)."""
-        self.hub.hooks["authenticated"].append(hook)
-        return hook
-
-    def on_disconnect(self, hook: Hook) -> Hook:
-        """Run ``hook(client)`` once when a client's connection has ended, however it ended."""
-        self.hub.hooks["disconnect"].append(hook)
-        return hook
-
     # -- calling and publishing ------------------------------------------------
 
     def call(
@@ -220,44 +200,6 @@ class Flamigo:
     ) -> None:
         """Publish ``event`` and wait until every subscriber handled it (see :meth:`Bus.publish_sync`)."""
         self.bus.publish_sync(event, identity=identity, timeout=timeout)
-
-    # -- connections -----------------------------------------------------------
-
-    @property
-    def connections(self) -> dict[str, Any]:
-        """The live connections by id (the hub's registry)."""
-        return self.hub.connections
-
-    @property
-    def stats(self) -> FlamigoStats:
-        """Counters of the WebSocket interface (the hub's)."""
-        return self.hub.stats
-
-    @property
-    def heartbeat_frames(self) -> tuple[bytes, bytes] | None:
-        """The heartbeat a connection's reader answers itself (``None``: the app's own ping)."""
-        return self.hub.heartbeat_frames
-
-    def admit(self, environ: dict[str, Any]) -> tuple[int, str] | None:
-        """Decide on an upgrade before the handshake: ``None`` or ``(status, message)``."""
-        return self.hub.admit(environ)
-
-    def serve_websocket(self, transport: SocketTransport) -> None:
-        """Serve an upgraded WebSocket until it ends.
-
-        The WebSocket handler calls this directly for upgrades at
-        ``FLAMIGO_WS_PATH`` (unless ``FLAMIGO_WS_DIRECT`` is false, when the
-        Flask route's view does).
-        """
-        Connection(self.hub, transport).run()
-
-    def clients(self) -> list[WebsocketClient]:
-        """Every connected client."""
-        return self.hub.clients()
-
-    def kick(self, conn_id: str, reason: str = "kicked", code: int = KICKED) -> bool:
-        """Close connection ``conn_id`` (close code 4000 by default); False if unknown."""
-        return self.hub.kick(conn_id, reason, code)
 
     # -- running -----------------------------------------------------------------
 
