@@ -9,17 +9,26 @@ identity::
 
     strategies = Registry()
 
-    @strategies.strategy("app::rooms:join", payload=JoinRoom)
+    @strategies.strategy("app::rooms:join", payload=JoinRoom, reply=Joined,
+                         errors={404: "no such room"})
     def join(ctx: StrategyContext) -> dict:
+        # its docstring's first line is its summary in the contract
         room = ctx.request.data.room          # a validated JoinRoom
         ctx.identity.subscribe(f"rooms/{room}")
         return {"joined": room}
+
+``payload`` is validated before the handler runs (422 with ``fieldErrors``).
+``reply`` and ``errors`` are the strategy's contract (see the README's "The
+contract"); the reply is checked against ``reply`` only when the host turns
+output checks on (``checks_output``: debug mode, tests), where a wrong shape
+answers 500 naming the strategy and the field. The registry also holds the
+application's declared client events (:attr:`Registry.events`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -27,6 +36,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import gevent
 import pydantic
 
+from .client_events import ClientEvents, ClientEventSpec
+from .conformance import check_value
 from .context import Context, ContextHost
 from .futures import ActorFuture
 from ..core.errors import FieldError, FlamigoError, wrap
@@ -36,6 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DeferredReply",
+    "PROTOCOL_STATUSES",
     "Registry",
     "Request",
     "Response",
@@ -45,6 +57,16 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+PROTOCOL_STATUSES: dict[int, str] = {
+    400: "malformed request (not a JSON object with a topic)",
+    401: "not authenticated: call the auth strategy first",
+    422: "the payload does not match the strategy's model (fieldErrors lists each field)",
+    429: "too many requests: slow down",
+    500: "internal error",
+    504: "no answer within the strategy's time limit",
+}
+"""The statuses any strategy may answer, besides the ones it declares (``errors=``)."""
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*::[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)*$")
 
@@ -135,10 +157,11 @@ class DeferredReply:
     return False (e.g. after the time limit already answered 504).
     """
 
-    __slots__ = ("strategy", "_settle", "_outcome", "settled", "greenlet")
+    __slots__ = ("strategy", "_settle", "_outcome", "settled", "greenlet", "check")
 
     def __init__(self, strategy: str) -> None:
         self.strategy = strategy
+        self.check: Callable[[Any], None] | None = None  # the reply's model check, when on
         self._settle: Callable[[Any, BaseException | None], None] | None = None
         self._outcome: tuple[Any, BaseException | None] | None = None
         self.settled = False
@@ -153,7 +176,7 @@ class DeferredReply:
         if self._outcome is not None:
             value, error = self._outcome
             self._outcome = None
-            settle(value, error)
+            self._deliver(settle, value, error)
 
     def resolve(self, value: Any = None) -> bool:
         """Answer the original request with ``value``."""
@@ -170,10 +193,22 @@ class DeferredReply:
         if error is not None and not isinstance(error, FlamigoError):
             error = wrap(f"strategy({self.strategy}): deferred", error)
         if self._settle is not None:
-            self._settle(value, error)
+            self._deliver(self._settle, value, error)
         else:
             self._outcome = (value, error)
         return True
+
+    def _deliver(
+        self, settle: Callable[[Any, BaseException | None], None], value: Any, error: BaseException | None
+    ) -> None:
+        # The reply's check runs at delivery: it is set after the strategy returned,
+        # possibly after an outcome was already stored.
+        if error is None and self.check is not None:
+            try:
+                self.check(value)
+            except FlamigoError as violation:
+                value, error = None, wrap(f"strategy({self.strategy})", violation)
+        settle(value, error)
 
     def cancel(self) -> None:
         """Stop the deferred work (the connection ended); nothing will be sent."""
@@ -260,6 +295,11 @@ class Strategy:
         public: callable by a WebSocket connection before it authenticates.
         timeout: per-strategy time limit in seconds; ``None`` uses the
             application's default.
+        reply: model of the reply (checked when output checks are on);
+            ``None`` leaves it undeclared.
+        errors: the statuses it may answer besides :data:`PROTOCOL_STATUSES`,
+            as ``(status, meaning)`` pairs.
+        summary: one line for the contract; ``None`` uses the docstring's first line.
     """
 
     name: str
@@ -267,10 +307,21 @@ class Strategy:
     payload: Any = None
     public: bool = False
     timeout: float | None = None
+    reply: Any = None
+    errors: tuple[tuple[int, str], ...] = ()
+    summary: str | None = None
 
     @property
     def doc(self) -> str:
+        """The summary: ``summary=`` or the handler's docstring's first line."""
+        if self.summary is not None:
+            return self.summary
         return (self.handler.__doc__ or "").strip().split("\n")[0]
+
+    @property
+    def typed(self) -> bool:
+        """Whether both the request and the reply have declared models."""
+        return self.payload is not None and self.reply is not None
 
 
 class Registry:
@@ -286,6 +337,10 @@ class Registry:
         self.namespace = namespace
         self._prefix = f"{namespace}::"
         self._strategies: dict[str, Strategy] = {}
+        self.events = ClientEvents()
+        """The declared client events (see :meth:`client_event`)."""
+        self.checks_output = False
+        """Check replies (and, through the host, pushes) against their models; set by the host."""
 
     def __contains__(self, name: object) -> bool:
         return name in self._strategies
@@ -313,13 +368,24 @@ class Registry:
         public: bool = False,
         timeout: float | None = None,
         replace: bool = False,
+        reply: Any = None,
+        errors: Mapping[int, str] | Iterable[tuple[int, str]] | None = None,
+        summary: str | None = None,
     ) -> Strategy:
         """Register ``handler`` under ``name``.
+
+        Args:
+            payload: the request's model (validated before the handler runs: 422).
+            reply: the reply's model (the contract; checked when output checks are on).
+            errors: statuses the strategy may answer and what they mean
+                (``{404: "room not found"}``), besides the protocol's own.
+            summary: one line for the contract (default: the docstring's first line).
 
         Raises:
             ValueError: the name is malformed, outside this namespace, or taken
                 (unless ``replace=True``, which exists to customise built-ins
-                such as ``app::websocket:auth``).
+                such as ``app::websocket:auth``); a declared status is not an
+                error status (400-599) or has no description.
         """
         if not isinstance(name, str) or not _NAME.match(name):
             raise ValueError(
@@ -339,7 +405,9 @@ class Registry:
             raise TypeError(f"strategy {name!r}: handler must be callable, got {handler!r}")
         if timeout is not None and timeout <= 0:
             raise ValueError(f"strategy {name!r}: timeout must be positive, got {timeout!r}")
-        strategy = Strategy(name, handler, payload, public, timeout)
+        strategy = Strategy(
+            name, handler, payload, public, timeout, reply, _statuses(name, errors), summary
+        )
         self._strategies[name] = strategy
         return strategy
 
@@ -351,16 +419,35 @@ class Registry:
         public: bool = False,
         timeout: float | None = None,
         replace: bool = False,
+        reply: Any = None,
+        errors: Mapping[int, str] | Iterable[tuple[int, str]] | None = None,
+        summary: str | None = None,
     ) -> Callable[[StrategyHandler], StrategyHandler]:
         """Decorator form of :meth:`register`; returns the function unchanged."""
 
         def decorate(handler: StrategyHandler) -> StrategyHandler:
             self.register(
-                name, handler, payload=payload, public=public, timeout=timeout, replace=replace
+                name, handler, payload=payload, public=public, timeout=timeout, replace=replace,
+                reply=reply, errors=errors, summary=summary,
             )
             return handler
 
         return decorate
+
+    def client_event(
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        topics: Iterable[str] = (),
+        summary: str | None = None,
+        replace: bool = False,
+    ) -> ClientEventSpec:
+        """Declare a client event: its client topic, payload model and bus topic patterns.
+
+        See :meth:`ClientEvents.declare` (``ValueError`` on a malformed topic or pattern).
+        """
+        return self.events.declare(topic, payload, topics=topics, summary=summary, replace=replace)
 
     def include(self, other: Registry) -> None:
         """Add every strategy of ``other`` (same namespace); duplicates are refused."""
@@ -375,7 +462,11 @@ class Registry:
                 payload=strategy.payload,
                 public=strategy.public,
                 timeout=strategy.timeout,
+                reply=strategy.reply,
+                errors=strategy.errors,
+                summary=strategy.summary,
             )
+        self.events.include(other.events)
 
     def resolve(self, name: str) -> Strategy:
         """The strategy to run for ``name``.
@@ -417,13 +508,46 @@ def run_strategy(strategy: Strategy, ctx: StrategyContext) -> Any:
     if result.__class__ is ActorFuture and ctx.deferred is None:
         # A domain actor's reply: sent when it resolves, the connection's mailbox free meanwhile.
         _defer_future(ctx, result)
+        if strategy.reply is not None and ctx.flamigo.strategies.checks_output:
+            _check_reply(strategy, ctx, None)
         return None
     response = ctx.response
     if response.is_set and result is None:
         if response.error is not None:
             raise wrap(f"strategy({strategy.name})", response.error)
-        return response.result
+        result = response.result
+    if strategy.reply is not None and ctx.flamigo.strategies.checks_output:
+        _check_reply(strategy, ctx, result)
     return result
+
+
+def _check_reply(strategy: Strategy, ctx: StrategyContext, result: Any) -> None:
+    """Check the reply now, or when a deferred reply is delivered (output checks only)."""
+
+    def check(value: Any) -> None:
+        check_value(strategy.reply, value, f"reply of {strategy.name}")
+
+    if ctx.deferred is not None:
+        ctx.deferred.check = check
+        return
+    try:
+        check(result)
+    except FlamigoError as err:
+        raise wrap(f"strategy({strategy.name})", err)
+
+
+def _statuses(
+    name: str, errors: Mapping[int, str] | Iterable[tuple[int, str]] | None
+) -> tuple[tuple[int, str], ...]:
+    items = errors.items() if isinstance(errors, Mapping) else (errors or ())
+    declared: list[tuple[int, str]] = []
+    for status, meaning in items:
+        if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
+            raise ValueError(f"strategy {name!r}: errors: {status!r} is not an error status (400-599)")
+        if not isinstance(meaning, str) or not meaning.strip():
+            raise ValueError(f"strategy {name!r}: errors: status {status} needs a description")
+        declared.append((status, meaning))
+    return tuple(sorted(declared))
 
 
 def _defer_future(ctx: StrategyContext, future: ActorFuture) -> None:

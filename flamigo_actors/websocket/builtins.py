@@ -33,6 +33,9 @@ from .protocol import HEARTBEAT_ACTION, HEARTBEAT_PAYLOAD, heartbeat_frames
 __all__ = [
     "AUTH_STRATEGY",
     "AuthPayload",
+    "AuthReply",
+    "PingReply",
+    "PublicUser",
     "TokenVerifier",
     "auth_strategy_name",
     "register_auth",
@@ -50,6 +53,26 @@ class AuthPayload(pydantic.BaseModel):
     """Payload of ``app::websocket:auth``."""
 
     token: str = pydantic.Field(min_length=1)
+
+
+class PublicUser(pydantic.BaseModel):
+    """What a client may see of a user."""
+
+    id: str
+    username: str
+
+
+class AuthReply(pydantic.BaseModel):
+    """Reply of ``app::websocket:auth``: the connection is now this user."""
+
+    success: bool
+    user: PublicUser
+
+
+class PingReply(pydantic.BaseModel):
+    """Reply of ``app::websocket:ping``."""
+
+    pong: bool
 
 
 def auth_strategy_name(namespace: str) -> str:
@@ -78,7 +101,10 @@ def register_auth(registry: Registry, verify: TokenVerifier) -> None:
             ctx.identity.authenticate(user)
         return {"success": True, "user": user.public()}
 
-    registry.register(name, authenticate, payload=AuthPayload, public=True)
+    registry.register(
+        name, authenticate, payload=AuthPayload, public=True, reply=AuthReply,
+        errors={401: "invalid token"},
+    )
 
 
 def register_heartbeat(registry: Registry) -> tuple[bytes, bytes] | None:
@@ -97,5 +123,5 @@ def register_heartbeat(registry: Registry) -> tuple[bytes, bytes] | None:
         """Answer a client's heartbeat: ``{"pong": true}``."""
         return dict(HEARTBEAT_PAYLOAD)
 
-    registry.register(name, ping, public=True)
+    registry.register(name, ping, public=True, reply=PingReply)
     return heartbeat_frames(registry.namespace)
