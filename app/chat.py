@@ -40,6 +40,54 @@ class SlowPayload(BaseModel):
     seconds: float = Field(ge=0, le=60)
 
 
+class RoomReply(BaseModel):
+    """Reply of ``app::rooms:join`` and ``app::rooms:leave``."""
+
+    room: str
+    joined: bool
+
+
+class RoomList(BaseModel):
+    rooms: list[str]
+
+
+class SentReply(BaseModel):
+    """Reply of ``app::rooms:send``: the message is stored and was published."""
+
+    room: str
+    sent: bool
+
+
+class HistoryMessage(BaseModel):
+    user: str
+    text: str
+    ts: float
+
+
+class HistoryReply(BaseModel):
+    room: str
+    messages: list[HistoryMessage]
+    owner: str
+
+
+class Slept(BaseModel):
+    slept: float
+
+
+class ChatMessagePayload(BaseModel):
+    """A message said in a room, pushed to every member of it."""
+
+    room: str
+    user: str
+    text: str
+    ts: float
+
+
+ROOM_DOWN = {503: "the room is unavailable (its actor is overloaded or unreachable): retry"}
+
+strategies.client_event("chat:message", ChatMessagePayload, topics=("rooms/*",))
+
+
 class RoomDirectory:
     """Rooms this process has seen joined (plus the default ones)."""
 
@@ -68,14 +116,14 @@ def fail(ctx: StrategyContext) -> None:
     raise RuntimeError("demo failure: this text stays on the server")
 
 
-@strategies.strategy("app::demo:slow", payload=SlowPayload, timeout=60)
+@strategies.strategy("app::demo:slow", payload=SlowPayload, reply=Slept, timeout=60)
 def slow(ctx: StrategyContext) -> dict[str, float]:
     """Hold this connection's mailbox for ``seconds`` (shows head-of-line blocking)."""
     gevent.sleep(ctx.request.data.seconds)
     return {"slept": ctx.request.data.seconds}
 
 
-@strategies.strategy("app::demo:deferred", payload=SlowPayload, timeout=60)
+@strategies.strategy("app::demo:deferred", payload=SlowPayload, reply=Slept, timeout=60)
 def deferred(ctx: StrategyContext) -> None:
     """Answer after ``seconds`` without holding the mailbox (``ctx.defer``)."""
     seconds = ctx.request.data.seconds
@@ -87,13 +135,13 @@ def deferred(ctx: StrategyContext) -> None:
     ctx.defer(work)
 
 
-@strategies.strategy("app::rooms:list")
+@strategies.strategy("app::rooms:list", reply=RoomList)
 def list_rooms(ctx: StrategyContext) -> dict[str, list[str]]:
     """Rooms known to this server."""
     return {"rooms": rooms.names()}
 
 
-@strategies.strategy("app::rooms:join", payload=RoomPayload)
+@strategies.strategy("app::rooms:join", payload=RoomPayload, reply=RoomReply)
 def join(ctx: StrategyContext) -> dict[str, Any]:
     """Subscribe this connection to the room's messages."""
     client = require_identity(ctx, is_websocket, kind=WebsocketClient)
@@ -103,7 +151,7 @@ def join(ctx: StrategyContext) -> dict[str, Any]:
     return {"room": room, "joined": True}
 
 
-@strategies.strategy("app::rooms:leave", payload=RoomPayload)
+@strategies.strategy("app::rooms:leave", payload=RoomPayload, reply=RoomReply)
 def leave(ctx: StrategyContext) -> dict[str, Any]:
     """Unsubscribe this connection from the room's messages."""
     client = require_identity(ctx, is_websocket, kind=WebsocketClient)
@@ -112,7 +160,7 @@ def leave(ctx: StrategyContext) -> dict[str, Any]:
     return {"room": room, "joined": False}
 
 
-@strategies.strategy("app::rooms:send", payload=SendPayload)
+@strategies.strategy("app::rooms:send", payload=SendPayload, reply=SentReply, errors=ROOM_DOWN)
 def send(ctx: StrategyContext) -> ActorFuture:
     """Say something in a room: once stored in its history, every member receives a ``chat:message`` push."""
     identity = require_identity(ctx, is_authenticated)
@@ -124,7 +172,7 @@ def send(ctx: StrategyContext) -> ActorFuture:
     return ctx.actors.get(Room, data.room).ask("post", user.username, data.text)
 
 
-@strategies.strategy("app::rooms:history", payload=RoomPayload)
+@strategies.strategy("app::rooms:history", payload=RoomPayload, reply=HistoryReply, errors=ROOM_DOWN)
 def history(ctx: StrategyContext) -> ActorFuture:
     """The room's last messages (oldest first) and the process holding the room (``owner``)."""
     return ctx.actors.get(Room, ctx.request.data.room).ask("history")

@@ -102,6 +102,12 @@ class Settings:
     """Token that opens inspection from non-loopback addresses (``Authorization: Bearer``)."""
     serve_client_js: bool = True
     """Serve the browser client at ``/_flamigo/flamigo.js``."""
+    check_output: bool | None = None
+    """Check replies and pushes against their declared models (a mismatch answers 500 naming the
+    strategy or client topic and the field). ``None``: on in debug mode, when ``app.testing``, and
+    once the app's ``test_client()`` is used; never costs anything when off."""
+    asyncapi_endpoint: bool | None = None
+    """Serve the AsyncAPI 3.0 document at ``/_flamigo/asyncapi.json``. ``None``: on in debug mode."""
 
     @classmethod
     def from_config(

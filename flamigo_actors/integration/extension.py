@@ -43,6 +43,7 @@ from ..websocket.connection import Connection
 from ..core.identity import Identity
 from ..websocket.hub import FlamigoStats, Hub
 from .connections import ConnectionsMixin
+from .contract import enable_output_checks, install_contract
 from ..core.settings import Settings
 from ..runtime.strategies import Registry
 from ..websocket.transport import SocketTransport
@@ -126,6 +127,7 @@ class Flamigo(ConnectionsMixin):
         from ..ops.dashboard import register_inspection
 
         register_inspection(self, app)
+        install_contract(self, app)  # output checks, /_flamigo/asyncapi.json
 
     @property
     def strategies(self) -> Registry:
@@ -243,6 +245,7 @@ class Flamigo(ConnectionsMixin):
         """
         from .testing import TestClient
 
+        enable_output_checks(self)  # tests check replies and pushes (unless FLAMIGO_CHECK_OUTPUT=false)
         return TestClient(self, **options)
 
     def _shell_context(self) -> dict[str, Any]:

@@ -177,6 +177,15 @@ class Bus:
         self.backplane: BackplaneLink | None = None
         """Set by the backplane when it starts (``backplane/streams.py``)."""
 
+    @property
+    def encoder(self) -> PushEncoder:
+        """What builds a client event's push frame (replaceable: output checks wrap it)."""
+        return self._encode
+
+    @encoder.setter
+    def encoder(self, encoder: PushEncoder) -> None:
+        self._encode = encoder
+
     # -- lifecycle -----------------------------------------------------------
 
     def bind(self, app: Any) -> None:

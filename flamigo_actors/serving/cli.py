@@ -3,6 +3,9 @@
     flamigo-actors run MODULE:FACTORY [--host H] [--port P] [--redis URL] [--workers N] [--debug]
                                       [--backdoor [HOST:]PORT]
     flamigo-actors shell --connect HOST:PORT
+    flamigo-actors schema MODULE:FACTORY [--format asyncapi|yaml|jsonschema|typescript]
+                                         [-o FILE | --check FILE] [--server HOST[:PORT]]
+    flamigo-actors new NAME [--directory DIR]
 
 gevent's monkey-patching is applied first, before anything imports socket,
 threading, pykka or flask (the package's ``__init__`` imports nothing eagerly
@@ -50,6 +53,27 @@ def _parser() -> argparse.ArgumentParser:
         help="the server's --backdoor address (statements are read from stdin when it is not a terminal)",
     )
     shell.add_argument("--log-level", default="WARNING", help=argparse.SUPPRESS)
+    schema = commands.add_parser("schema", help="print the app's contract (AsyncAPI 3.0, JSON Schema, TypeScript)")
+    schema.add_argument("target", help="MODULE:FACTORY, e.g. app:create_app")
+    schema.add_argument(
+        "--format", default="asyncapi", choices=("asyncapi", "yaml", "jsonschema", "typescript"),
+        help="asyncapi (JSON, default), yaml (the AsyncAPI document as YAML), jsonschema, typescript",
+    )
+    output = schema.add_mutually_exclusive_group()
+    output.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    output.add_argument(
+        "--check", metavar="FILE",
+        help="exit 1 when FILE differs from what would be generated (a stale committed contract)",
+    )
+    schema.add_argument(
+        "--server", default="localhost:8080", metavar="HOST[:PORT]",
+        help="the WebSocket server named in the AsyncAPI document (default localhost:8080)",
+    )
+    schema.add_argument("--log-level", default="WARNING", help=argparse.SUPPRESS)
+    new = commands.add_parser("new", help="create a ready project: app, typed strategy, event, actor, tests")
+    new.add_argument("name", help="the project's name: a Python package name (letters, digits, '_')")
+    new.add_argument("--directory", metavar="DIR", help="where to create it (default ./NAME)")
+    new.add_argument("--log-level", default="WARNING", help=argparse.SUPPRESS)
     return parser
 
 
@@ -147,6 +171,20 @@ def main(argv: list[str] | None = None) -> int:
         from ..ops.shell import attach
 
         return attach(args.connect)
+    if args.command == "schema":
+        from .contract_cli import schema_command
+
+        return schema_command(args.target, args.format, args.output, args.check, args.server)
+    if args.command == "new":
+        from .scaffold import ScaffoldError, create_project
+
+        try:
+            path = create_project(args.name, args.directory)
+        except ScaffoldError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"created {path}: cd {path} && pip install -e '.[test]' && pytest", file=sys.stderr)
+        return 0
     return 2
 
 
