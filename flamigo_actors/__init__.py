@@ -91,6 +91,14 @@ _EXPORTS: dict[str, str] = {
     "ActorDeadlock": "runtime.actor_errors",
     "ActorOverloaded": "runtime.actor_errors",
     "StaleOwner": "runtime.actor_errors",
+    # the contract
+    "TestClientError": "integration.testing",
+    "ClientEvents": "runtime.client_events",
+    "ClientEventSpec": "runtime.client_events",
+    "ContractViolation": "runtime.conformance",
+    "asyncapi_document": "ops.asyncapi",
+    "json_schema_document": "ops.schemas",
+    "typescript_module": "ops.typescript",
 }
 
 __all__ = sorted(_EXPORTS)
