@@ -61,9 +61,13 @@ setup(
             "playwright>=1.40",
             # runs the Autobahn TestSuite's cases (tests/test_autobahn.py)
             "kosoku>=0.1,<0.2",
+            # --format yaml (tests/test_contract_tools.py)
+            "PyYAML>=6",
             *BENCH,
         ],
         "bench": BENCH,
+        # flamigo-actors schema --format yaml
+        "contract": ["PyYAML>=6"],
     },
     entry_points={"console_scripts": ["flamigo-actors=flamigo_actors.serving.cli:main"]},
     classifiers=[

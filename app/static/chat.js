@@ -1,6 +1,10 @@
+// @ts-check
 // The demo chat page: everything it says to the server goes through flamigo.js.
+// Checked against the server's contract: tests/test_contract_typescript.py runs tsc over this
+// file with the types `flamigo-actors schema app:create_app --format typescript` generates.
 import { connect } from "/_flamigo/flamigo.js";
 
+/** @type {(id: string) => any} the page's elements (DOM typing is not what the check is about) */
 const $ = (id) => document.getElementById(id);
 const STORE = "flamigo-chat.";
 const MAX_MESSAGES = 200;
@@ -13,12 +17,13 @@ const state = {
   known: new Set(["lobby"]),
   messages: new Map(), // room -> [{room, user, text, ts}]
   unread: new Map(), // room -> count
+  /** @type {ReturnType<typeof connect> | null} */
   client: null,
   countdown: null,
 };
 
 // Tests and curious developers can reach the client from the console.
-window.chat = {
+/** @type {any} */ (window).chat = {
   get client() { return state.client; },
   state,
 };
@@ -120,6 +125,7 @@ function watch(client) {
 
 // -- rooms -------------------------------------------------------------------------
 
+/** @param {ReturnType<typeof connect>} session */
 async function rejoin(session) {
   // Called by flamigo.js after every (re)connect, before queued requests are sent.
   await Promise.all([...state.joined].map((room) => session.request("app::rooms:join", { room })));
@@ -279,8 +285,7 @@ async function sendOverHttp(room, text) {
   });
   if (response.status !== 202) {
     const body = await response.json().catch(() => ({}));
-    const error = new Error(body.error || response.statusText);
-    error.status = response.status;
+    const error = Object.assign(new Error(body.error || response.statusText), { status: response.status });
     throw error;
   }
 }
@@ -402,7 +407,8 @@ $("call-form").addEventListener("submit", async (event) => {
   }
   result.textContent = "…";
   try {
-    const reply = await state.client.request(topic, payload);
+    // Any strategy by name, with any payload: on purpose outside the contract's types.
+    const reply = await /** @type {any} */ (state.client).request(topic, payload);
     result.textContent = "→ " + JSON.stringify(reply);
   } catch (error) {
     result.textContent = "✗ " + describeError(error);
