@@ -151,31 +151,31 @@ def asyncapi_document(
             "x-flamigo-errors": {str(status): text for status, text in entry.errors.items()},
             "x-flamigo-untyped": entry.untyped,
         }
-    push_ids = _ids([entry.topic for entry in contract.events], prefix="push.")
-    for entry in contract.events:
-        key = push_ids[entry.topic]
+    push_ids = _ids([event.topic for event in contract.events], prefix="push.")
+    for event in contract.events:
+        key = push_ids[event.topic]
         messages[key] = {
-            "name": entry.topic,
-            "title": f"{entry.topic} push",
-            "summary": entry.summary or None,
-            "payload": _envelope(entry.topic, entry.payload, ack=False, payload_required=True),
-            "x-flamigo-untyped": not entry.typed,
+            "name": event.topic,
+            "title": f"{event.topic} push",
+            "summary": event.summary or None,
+            "payload": _envelope(event.topic, event.payload, ack=False, payload_required=True),
+            "x-flamigo-untyped": not event.typed,
         }
         operations[key] = {
             "action": "send",
             "channel": channel_ref,
-            "title": entry.topic,
-            "summary": entry.summary or None,
+            "title": event.topic,
+            "summary": event.summary or None,
             "description": (
-                f"Client event `{entry.topic}`, pushed to connections subscribed to "
-                + (", ".join(f"`{t}`" for t in entry.bus_topics) or "its bus topics")
+                f"Client event `{event.topic}`, pushed to connections subscribed to "
+                + (", ".join(f"`{t}`" for t in event.bus_topics) or "its bus topics")
                 + "."
             ),
             "messages": [{"$ref": f"#/channels/{_CHANNEL}/messages/{key}"}],
-            "x-flamigo-client-topic": entry.topic,
-            "x-flamigo-bus-topics": entry.bus_topics,
-            "x-flamigo-untyped": not entry.typed,
-            "x-flamigo-declared": entry.declared,
+            "x-flamigo-client-topic": event.topic,
+            "x-flamigo-bus-topics": event.bus_topics,
+            "x-flamigo-untyped": not event.typed,
+            "x-flamigo-declared": event.declared,
         }
     document: dict[str, Any] = {
         "asyncapi": "3.0.0",
