@@ -299,3 +299,26 @@ def test_a_model_without_a_json_schema_is_named_in_the_error(make_app: Callable[
     flamigo.strategies.register("app::broken:model", lambda ctx: None, reply=gevent.Greenlet)
     with pytest.raises(ValueError, match="app::broken:model"):
         asyncapi_document(flamigo)
+
+
+# -- the scaffold's refusals (the full scaffold runs in test_contract_tools.py) ---------------------
+
+
+@pytest.mark.parametrize("name", ["Notes", "1notes", "class", "app", "notes-app", ""])
+def test_new_refuses_a_name_that_is_not_a_package_name_and_writes_nothing(name: str, tmp_path: Any) -> None:
+    from flamigo_actors.serving.scaffold import ScaffoldError, create_project
+
+    with pytest.raises(ScaffoldError, match="invalid project name"):
+        create_project(name, str(tmp_path / "target"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_new_never_touches_an_existing_folder(tmp_path: Any) -> None:
+    from flamigo_actors.serving.scaffold import ScaffoldError, create_project
+
+    existing = tmp_path / "notes"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    with pytest.raises(ScaffoldError, match="exists already"):
+        create_project("notes", str(existing))
+    assert [p.name for p in existing.iterdir()] == ["keep.txt"]

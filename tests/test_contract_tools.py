@@ -237,6 +237,51 @@ def test_the_demo_ui_is_type_checked_against_the_generated_client(node: str, tmp
     assert proc.returncode != 0 and "'txt' does not exist in type 'SendPayload'" in proc.stdout, proc.stdout
 
 
+EDGE_USAGE = """\
+import { createClient, type FlamigoLike, type Everything, AUTH_STRATEGY } from "./contract";
+
+declare const raw: FlamigoLike;
+const client = createClient(raw);
+
+export async function main(everything: Everything): Promise<number> {
+  const back: Everything = await client.everything(everything);
+  const [x, y]: [number, number] = back.point;
+  const color: "red" | "blue" = back.color;
+  const children: string[] = (back.tree.children ?? []).map((node) => node.name);
+  const loose: unknown = back.loose["whatever"];
+  const tags: number = back.tags["any"] ?? 0;
+  const strings: string[] = await client.request("app::raw");  // no method: request() reaches it
+  const leaf: number = await client.rooms();
+  const sent: boolean = await client.request("app::rooms:send");
+  const pair = await client.multiWord.doIt();
+  client.on("tree:changed", (node) => node.children?.length);
+  client.on("anything:goes", (payload) => payload.whatever);
+  const same: FlamigoLike = client.raw;
+  void [loose, same, AUTH_STRATEGY === null, color];
+  return x + y + children.length + tags + strings.length + leaf + (sent ? 1 : 0) + pair.left;
+}
+"""
+
+
+def test_the_generators_map_every_model_shape_and_name_clash(node: str, tmp_path: Path) -> None:
+    env_root = ROOT / "tests"
+    document = schema("contract_edge_app:create_app", cwd=env_root)
+    assert document.returncode == 0, document.stderr
+    (tmp_path / "edge.json").write_text(document.stdout)
+    status, parsed = parse_asyncapi(node, tmp_path / "edge.json")
+    assert status == 0, parsed["errors"]
+    lifecycle = json.loads(document.stdout)["channels"]["websocket"]["x-flamigo-lifecycle"]
+    assert lifecycle["authRequired"] is False and "authStrategy" not in lifecycle
+    module = schema("contract_edge_app:create_app", "--format", "typescript", cwd=env_root)
+    assert module.returncode == 0, module.stderr
+    assert "export const AUTH_STRATEGY: StrategyName | null = null;" in module.stdout
+    write_ts_project(tmp_path / "edge", {"contract.ts": module.stdout, "use.ts": EDGE_USAGE})
+    proc = tsc(node, tmp_path / "edge")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    write_ts_project(tmp_path / "clash", {"contract.ts": module.stdout, "use.ts": EDGE_USAGE + "client.raw();\n"})
+    assert tsc(node, tmp_path / "clash").returncode != 0  # raw is the client, not the strategy
+
+
 # -- keeping it in CI: --check ----------------------------------------------------------------
 
 

@@ -200,7 +200,9 @@ def asyncapi_document(
                 "servers": [{"$ref": "#/servers/websocket"}],
                 "messages": {key: {"$ref": f"#/components/messages/{key}"} for key in messages},
                 "x-flamigo-lifecycle": {
-                    "authStrategy": contract.auth_strategy,
+                    "authStrategy": contract.auth_strategy
+                    if any(e.name == contract.auth_strategy for e in contract.strategies)
+                    else None,
                     "authRequired": contract.auth_required,
                     "beforeAuth": "every non-public strategy answers status 401",
                     "closeCodes": {str(code): text for code, text in CLOSE_CODES.items()},

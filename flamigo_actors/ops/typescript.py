@@ -195,9 +195,10 @@ def typescript_module(host: ContractHost, *, source: str = "the application") ->
         payload = _ts(entry.request, "    ") if entry.typed_request else "any"
         reply = _ts(entry.reply, "    ") if entry.typed_reply else "any"
         statuses = " | ".join(str(status) for status in entry.errors)
-        flag = " (untyped: it declares no model)" if entry.untyped else ""
-        if entry.summary or flag:
-            out.append(f"  /** {(entry.summary or '').replace('*/', '* /')}{flag} */")
+        flag = "(untyped: it declares no model)" if entry.untyped else ""
+        comment = " ".join(part for part in (entry.summary.replace("*/", "* /"), flag) if part)
+        if comment:
+            out.append(f"  /** {comment} */")
         out.append(
             f"  {json.dumps(entry.name)}: {{ payload: {payload}; reply: {reply}; errors: {statuses} }};"
         )
@@ -206,12 +207,15 @@ def typescript_module(host: ContractHost, *, source: str = "the application") ->
     out.append("export interface ClientEvents {")
     for event in contract.events:
         payload = _ts(event.payload, "    ") if event.typed else "any"
-        flag = " (untyped: no declared model)" if not event.typed else ""
-        out.append(f"  /** {(event.summary or '').replace('*/', '* /')}{flag} */")
+        flag = "(untyped: no declared model)" if not event.typed else ""
+        comment = " ".join(part for part in (event.summary.replace("*/", "* /"), flag) if part)
+        if comment:
+            out.append(f"  /** {comment} */")
         out.append(f"  {json.dumps(event.topic)}: {payload};")
     out.append("}\n")
     tree = _group_tree(contract)
-    out.append(_RUNTIME.replace("__AUTH__", json.dumps(contract.auth_strategy)))
+    auth = contract.auth_strategy if any(e.name == contract.auth_strategy for e in contract.strategies) else None
+    out.append(_RUNTIME.replace("__AUTH__", json.dumps(auth)))
     out.append(f"/** One method per strategy, grouped by domain. */\nexport interface AppMethods {_interface(tree, '')}\n")
     out.append(
         "/** A typed client over a flamigo.js client: methods per strategy, typed `request`/`on`, and `raw`. */\n"
@@ -235,8 +239,9 @@ export type ClientTopic = keyof ClientEvents;
 export type PayloadOf<K extends StrategyName> = Strategies[K]["payload"];
 export type ReplyOf<K extends StrategyName> = Strategies[K]["reply"];
 export type ErrorStatusOf<K extends StrategyName> = Strategies[K]["errors"];
-/** The authentication strategy: call it first (every other non-public strategy answers 401 before). */
-export const AUTH_STRATEGY = __AUTH__;
+/** The authentication strategy (null when the app has none): call it first; until then
+ * every other non-public strategy answers 401. */
+export const AUTH_STRATEGY: StrategyName | null = __AUTH__;
 
 /** Per-request options of flamigo.js (`timeout` in milliseconds). */
 export interface RequestOptions {
