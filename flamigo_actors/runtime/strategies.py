@@ -12,7 +12,7 @@ identity::
     @strategies.strategy("app::rooms:join", payload=JoinRoom, reply=Joined,
                          errors={404: "no such room"})
     def join(ctx: StrategyContext) -> dict:
-        # its docstring's first line is its summary in the contract
+        # (a docstring here: its first line is the summary in the contract)
         room = ctx.request.data.room          # a validated JoinRoom
         ctx.identity.subscribe(f"rooms/{room}")
         return {"joined": room}
