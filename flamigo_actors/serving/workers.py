@@ -55,6 +55,7 @@ class FlamigoWorker(gunicorn_worker_base()):  # type: ignore[misc]
 
     wsgi_handler = Handler
     flamigo: Any = None
+    _terminated = False
 
     def load_wsgi(self) -> None:
         """Load the app (after the fork, already patched), then start its runtime."""
@@ -88,11 +89,25 @@ class FlamigoWorker(gunicorn_worker_base()):  # type: ignore[misc]
             drain.join()
 
     def _drain_when_told(self) -> None:
-        while self.alive:
+        while self.alive and not self._terminated:
             gevent.sleep(0.1)
+        drain = self.flamigo.settings.drain_timeout
+        if self._terminated and self.alive:
+            # SIGTERM: /readyz answers 503 while this worker still serves, then the drain.
+            from ..ops.readiness import announce_shutdown, grace_period
+
+            grace = grace_period(self.flamigo.settings)
+            announce_shutdown(self.flamigo)
+            gevent.sleep(grace)
+            drain -= grace
+            self.alive = False  # gunicorn stops accepting
         # gunicorn stops accepting; we close every connection gracefully (1001),
         # which ends their handlers, which lets gunicorn's graceful wait finish.
-        self.flamigo.shutdown()
+        self.flamigo.shutdown(drain)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        # SIGTERM (also what the arbiter sends on its own SIGTERM): drain after the readiness grace.
+        self._terminated = True
 
     def handle_quit(self, sig: int, frame: Any) -> None:
         # gunicorn's SIGINT/SIGQUIT exit at once; drain like the single-process server.
