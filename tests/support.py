@@ -61,6 +61,8 @@ SUBPROCESS: dict[str, str | set[str]] = {
     "test_cli": "*",
     "test_dashboard": {"test_dashboard_shows_connections_and_mailbox_depth_in_chromium"},
     "test_flamigo_js": "*",
+    "test_metrics": {"test_two_workers_report_the_sum_of_their_connections_in_one_scrape"},
+    "test_readiness": {"test_sigterm_single_process", "test_sigterm_workers"},
     "test_scale_out": "*",
     "test_server": "*",
     "test_shell": "*",
@@ -100,6 +102,11 @@ SLOW: dict[str, str | set[str]] = {
         "test_wrong_types_in_every_envelope_field",
         "test_a_client_that_never_finishes_its_handshake_is_dropped",
     },
+    "test_metrics": {
+        "test_new_topics_and_users_add_no_series",
+        "test_two_workers_report_the_sum_of_their_connections_in_one_scrape",
+    },
+    "test_readiness": {"test_sigterm_single_process", "test_sigterm_workers"},
     "test_scale_out": "*",
     "test_server": {"test_python_m_app_serves_healthz_and_drains_on_sigterm"},
     "test_shell": {

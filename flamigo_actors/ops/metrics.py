@@ -100,7 +100,7 @@ class Metrics:
         self.meter = meter
         self.registry = registry = CollectorRegistry(auto_describe=True)
         self._last: dict[Any, float] = {}
-        self._kinds_seen: set[str] = set()
+        self._kinds_seen: set[str] = {"connection", "bus"}  # reported (maybe 0) from the start
         self._greenlet: gevent.Greenlet | None = None
 
         def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Any:

@@ -20,8 +20,10 @@ gevent worker does this). Each worker then:
   SIGINT/SIGQUIT, exactly like ``serve()``: in-flight requests answer, every
   connection closes with 1001, every disconnected event fires.
 
-This module is imported by the unpatched arbiter: it imports only gunicorn and
-:mod:`flamigo_actors.websocket.transport` at module level, never Flask, Pykka or the app.
+This module is imported by the unpatched arbiter: it imports only gunicorn,
+:mod:`flamigo_actors.websocket.transport` and :mod:`flamigo_actors.ops.multiprocess`
+(prometheus_client's directory, made fresh at arbiter start) at module level,
+never Flask, Pykka or the app.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any
 import gevent
 from gunicorn.app.base import BaseApplication
 
+from ..ops import multiprocess
 from ..websocket.transport import Handler, gunicorn_worker_base
 from .loading import load_app, search_current_directory
 
@@ -161,6 +164,9 @@ def gunicorn_options(
         "errorlog": "-",
         "proc_name": f"flamigo-actors {target}",
         "when_ready": when_ready,
+        # prometheus_client's multiprocess mode: the workers' values summed (FLAMIGO_METRICS).
+        "child_exit": lambda arbiter, worker: multiprocess.worker_exited(worker.pid),
+        "on_exit": lambda arbiter: multiprocess.cleanup(),
         # gunicorn >= 24's control socket runs a thread and a shared ~/.gunicorn socket.
         "control_socket_disable": True,
     }
@@ -199,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     search_current_directory()  # the app module is looked up from here, as with `python -m`
+    multiprocess.prepare()  # before any worker forks: every worker writes its metrics there
     options = gunicorn_options(args.target, args.host, args.port, args.workers, args.log_level)
     WorkersApplication(args.target, options).run()  # exits with the arbiter's status
     return 0
