@@ -421,17 +421,20 @@ class RedisServer:
     and coming back.
     """
 
-    def __init__(self, binary: str, port: int) -> None:
+    def __init__(self, binary: str, port: int, password: str | None = None) -> None:
+        """With ``password``, Redis requires it (``--requirepass``) and :attr:`url` carries it."""
         self.binary = binary
         self.port = port
-        self.url = f"redis://127.0.0.1:{port}/0"
+        self.password = password
+        self.url = f"redis://{f':{password}@' if password else ''}127.0.0.1:{port}/0"
         self.dir = tempfile.mkdtemp(prefix="flamigo-redis-")
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir, "--loglevel", "warning"],
+             "--appendonly", "no", "--dir", self.dir, "--loglevel", "warning",
+             *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout

@@ -38,6 +38,7 @@ import gevent
 from gunicorn.app.base import BaseApplication
 
 from ..ops import multiprocess
+from . import logs
 from ..websocket.transport import Handler, gunicorn_worker_base
 from .loading import load_app, search_current_directory
 
@@ -63,6 +64,8 @@ class FlamigoWorker(gunicorn_worker_base()):  # type: ignore[misc]
     def load_wsgi(self) -> None:
         """Load the app (after the fork, already patched), then start its runtime."""
         super().load_wsgi()
+        logs.setup(self.cfg.loglevel)  # gunicorn's own handlers too (set up before the fork)
+        logs.watch_app(self.wsgi)
         flamigo = getattr(self.wsgi, "extensions", {}).get("flamigo")
         if flamigo is None:
             self.log.error("error: the app has no Flamigo extension: call Flamigo(app) in the factory")
@@ -200,10 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    try:
+        logs.setup(str(args.log_level))  # FLAMIGO_LOG_FORMAT; secrets never written
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
     search_current_directory()  # the app module is looked up from here, as with `python -m`
     multiprocess.prepare()  # before any worker forks: every worker writes its metrics there
     options = gunicorn_options(args.target, args.host, args.port, args.workers, args.log_level)

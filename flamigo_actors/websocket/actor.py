@@ -133,6 +133,8 @@ class ConnectionActor(FlamigoActor):
         self.deferred: dict[DeferredReply, gevent.Greenlet | None] = {}
         """Deferred replies still running, with the timer of their time limit."""
         self._app_context: Any = None
+        self.strategy: str | None = None
+        """The strategy being served, if any (for log lines)."""
         connection.actor = self  # for Connection.deliver's idle fast path
 
     def on_start(self) -> None:
@@ -247,6 +249,7 @@ class ConnectionActor(FlamigoActor):
             return
         limit = strategy.timeout or hub.settings.strategy_timeout
         client.ack_id = None if ack_id is NO_ACK else ack_id
+        self.strategy = strategy.name  # for log lines (see log_context)
         ctx = StrategyContext(
             hub.host,
             client,
@@ -272,7 +275,7 @@ class ConnectionActor(FlamigoActor):
             return
         finally:
             timer.close()
-            client.ack_id = None
+            client.ack_id = self.strategy = None
             if instruments is not None:
                 instruments.strategy_done(strategy.name, status, perf_counter() - started)
         if ctx.deferred is not None:
