@@ -184,3 +184,20 @@ def test_two_workers_report_the_sum_of_their_connections_in_one_scrape(
     for client in clients:
         client.close()
     eventually(lambda: value(scrape(server), "flamigo_connections") == 0, timeout=15)
+
+
+def test_the_prometheus_client_internals_the_sync_uses_are_there() -> None:
+    """Metrics.sync adds bucket counts through a Histogram's value objects (no public bulk call)."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from flamigo_actors.ops.meter import WAIT_BUCKETS, Buckets
+
+    histogram = Histogram("h", "h", registry=CollectorRegistry(), buckets=WAIT_BUCKETS)
+    assert len(histogram._buckets) == len(WAIT_BUCKETS) + 1  # +Inf
+    assert hasattr(histogram._sum, "inc") and all(hasattr(b, "inc") for b in histogram._buckets)
+    mine = Buckets(WAIT_BUCKETS)
+    for value in (0.0001, 0.0002, 3.0, 99.0):
+        mine.observe(value)
+        histogram.observe(value)
+    assert mine.counts == [int(b.get()) for b in histogram._buckets]
+    assert mine.total == histogram._sum.get()

@@ -63,6 +63,7 @@ class History:
         self._previous: tuple[float, dict[str, int]] | None = None
         self._greenlet: gevent.Greenlet | None = None
         _histories[flamigo] = self
+        meter.keep_durations()
 
     def _totals(self) -> dict[str, int]:
         stats, bus = self.flamigo.stats, self.flamigo.bus.stats

@@ -17,8 +17,9 @@ Guarantees:
 * **Off the hot paths**: counters already kept by the runtime (hub, bus,
   backplane, actor space) are copied into ``prometheus_client`` metrics by
   :meth:`Metrics.sync`: at every scrape and once a second by a greenlet
-  (counters advance by the delta since the last sync). Only the histograms
-  observe per event (see :mod:`flamigo_actors.ops.meter`).
+  (counters advance by the delta since the last sync). The histograms' per
+  event observations go to the meter's lock-free buckets
+  (:mod:`flamigo_actors.ops.meter`), copied into the histograms the same way.
 * **Many workers**: when ``PROMETHEUS_MULTIPROC_DIR`` is set (the workers'
   arbiter sets it, to a fresh directory), values live in prometheus_client's
   per-process files and a scrape of any worker returns the sum over the
@@ -46,7 +47,7 @@ import pykka
 from flask import Flask, Response, jsonify, request
 
 from .dashboard import access_refusal
-from .meter import Meter
+from .meter import LAG_BUCKETS, STRATEGY_BUCKETS, WAIT_BUCKETS, Buckets, Meter
 
 if TYPE_CHECKING:
     from .host import Host
@@ -67,10 +68,6 @@ CLOSE_REASONS = {
 }
 
 REFUSED_UPGRADES = {503: "draining", 403: "origin", 429: "rate_limited"}
-
-STRATEGY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0)
-LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0)
 
 
 def close_reason(code: int) -> str:
@@ -99,7 +96,7 @@ class Metrics:
         self.flamigo = flamigo
         self.meter = meter
         self.registry = registry = CollectorRegistry(auto_describe=True)
-        self._last: dict[Any, float] = {}
+        self._last: dict[Any, Any] = {}  # running totals at the last sync
         self._kinds_seen: set[str] = {"connection", "bus"}  # reported (maybe 0) from the start
         self._greenlet: gevent.Greenlet | None = None
 
@@ -120,13 +117,13 @@ class Metrics:
         self.bytes = counter("bytes", "WebSocket bytes by direction (in: payloads; out: frames).", ("direction",))
         self.strategy_calls = counter(
             "strategy_calls", "Strategies served over WebSocket, by strategy and status.", ("strategy", "status"))
-        meter.strategy_histogram = Histogram(
+        self.strategy_time = Histogram(
             "flamigo_strategy_duration_seconds", "Time strategies ran over WebSocket (until they returned).",
             ["strategy"], registry=registry, buckets=STRATEGY_BUCKETS)
-        meter.mailbox_histogram = Histogram(
+        self.mailbox_wait = Histogram(
             "flamigo_mailbox_wait_seconds", "Time requests waited in their connection actor's mailbox.",
             registry=registry, buckets=WAIT_BUCKETS)
-        meter.lag_histogram = Histogram(
+        self.backplane_lag = Histogram(
             "flamigo_backplane_lag_seconds", "Time from Redis storing an event of another process to its reading here.",
             registry=registry, buckets=LAG_BUCKETS)
         self.events = counter("bus_events", "Bus events by outcome (published, delivered, remote).", ("outcome",))
@@ -147,6 +144,22 @@ class Metrics:
             metric.inc(value - last)
         self._last[key] = value
 
+    def _transfer(self, histogram: Any, key: Any, buckets: Buckets) -> None:
+        """Advance ``histogram`` (a prometheus_client Histogram or child) to the meter's ``buckets``.
+
+        prometheus_client has no public call to add counts in bulk; its value objects
+        (``_buckets``, ``_sum``: per-process files in multiprocess mode) take ``inc``.
+        tests/test_metrics.py checks they are still there.
+        """
+        counts, total = list(buckets.counts), buckets.total
+        last_counts, last_total = self._last.get(key, ([0] * len(counts), 0.0))
+        for value, count, before in zip(histogram._buckets, counts, last_counts):
+            if count > before:
+                value.inc(count - before)
+        if total > last_total:
+            histogram._sum.inc(total - last_total)
+        self._last[key] = (counts, total)
+
     def sync(self) -> None:
         """Copy the runtime's counters and gauges into the metrics (cheap: no per-connection work
         except counting actors by kind)."""
@@ -164,8 +177,13 @@ class Metrics:
         advance(self.frames.labels("out"), "frames_out", stats.messages_out)
         advance(self.bytes.labels("in"), "bytes_in", stats.bytes_in)
         advance(self.bytes.labels("out"), "bytes_out", stats.bytes_out)
-        for (name, status), count in list(self.meter.strategy_calls.items()):
+        meter = self.meter
+        for (name, status), count in meter.strategy_calls().items():
             advance(self.strategy_calls.labels(name, _status_label(status)), ("call", name, status), count)
+        for (name, status), buckets in list(meter.strategy_time.items()):  # one histogram per strategy
+            self._transfer(self.strategy_time.labels(name), ("time", name, status), buckets)
+        self._transfer(self.mailbox_wait, "mailbox", meter.mailbox)
+        self._transfer(self.backplane_lag, "lag", meter.lag)
         advance(self.events.labels("published"), "published", bus.published)
         advance(self.events.labels("delivered"), "delivered", bus.delivered)
         advance(self.events.labels("remote"), "remote", bus.remote_received)

@@ -135,6 +135,7 @@ class ConnectionActor(FlamigoActor):
         self._app_context: Any = None
         self.strategy: str | None = None
         """The strategy being served, if any (for log lines)."""
+        self.received_at = 0.0  # perf_counter() when the request left the mailbox (metrics on)
         connection.actor = self  # for Connection.deliver's idle fast path
 
     def on_start(self) -> None:
@@ -185,8 +186,9 @@ class ConnectionActor(FlamigoActor):
                 message.waiter.done()
         elif kind is Inbound:
             instruments = self.connection.instruments
-            if instruments is not None:
-                instruments.mailbox_wait(perf_counter() - message.queued_at)
+            if instruments is not None:  # one clock read: the wait's end, the strategy's start
+                self.received_at = perf_counter()
+                instruments.mailbox_wait(self.received_at - message.queued_at)
             try:
                 # Read after the close began (its answer is the close frame):
                 # running it would only have side effects nobody hears about.
@@ -258,7 +260,7 @@ class ConnectionActor(FlamigoActor):
             ack_id=client.ack_id,
         )
         instruments = conn.instruments
-        started = perf_counter() if instruments is not None else 0.0
+        started = self.received_at
         status = 200
         timer = gevent.Timeout(limit)
         timer.start()
