@@ -16,8 +16,8 @@ Guarantees:
   kinds, refusal reasons); never a topic, a user or a connection id.
 * **Off the hot paths**: counters already kept by the runtime (hub, bus,
   backplane, actor space) are copied into ``prometheus_client`` metrics by
-  :meth:`Metrics.sync`: at every scrape and once a second by a greenlet
-  (counters advance by the delta since the last sync). The histograms' per
+  :meth:`Metrics.sync`: at every scrape, and with several workers once a
+  second by a greenlet (counters advance by the delta since the last sync). The histograms' per
   event observations go to the meter's lock-free buckets
   (:mod:`flamigo_actors.ops.meter`), copied into the histograms the same way.
 * **Many workers**: when ``PROMETHEUS_MULTIPROC_DIR`` is set (the workers'
@@ -222,8 +222,9 @@ class Metrics:
         self._kinds_seen |= kinds.keys()
 
     def start(self) -> None:
-        """Sync once a second in a greenlet (other workers' scrapes read this process's files)."""
-        if self._greenlet is None:
+        """With several workers, sync once a second in a greenlet (the scrapes other workers
+        answer read this process's files); one process alone syncs at each scrape only."""
+        if self._greenlet is None and multiprocess_dir() is not None:
             self._greenlet = gevent.spawn(self._loop)
 
     def stop(self) -> None:
