@@ -91,6 +91,8 @@ _EXPORTS: dict[str, str] = {
     "ActorDeadlock": "runtime.actor_errors",
     "ActorOverloaded": "runtime.actor_errors",
     "StaleOwner": "runtime.actor_errors",
+    # operations
+    "register_secret": "core.logs",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -228,3 +230,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .runtime.actor_space import ActorRef, ActorSpace
     from .runtime.domain import DomainActor
     from .runtime.futures import ActorFuture, get, wait
+    from .core.logs import register_secret

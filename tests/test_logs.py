@@ -22,7 +22,8 @@ import requests
 from flask import Flask
 
 from flamigo_actors import Flamigo
-from flamigo_actors.core.logs import JsonFormatter, Redactor, redact_text, register_secret, set_context_provider
+from flamigo_actors import register_secret
+from flamigo_actors.core.logs import JsonFormatter, Redactor, redact_text, set_context_provider
 from flamigo_actors.websocket.log_context import connection_fields
 from tests.support import (
     ErrorReply,
