@@ -79,7 +79,7 @@ def _serves_during_the_grace_then_drains(server: ServerProcess) -> None:
 
 def test_sigterm_single_process(processes: list[ServerProcess]) -> None:
     server = ServerProcess.demo(
-        free_port(), env={"FLAMIGO_READINESS_GRACE": "4", "FLAMIGO_DRAIN_TIMEOUT": "10"}
+        free_port(), env={"FLAMIGO_READINESS_GRACE": "5", "FLAMIGO_DRAIN_TIMEOUT": "12"}
     )
     processes.append(server)
     server.wait_ready()
@@ -90,7 +90,7 @@ def test_sigterm_single_process(processes: list[ServerProcess]) -> None:
 def test_sigterm_workers(redis_server: RedisServer, processes: list[ServerProcess]) -> None:
     server = ServerProcess.demo(
         free_port(), "--workers", "2", "--redis", redis_server.url,
-        env={"FLAMIGO_READINESS_GRACE": "4", "FLAMIGO_DRAIN_TIMEOUT": "10"},
+        env={"FLAMIGO_READINESS_GRACE": "5", "FLAMIGO_DRAIN_TIMEOUT": "12"},
     )
     processes.append(server)
     server.wait_ready()
