@@ -44,6 +44,8 @@ setup(
         "orjson>=3.9",
         "pydantic>=2.5,<3",
         "itsdangerous>=2.1",
+        # GET /metrics (FLAMIGO_METRICS), multiprocess mode with --workers N
+        "prometheus_client>=0.20,<1",
     ],
     extras_require={
         "redis": ["redis>=5.0"],

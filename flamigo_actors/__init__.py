@@ -99,6 +99,8 @@ _EXPORTS: dict[str, str] = {
     "asyncapi_document": "ops.asyncapi",
     "json_schema_document": "ops.schemas",
     "typescript_module": "ops.typescript",
+    # operations
+    "register_secret": "core.logs",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -236,3 +238,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .runtime.actor_space import ActorRef, ActorSpace
     from .runtime.domain import DomainActor
     from .runtime.futures import ActorFuture, get, wait
+    from .core.logs import register_secret

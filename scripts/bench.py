@@ -10,6 +10,8 @@ chart of the ratios and the raw figures as JSON under ``bench-results/``.
     python scripts/bench.py                 # everything, 3 repetitions (about 15 min)
     python scripts/bench.py --quick         # about 2 s per workload, small counts, 1 repetition
     python scripts/bench.py --workloads rt50x4,fanout1000 --reps 5
+    python scripts/bench.py --metrics --servers flamigo --workloads rt1x1,rt50x4,fanout1000,fanout5000
+                                            # the cost of FLAMIGO_METRICS: on vs off, side by side
 
 Workloads (see the README's "Performance" section):
 
@@ -55,7 +57,10 @@ LOADGEN = SCRIPTS / "loadgen"
 RESULTS = ROOT / "bench-results"
 
 SERVERS = ("flamigo", "raw", "socketio")
-SERVER_LABELS = {"flamigo": "flamigo_actors", "raw": "raw gevent-websocket", "socketio": "Flask-SocketIO"}
+METRICS_SERVER = "metrics"
+"""flamigo_actors with FLAMIGO_METRICS=true (``--metrics``): the cost of the metrics, side by side."""
+SERVER_LABELS = {"flamigo": "flamigo_actors", "raw": "raw gevent-websocket", "socketio": "Flask-SocketIO",
+                 METRICS_SERVER: "flamigo_actors + metrics"}
 SERVER_CPU, LOAD_CPU = "0", "1"
 
 
@@ -130,8 +135,10 @@ class Server:
         self.kind = kind
         self.port = _free_port()
         python = sys.executable
-        if kind == "flamigo":
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if kind in ("flamigo", METRICS_SERVER):
             argv = [python, "-m", "app", "--port", str(self.port), "--log-level", "WARNING"]
+            env["FLAMIGO_METRICS"] = "true" if kind == METRICS_SERVER else "false"
         elif kind == "raw":
             argv = [python, str(SCRIPTS / "peers" / "raw_server.py"), "--port", str(self.port)]
         elif kind == "socketio":
@@ -141,7 +148,6 @@ class Server:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"{kind}.log"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
             _taskset(SERVER_CPU) + argv,
             cwd=ROOT,
@@ -203,7 +209,8 @@ def ensure_loadgen() -> str:
 
 
 def run_loadgen(node: str, kind: str, workload: Workload, server: Server, timeout: float) -> dict[str, Any]:
-    config = {"mode": workload.mode, "kind": kind, "port": server.port, "pid": server.pid,
+    protocol = "flamigo" if kind == METRICS_SERVER else kind
+    config = {"mode": workload.mode, "kind": protocol, "port": server.port, "pid": server.pid,
               "timeout": timeout, **workload.config}
     budget = timeout * 4 + 30
     proc = subprocess.run(
@@ -335,6 +342,11 @@ def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
           _ratio(m("conns10000", "flamigo", "connect_s"), m("conns10000", "raw", "connect_s")), "<=", 1.5)
     routing = summary.get("routing")
     check("routing many/few", routing["ratio"]["median"] if routing else None, "<=", 2)
+    if any(METRICS_SERVER in summary.get(w, {}) for w in ("rt1x1", "rt50x4", "fanout1000", "fanout5000")):
+        # --metrics: the issue's cost limit, metrics on within 5% of off (same run, interleaved).
+        for w, key in (("rt1x1", "rps"), ("rt50x4", "rps"), ("fanout1000", "deliveries_per_s"),
+                       ("fanout5000", "deliveries_per_s")):
+            check(f"{w} metrics on ÷ off", _ratio(m(w, METRICS_SERVER, key), m(w, "flamigo", key)), ">=", 0.95)
     return out
 
 
@@ -466,9 +478,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit(f"error: unknown workload(s) {sorted(unknown)}: use {[w.name for w in chosen]}")
         chosen = [w for w in chosen if w.name in wanted]
     servers = args.servers.split(",")
+    if args.metrics and METRICS_SERVER not in servers:
+        servers.append(METRICS_SERVER)
     for s in servers:
-        if s not in SERVERS:
-            raise SystemExit(f"error: unknown server {s!r}: use {', '.join(SERVERS)}")
+        if s not in SERVER_LABELS:
+            raise SystemExit(f"error: unknown server {s!r}: use {', '.join(SERVER_LABELS)}")
     reps = args.reps or (1 if args.quick else 3)
     node = ensure_loadgen() if any(w.mode != "routing" for w in chosen) else ""
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -527,11 +541,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="about 2 s per workload, small counts, 1 repetition")
     parser.add_argument("--workloads", help="comma-separated subset: rt1x1,rt50x4,fanout1000,fanout5000,conns10000,routing")
-    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of flamigo,raw,socketio")
+    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of flamigo,raw,socketio,metrics (flamigo with FLAMIGO_METRICS=true)")
     parser.add_argument("--reps", type=int, help="repetitions of each figure (default 3; 1 with --quick)")
     parser.add_argument("--out", default=str(RESULTS), help="results directory (default bench-results/)")
     parser.add_argument("--pause", type=float, default=0.5, help="seconds between runs (sockets settle)")
     parser.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
+    parser.add_argument(
+        "--metrics", action="store_true",
+        help="also run flamigo_actors with FLAMIGO_METRICS=true (server 'metrics'), interleaved, "
+             "and check on ÷ off >= 0.95",
+    )
     args = parser.parse_args(argv)
     if sys.platform != "linux":
         raise SystemExit("error: the benchmark needs Linux (taskset, /proc)")

@@ -62,6 +62,8 @@ SUBPROCESS: dict[str, str | set[str]] = {
     "test_contract_tools": "*",
     "test_dashboard": {"test_dashboard_shows_connections_and_mailbox_depth_in_chromium"},
     "test_flamigo_js": "*",
+    "test_metrics": {"test_two_workers_report_the_sum_of_their_connections_in_one_scrape"},
+    "test_readiness": {"test_sigterm_single_process", "test_sigterm_workers"},
     "test_scale_out": "*",
     "test_server": "*",
     "test_shell": "*",
@@ -102,6 +104,11 @@ SLOW: dict[str, str | set[str]] = {
         "test_wrong_types_in_every_envelope_field",
         "test_a_client_that_never_finishes_its_handshake_is_dropped",
     },
+    "test_metrics": {
+        "test_new_topics_and_users_add_no_series",
+        "test_two_workers_report_the_sum_of_their_connections_in_one_scrape",
+    },
+    "test_readiness": {"test_sigterm_single_process", "test_sigterm_workers"},
     "test_scale_out": "*",
     "test_server": {"test_python_m_app_serves_healthz_and_drains_on_sigterm"},
     "test_shell": {
@@ -416,17 +423,20 @@ class RedisServer:
     and coming back.
     """
 
-    def __init__(self, binary: str, port: int) -> None:
+    def __init__(self, binary: str, port: int, password: str | None = None) -> None:
+        """With ``password``, Redis requires it (``--requirepass``) and :attr:`url` carries it."""
         self.binary = binary
         self.port = port
-        self.url = f"redis://127.0.0.1:{port}/0"
+        self.password = password
+        self.url = f"redis://{f':{password}@' if password else ''}127.0.0.1:{port}/0"
         self.dir = tempfile.mkdtemp(prefix="flamigo-redis-")
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir, "--loglevel", "warning"],
+             "--appendonly", "no", "--dir", self.dir, "--loglevel", "warning",
+             *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout

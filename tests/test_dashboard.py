@@ -7,12 +7,13 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import gevent
 import pytest
 import requests
 from flask import Flask
 from playwright.sync_api import expect
 
-from tests.support import LiveServer, ServerProcess, free_port
+from tests.support import LiveServer, ServerProcess, eventually, free_port
 
 TOKEN = "s3cret-admin-token"
 PATHS = ["/_flamigo/inspect", "/_flamigo/dashboard", "/_flamigo/dashboard.js", "/_flamigo/dashboard.css"]
@@ -154,3 +155,98 @@ def test_dashboard_shows_connections_and_mailbox_depth_in_chromium(page: Any, ar
         for client in clients:
             client.close()
         server.stop()
+
+
+def test_history_is_sampled_every_second_into_the_inspection_document(inspect_server: LiveServer) -> None:
+    client = inspect_server.client("dave")
+    for n in range(5):
+        client.request("app::echo", n)
+
+    def samples() -> list[dict[str, Any]]:
+        return list(requests.get(f"{inspect_server.url}/_flamigo/inspect", timeout=5).json()["history"])
+
+    rows = eventually(lambda: (lambda h: len(h) >= 3 and h)(samples()), timeout=20)
+    assert set(rows[-1]) == {"t", "connections", "requests_per_s", "deliveries_per_s", "p99_ms", "refusals_per_s"}
+    assert rows[-1]["connections"] == 1
+    assert all(a["t"] < b["t"] for a, b in zip(rows, rows[1:]))
+    assert any(row["requests_per_s"] > 0 for row in rows) or any(row["p99_ms"] for row in rows)
+    client.close()
+
+
+def test_history_keeps_ten_minutes() -> None:
+    from flamigo_actors.ops.history import SAMPLES, History
+    from flamigo_actors.ops.meter import Meter
+
+    class Counters:
+        messages_in = connections_refused = slow_consumers = rate_limited = frames_dropped = 0
+
+    class Bus:
+        class stats:  # noqa: N801 - the shape of Bus.stats
+            delivered = refused = 0
+
+    class Host:
+        stats, bus, connections = Counters(), Bus(), {"c1": object()}
+
+    now = [0.0]
+    meter = Meter()
+    history = History(Host(), meter, clock=lambda: now[0])  # type: ignore[arg-type]
+    for second in range(SAMPLES + 50):
+        now[0] = float(second)
+        Counters.messages_in += 10
+        meter.strategy_done("app::x", 200, 0.001 * (second % 100 + 1))
+        history.sample()
+    rows = history.rows()
+    assert len(rows) == SAMPLES == 600
+    assert rows[-1]["requests_per_s"] == 10.0 and rows[-1]["connections"] == 1
+    assert rows[-1]["p99_ms"] is not None
+
+
+def test_dashboard_draws_history_charts_and_the_busiest_domain_actors_in_chromium(
+    demo_app: Callable[..., Flask], live_server: Callable[[Flask], LiveServer], page: Any, artifacts_dir: str
+) -> None:
+    from gevent.event import Event
+
+    from flamigo_actors import DomainActor
+
+    blocker = Event()
+
+    class Backlog(DomainActor):
+        kind = "test-backlog"
+
+        def hold(self) -> None:
+            blocker.wait(30)
+
+    app = demo_app(FLAMIGO_INSPECT_ENABLED=True)
+    server = live_server(app)
+    client = server.client("erin")
+
+    def traffic() -> None:  # requests every second or so: every chart gets points
+        n = 0
+        while True:
+            client.request("app::echo", n)
+            n += 1
+            gevent.sleep(0.2)
+
+    worker = gevent.spawn(traffic)
+    try:
+        ref = server.flamigo.actors.get(Backlog, "queue-7")
+        for _ in range(4):
+            ref.tell("hold")  # the first holds; three wait in its mailbox
+        page.goto(f"{server.url}/_flamigo/dashboard")
+        for chart in ("connections", "requests", "deliveries", "p99", "refusals"):
+            expect(page.locator(f"#chart-{chart} svg")).to_have_attribute(
+                "data-points", re.compile(r"^([3-9]|\d\d+)$"), timeout=20_000
+            )
+        points = page.get_attribute("#chart-connections polyline", "points") or ""
+        assert len(points.split()) >= 3
+        expect(page.locator("#chart-connections .last")).to_contain_text("1", timeout=10_000)
+        row = page.locator("#domain-busiest tbody tr").first
+        expect(row).to_contain_text("queue-7", timeout=10_000)
+        expect(row.locator("td.mailbox")).to_have_text("3")
+        path = os.path.join(artifacts_dir, "dashboard-history.png")
+        page.screenshot(path=path, full_page=True)
+        print(f"dashboard screenshot: {path}")
+    finally:
+        worker.kill()
+        blocker.set()
+        client.close()

@@ -81,6 +81,7 @@ from .codec import (
 if TYPE_CHECKING:
     from ..core.identity import Identity
     from ..core.settings import Settings
+    from ..runtime.instruments import Instruments
 
 __all__ = [
     "import_redis",
@@ -266,6 +267,8 @@ class RedisBackplane:
         self.socket_timeout = socket_timeout
         self.origin = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stats = BackplaneStats()
+        self.instruments: Instruments | None = None
+        """Observes the lag of events from other processes (``FLAMIGO_METRICS``); ``None``: not measured."""
         self.last_error: str | None = None
         """The last Redis error seen (for inspection)."""
         self._origin = self.origin.encode()
@@ -592,10 +595,15 @@ class _Reader:
             if not reply:
                 continue
             streams = reply.items() if isinstance(reply, dict) else reply
+            instruments = link.instruments
             for _name, entries in streams:
                 for entry_id, fields in entries:
                     self.last_id = entry_id
                     self.receive(fields)
+                    if instruments is not None and fields.get(b"o") != link._origin:
+                        # The entry id starts with Redis's clock in ms when it stored the event.
+                        stored = int(entry_id.partition(b"-")[0]) / 1000
+                        instruments.backplane_lag(max(0.0, time.time() - stored))
 
     def receive(self, fields: dict[bytes, bytes]) -> None:
         link = self.link

@@ -108,6 +108,13 @@ class Settings:
     once the app's ``test_client()`` is used; never costs anything when off."""
     asyncapi_endpoint: bool | None = None
     """Serve the AsyncAPI 3.0 document at ``/_flamigo/asyncapi.json``. ``None``: on in debug mode."""
+    metrics: bool = False
+    """Serve Prometheus metrics at ``/metrics`` (loopback or ``FLAMIGO_ADMIN_TOKEN``, like inspection)."""
+    readiness_grace: float = 1.0
+    """Seconds a server keeps serving after SIGTERM with ``/readyz`` answering 503, before the
+    drain begins (0 turns it off); taken out of ``FLAMIGO_DRAIN_TIMEOUT``, at most half of it."""
+    log_format: str = "text"
+    """``text`` (human-readable lines) or ``json`` (one JSON object per line), for the server commands."""
 
     @classmethod
     def from_config(
@@ -165,6 +172,10 @@ class Settings:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"FLAMIGO_{name.upper()} must be positive, got {getattr(self, name)!r}")
+        if self.readiness_grace < 0:
+            raise ValueError(f"FLAMIGO_READINESS_GRACE must be 0 or more seconds, got {self.readiness_grace!r}")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"FLAMIGO_LOG_FORMAT must be 'text' or 'json', got {self.log_format!r}")
         for name in ("rate_limit", "connect_rate_limit", "rate_limit_burst", "connect_rate_burst"):
             value = getattr(self, name)
             if value is not None and value <= 0:

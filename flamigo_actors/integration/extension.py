@@ -124,10 +124,10 @@ class Flamigo(ConnectionsMixin):
         for listener, patterns, options in self._listeners:
             self.bus.subscribe(listener, *patterns, **options)
         app.shell_context_processor(self._shell_context)
-        from ..ops.dashboard import register_inspection
+        from ..ops import operations
 
-        register_inspection(self, app)
         install_contract(self, app)  # output checks, /_flamigo/asyncapi.json
+        operations.install(self, app)  # /readyz, inspection and dashboard, /metrics
 
     @property
     def strategies(self) -> Registry:
@@ -219,6 +219,9 @@ class Flamigo(ConnectionsMixin):
             _start_redis(self.bus, self.actors, self.settings)
         self.bus.start()
         self.actors.start()
+        from ..ops import operations
+
+        operations.start(self)  # metrics sync, dashboard history
 
     # -- shutdown --------------------------------------------------------------
 
@@ -230,6 +233,9 @@ class Flamigo(ConnectionsMixin):
             timeout: seconds to wait for in-flight work (default ``FLAMIGO_DRAIN_TIMEOUT``).
         """
         drain = self.settings.drain_timeout if timeout is None else timeout
+        from ..ops import operations
+
+        operations.stop(self)
         self.hub.drain(drain)
         self.actors.stop(drain)  # snapshots stored
         if self.bus.backplane is not None:  # after the disconnected events, before the bus

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, Response, jsonify, request
 
 from . import inspect
+from .history import history_of
 
 if TYPE_CHECKING:
     from .host import Host
@@ -112,6 +113,7 @@ def snapshot(flamigo: Host, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
     actors.sort(key=lambda r: (-r["mailbox"], r["kind"]))
     subscriptions = inspect.subscriptions(flamigo)
     app = flamigo.app
+    history = history_of(flamigo)
     return {
         "app": app.import_name if app is not None else None,
         "pid": os.getpid(),
@@ -126,6 +128,7 @@ def snapshot(flamigo: Host, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
         "subscriptions": list(subscriptions[:limit]),
         "subscriptions_total": len(subscriptions),
         "limit": limit,
+        "history": history.rows() if history is not None else [],
     }
 
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ..core.settings import Settings
     from ..runtime.actor_space import ActorSpace
     from ..runtime.bus import Bus
+    from ..websocket.hub import Hub
 
 __all__ = ["Counters", "Host"]
 
@@ -37,6 +38,10 @@ class Counters(Protocol):
     slow_consumers: int
     frames_dropped: int
     rate_limited: int
+    bytes_in: int
+    bytes_out: int
+    refused_by_status: dict[int, int]
+    closed_by_code: dict[int, int]
 
 
 class Host(Protocol):
@@ -63,6 +68,9 @@ class Host(Protocol):
 
     @property
     def started_at(self) -> float: ...
+
+    @property
+    def hub(self) -> Hub: ...
 
     @property
     def actors(self) -> ActorSpace: ...

@@ -132,15 +132,20 @@ def _run(args: argparse.Namespace) -> int:
             return 2
         return exec_arbiter(args.target, args.host, args.port, args.workers, args.log_level)
     app = load_app(args.target)
+    from .logs import log_format, watch_app
+
+    watch_app(app)
 
     def ready(server: Any) -> None:
         host, port = server.address[:2]
-        print(
+        banner = (
             f"flamigo_actors: serving {args.target} on http://{host}:{port} "
-            f"(WebSocket at {app.extensions['flamigo'].settings.ws_path})",
-            file=sys.stderr,
-            flush=True,
+            f"(WebSocket at {app.extensions['flamigo'].settings.ws_path})"
         )
+        if log_format() == "json":  # every line of a JSON log is JSON
+            _log.info("%s", banner)
+        else:
+            print(banner, file=sys.stderr, flush=True)
 
     from ..ops.shell import BackdoorError
 
@@ -161,10 +166,13 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``flamigo-actors`` command; returns the exit status."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from .logs import setup
+
+    try:
+        setup(str(args.log_level))  # FLAMIGO_LOG_FORMAT; secrets never written
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.command == "run":
         return _run(args)
     if args.command == "shell":

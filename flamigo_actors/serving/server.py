@@ -13,6 +13,7 @@ import gevent
 from gevent.event import Event
 from gevent.pywsgi import WSGIServer
 
+from ..ops.readiness import announce_shutdown, grace_period
 from ..runtime.engine import gevent_patched
 from ..websocket.transport import Handler
 
@@ -82,6 +83,9 @@ def serve(
 ) -> None:
     """Serve ``app`` until SIGTERM/SIGINT (or ``stop`` is set), then drain gracefully.
 
+    On SIGTERM, ``/readyz`` answers 503 at once and the server keeps serving for
+    ``FLAMIGO_READINESS_GRACE`` seconds (out of the drain timeout) before the drain.
+
     The drain refuses new connections, lets in-flight requests answer, closes
     every connection with 1001 "going away", fires every disconnected event,
     and returns within ``FLAMIGO_DRAIN_TIMEOUT`` seconds (plus a short grace).
@@ -118,14 +122,28 @@ def serve(
             shell.stop()
         server.stop(timeout=0)
         raise
-    handlers = [gevent.signal_handler(sig, stop.set) for sig in (signal.SIGTERM, signal.SIGINT)]
+    terminated = []
+
+    def on_sigterm() -> None:
+        terminated.append(True)
+        stop.set()
+
+    handlers = [gevent.signal_handler(signal.SIGTERM, on_sigterm), gevent.signal_handler(signal.SIGINT, stop.set)]
     try:
         if ready is not None:
             ready(server)
         stop.wait()
-        _log.info("shutting down: draining connections (up to %ss)", flamigo.settings.drain_timeout)
+        drain = flamigo.settings.drain_timeout
+        if terminated:  # a load balancer's cue: /readyz 503 while still serving, then drain
+            grace = grace_period(flamigo.settings)
+            announce_shutdown(flamigo)
+            if grace:
+                _log.info("SIGTERM: /readyz answers 503; draining in %ss", grace)
+                gevent.sleep(grace)
+                drain -= grace
+        _log.info("shutting down: draining connections (up to %ss)", drain)
         server.close()  # stop accepting; handlers keep running
-        flamigo.shutdown()
+        flamigo.shutdown(drain)
         server.stop(timeout=1)
     finally:
         for handler in handlers:

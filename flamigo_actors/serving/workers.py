@@ -20,8 +20,10 @@ gevent worker does this). Each worker then:
   SIGINT/SIGQUIT, exactly like ``serve()``: in-flight requests answer, every
   connection closes with 1001, every disconnected event fires.
 
-This module is imported by the unpatched arbiter: it imports only gunicorn and
-:mod:`flamigo_actors.websocket.transport` at module level, never Flask, Pykka or the app.
+This module is imported by the unpatched arbiter: it imports only gunicorn,
+:mod:`flamigo_actors.websocket.transport` and :mod:`flamigo_actors.ops.multiprocess`
+(prometheus_client's directory, made fresh at arbiter start) at module level,
+never Flask, Pykka or the app.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from typing import Any
 import gevent
 from gunicorn.app.base import BaseApplication
 
+from ..ops import multiprocess
+from . import logs
 from ..websocket.transport import Handler, gunicorn_worker_base
 from .loading import load_app, search_current_directory
 
@@ -55,10 +59,13 @@ class FlamigoWorker(gunicorn_worker_base()):  # type: ignore[misc]
 
     wsgi_handler = Handler
     flamigo: Any = None
+    _terminated = False
 
     def load_wsgi(self) -> None:
         """Load the app (after the fork, already patched), then start its runtime."""
         super().load_wsgi()
+        logs.setup(self.cfg.loglevel)  # gunicorn's own handlers too (set up before the fork)
+        logs.watch_app(self.wsgi)
         flamigo = getattr(self.wsgi, "extensions", {}).get("flamigo")
         if flamigo is None:
             self.log.error("error: the app has no Flamigo extension: call Flamigo(app) in the factory")
@@ -88,11 +95,25 @@ class FlamigoWorker(gunicorn_worker_base()):  # type: ignore[misc]
             drain.join()
 
     def _drain_when_told(self) -> None:
-        while self.alive:
+        while self.alive and not self._terminated:
             gevent.sleep(0.1)
+        drain = self.flamigo.settings.drain_timeout
+        if self._terminated and self.alive:
+            # SIGTERM: /readyz answers 503 while this worker still serves, then the drain.
+            from ..ops.readiness import announce_shutdown, grace_period
+
+            grace = grace_period(self.flamigo.settings)
+            announce_shutdown(self.flamigo)
+            gevent.sleep(grace)
+            drain -= grace
+            self.alive = False  # gunicorn stops accepting
         # gunicorn stops accepting; we close every connection gracefully (1001),
         # which ends their handlers, which lets gunicorn's graceful wait finish.
-        self.flamigo.shutdown()
+        self.flamigo.shutdown(drain)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        # SIGTERM (also what the arbiter sends on its own SIGTERM): drain after the readiness grace.
+        self._terminated = True
 
     def handle_quit(self, sig: int, frame: Any) -> None:
         # gunicorn's SIGINT/SIGQUIT exit at once; drain like the single-process server.
@@ -146,6 +167,9 @@ def gunicorn_options(
         "errorlog": "-",
         "proc_name": f"flamigo-actors {target}",
         "when_ready": when_ready,
+        # prometheus_client's multiprocess mode: the workers' values summed (FLAMIGO_METRICS).
+        "child_exit": lambda arbiter, worker: multiprocess.worker_exited(worker.pid),
+        "on_exit": lambda arbiter: multiprocess.cleanup(),
         # gunicorn >= 24's control socket runs a thread and a shared ~/.gunicorn socket.
         "control_socket_disable": True,
     }
@@ -179,11 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    try:
+        logs.setup(str(args.log_level))  # FLAMIGO_LOG_FORMAT; secrets never written
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
     search_current_directory()  # the app module is looked up from here, as with `python -m`
+    multiprocess.prepare()  # before any worker forks: every worker writes its metrics there
     options = gunicorn_options(args.target, args.host, args.port, args.workers, args.log_level)
     WorkersApplication(args.target, options).run()  # exits with the arbiter's status
     return 0

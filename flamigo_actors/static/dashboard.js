@@ -58,6 +58,25 @@
       ((offset + i) * step).toFixed(2) + "," + (29 - (v / max) * 28).toFixed(2)).join(" "));
   }
 
+  // The server keeps 10 minutes of one-second samples (doc.history): one line per chart,
+  // time on x (the last 600 s), 0 to the window's maximum on y. Gaps (no value) are skipped.
+  const WINDOW_S = 600;
+
+  function chart(figure, samples, now) {
+    const key = figure.dataset.key;
+    const points = samples.filter((s) => s[key] != null && now - s.t <= WINDOW_S);
+    const max = Math.max(0, ...points.map((s) => s[key]));
+    const scale = max || 1;
+    const line = figure.querySelector("polyline");
+    line.setAttribute("points", points.map((s) =>
+      (300 - ((now - s.t) / WINDOW_S) * 300).toFixed(1) + "," + (58 - (s[key] / scale) * 56).toFixed(1)).join(" "));
+    figure.querySelector("svg").dataset.points = String(points.length);
+    const last = points.length ? points[points.length - 1][key] : null;
+    const fmt = (v) => Number.isInteger(v) ? String(v) : v.toFixed(Math.abs(v) < 10 ? 2 : 1);
+    figure.querySelector(".last").textContent = last == null ? "–"
+      : fmt(last) + figure.dataset.unit + " · max " + fmt(max);
+  }
+
   function render(doc) {
     const stats = doc.stats;
     const rates = stats.rates_per_second || {};
@@ -79,6 +98,22 @@
     const max = Math.max(1, ...history.in, ...history.out);
     spark(history.in, "spark-in", max);
     spark(history.out, "spark-out", max);
+
+    const samples = doc.history || [];
+    const now = samples.length ? samples[samples.length - 1].t : doc.time;
+    for (const figure of document.querySelectorAll("figure.chart")) chart(figure, samples, now);
+    text("history-shown", "(" + samples.length + " samples, one a second)");
+
+    const busiest = doc.domain_busiest || [];
+    text("domain-shown", "(" + busiest.length + " with queued messages)");
+    fill("domain-busiest", busiest, 3, "no queued messages", (a) => {
+      const tr = document.createElement("tr");
+      if (a.mailbox > 0) tr.className = a.mailbox >= 10 ? "backlog" : "busy";
+      cell(tr, a.kind);
+      cell(tr, a.key, "mono");
+      cell(tr, a.mailbox, "num mailbox");
+      return tr;
+    });
 
     const shown = doc.connections.length;
     text("connections-shown", shown < doc.connections_total

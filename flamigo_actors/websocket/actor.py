@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 import time
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
 
 import gevent
 import pykka
 
 from . import protocol
-from ..core.errors import FlamigoError
+from ..core.errors import FlamigoError, status_of
 from ..core.events import Connected
 from ..runtime.engine import FlamigoActor
 from ..runtime.signals import connection_opened
@@ -42,9 +43,11 @@ _log = logging.getLogger("flamigo_actors.connection")
 
 
 class Inbound:
-    """A request frame read by the reader (``limited``: over the rate limit, answer 429)."""
+    """A request frame read by the reader (``limited``: over the rate limit, answer 429;
+    ``queued_at``: its ``perf_counter()`` when told, set only with metrics on)."""
 
-    __slots__ = ("binary", "data", "limited")
+    __slots__ = ("binary", "data", "limited", "queued_at")
+    queued_at: float
 
     def __init__(self, binary: bool, data: bytes, limited: bool) -> None:
         self.binary = binary
@@ -106,6 +109,7 @@ class ActorConnection(Protocol):
     pending_deliveries: int
     auth_required: bool
     actor: ConnectionActor | None
+    instruments: Any
 
     def push(self, frame: bytes) -> None: ...
 
@@ -129,6 +133,9 @@ class ConnectionActor(FlamigoActor):
         self.deferred: dict[DeferredReply, gevent.Greenlet | None] = {}
         """Deferred replies still running, with the timer of their time limit."""
         self._app_context: Any = None
+        self.strategy: str | None = None
+        """The strategy being served, if any (for log lines)."""
+        self.received_at = 0.0  # perf_counter() when the request left the mailbox (metrics on)
         connection.actor = self  # for Connection.deliver's idle fast path
 
     def on_start(self) -> None:
@@ -178,6 +185,10 @@ class ConnectionActor(FlamigoActor):
             if message.waiter is not None:
                 message.waiter.done()
         elif kind is Inbound:
+            instruments = self.connection.instruments
+            if instruments is not None:  # one clock read: the wait's end, the strategy's start
+                self.received_at = perf_counter()
+                instruments.mailbox_wait(self.received_at - message.queued_at)
             try:
                 # Read after the close began (its answer is the close frame):
                 # running it would only have side effects nobody hears about.
@@ -240,6 +251,7 @@ class ConnectionActor(FlamigoActor):
             return
         limit = strategy.timeout or hub.settings.strategy_timeout
         client.ack_id = None if ack_id is NO_ACK else ack_id
+        self.strategy = strategy.name  # for log lines (see log_context)
         ctx = StrategyContext(
             hub.host,
             client,
@@ -247,20 +259,27 @@ class ConnectionActor(FlamigoActor):
             deadline=time.monotonic() + limit,
             ack_id=client.ack_id,
         )
+        instruments = conn.instruments
+        started = self.received_at
+        status = 200
         timer = gevent.Timeout(limit)
         timer.start()
         try:
             result = run_strategy(strategy, ctx)
         except gevent.Timeout:
             # Ours, or one the strategy armed and did not catch: a timeout either way.
+            status = 504
             conn.send_error(_timed_out(request.topic, limit), ack_id)
             return
         except FlamigoError as err:
+            status = status_of(err)
             conn.send_error(err, ack_id, strategy=request.topic)
             return
         finally:
             timer.close()
-            client.ack_id = None
+            client.ack_id = self.strategy = None
+            if instruments is not None:
+                instruments.strategy_done(strategy.name, status, perf_counter() - started)
         if ctx.deferred is not None:
             self._track_deferred(ctx.deferred, request.topic, ack_id, limit, ctx.deadline or 0.0)
             return

@@ -96,6 +96,7 @@ class Connection:
             else None
         )
         self.limited_in_a_row = 0
+        self.instruments = hub.instruments  # None unless FLAMIGO_METRICS: nothing measured
         self.ref: Any = None
         self.actor: ConnectionActor | None = None  # set by the actor itself
         transport.max_message_size = settings.max_message_size  # type: ignore[attr-defined]
@@ -112,9 +113,7 @@ class Connection:
 
     def send_text(self, payload: bytes) -> None:
         """Write a text frame carrying ``payload`` (a reply, an error, the heartbeat's pong)."""
-        if self.outbound.push(text_frame(payload)):
-            self.client.messages_out += 1
-            self.stats.messages_out += 1
+        self.push(text_frame(payload))
 
     def _touch(self) -> None:
         self.last_activity = time.monotonic()
@@ -227,10 +226,12 @@ class Connection:
     # -- sending ---------------------------------------------------------------
 
     def push(self, frame: bytes) -> None:
-        """Write a push frame (a client event from the bus) and count it."""
+        """Write a frame (a client event from the bus, a reply...) and count it."""
         if self.outbound.push(frame):
             self.client.messages_out += 1
             self.stats.messages_out += 1
+            if self.instruments is not None:
+                self.stats.bytes_out += len(frame)
 
     def send_reply(self, topic: str, result: Any, ack_id: Any) -> None:
         """Send a strategy's result (a 500 error if it is not JSON-serialisable)."""

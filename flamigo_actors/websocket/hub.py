@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -34,6 +34,7 @@ import gevent
 from ..core.identity import Identity
 from ..core.ratelimit import AddressLimiter
 from ..runtime.context import ContextHost
+from ..runtime.instruments import Instruments
 from .client import WebsocketClient
 
 __all__ = ["GOING_AWAY", "KICKED", "FlamigoStats", "Hook", "Hub", "HubConnection", "HubHost"]
@@ -67,6 +68,14 @@ class FlamigoStats:
     """Requests answered 429."""
     connections_refused: int = 0
     """Upgrades refused before the handshake (origin, rate, draining)."""
+    bytes_in: int = 0
+    """Bytes of the frames' payloads received (counted only with ``FLAMIGO_METRICS``)."""
+    bytes_out: int = 0
+    """Bytes of frames sent, headers included (counted only with ``FLAMIGO_METRICS``)."""
+    refused_by_status: dict[int, int] = field(default_factory=dict)
+    """``connections_refused`` by HTTP status (503 draining, 403 origin, 429 rate)."""
+    closed_by_code: dict[int, int] = field(default_factory=dict)
+    """``connections_closed`` by close code."""
 
 
 class HubHost(ContextHost, Protocol):
@@ -120,6 +129,8 @@ class Hub:
         """The heartbeat request a connection's reader answers itself, and its reply
         (``None`` when the app registered its own ``websocket:ping``)."""
         self.draining = False
+        self.instruments: Instruments | None = None
+        """Histogram observation points (``FLAMIGO_METRICS``); ``None`` measures nothing."""
         self._keepalive: gevent.Greenlet | None = None
         self._address_limiter: AddressLimiter | None = None
 
@@ -171,7 +182,10 @@ class Hub:
     def unregister(self, connection: HubConnection) -> None:
         """Count ``connection`` out (its cleanup runs)."""
         if self.connections.pop(connection.client.conn_id, None) is not None:
-            self.stats.connections_closed += 1
+            stats = self.stats
+            stats.connections_closed += 1
+            code = connection.client.close_code or 1006
+            stats.closed_by_code[code] = stats.closed_by_code.get(code, 0) + 1
 
     def run_hooks(self, name: str, client: WebsocketClient) -> None:
         """Run the ``connect`` / ``authenticated`` / ``disconnect`` hooks for ``client``.
@@ -196,7 +210,9 @@ class Hub:
         """Decide on an upgrade before the handshake: ``None`` or ``(status, message)``."""
         refusal = self._refusal(environ)
         if refusal is not None:
-            self.stats.connections_refused += 1
+            stats = self.stats
+            stats.connections_refused += 1
+            stats.refused_by_status[refusal[0]] = stats.refused_by_status.get(refusal[0], 0) + 1
             _log.info("refused WebSocket from %s: %s", environ.get("REMOTE_ADDR"), refusal[1])
         return refusal
 

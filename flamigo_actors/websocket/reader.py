@@ -18,6 +18,7 @@ connection's lifecycle and never raises.
 from __future__ import annotations
 
 import logging
+from time import perf_counter
 from typing import Any, Protocol
 
 import pykka
@@ -45,6 +46,7 @@ class ReaderConnection(Protocol):
     lifecycle: Lifecycle
     reader_paused: bool
     limited_in_a_row: int
+    instruments: Any
 
     def send_text(self, payload: bytes) -> None: ...
 
@@ -65,10 +67,13 @@ def read(conn: ReaderConnection) -> tuple[int, str]:
         rate = conn.rate
         close_after = hub.settings.rate_limit_close_after
         heartbeat, heartbeat_reply = hub.heartbeat_frames or (None, b"")
+        instruments = conn.instruments
         while True:
             binary, data = receive()
             client.messages_in += 1
             stats.messages_in += 1
+            if instruments is not None:
+                stats.bytes_in += len(data)
             limited = False
             if rate is not None and not rate.take():
                 limited = True
@@ -88,7 +93,12 @@ def read(conn: ReaderConnection) -> tuple[int, str]:
                 conn.reader_paused = False
             else:
                 slots.acquire()
-            tell(Inbound(binary, data, limited))
+            if instruments is None:
+                tell(Inbound(binary, data, limited))
+            else:  # metrics: when it entered the mailbox, for the mailbox wait histogram
+                inbound = Inbound(binary, data, limited)
+                inbound.queued_at = perf_counter()
+                tell(inbound)
             if limited and conn.limited_in_a_row >= close_after:
                 raise CloseRequired(1008, "rate limit exceeded")
     except ConnectionEnded as ended:
