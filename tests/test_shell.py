@@ -323,6 +323,16 @@ def test_shell_says_clearly_when_it_cannot_connect() -> None:
     assert "--backdoor" in result.stderr
 
 
+def wait_for_key(pid: int, timeout: float = 20) -> None:
+    """Wait until process ``pid`` sleeps in select/poll (readline waiting for a key)."""
+
+    def waiting() -> bool:
+        with open(f"/proc/{pid}/wchan") as wchan:
+            return wchan.read().startswith(("poll_schedule_timeout", "do_select", "do_sys_poll"))
+
+    eventually(waiting, timeout=timeout)
+
+
 def test_interactive_shell_on_a_terminal(backdoor_server: Any) -> None:
     import fcntl
     import pty
@@ -369,7 +379,11 @@ def test_interactive_shell_on_a_terminal(backdoor_server: Any) -> None:
         assert b"line 0\r\nline 21\r\n" in shown
         assert b"\r\n3\r\n>>> " in type_in(b"print(len(connections()))\n", b">>> ")
         type_in(b"if True:\n", b"... ")
-        type_in(b"\x03", b"KeyboardInterrupt")  # Ctrl-C drops the unfinished statement
+        # Ctrl-C drops the unfinished statement. Sent once the shell is blocked reading the
+        # terminal: a SIGINT that lands between readline's prompt and its select() is only
+        # seen after the next key (CPython's readline loop), which a loaded machine makes likely.
+        wait_for_key(process.pid)
+        type_in(b"\x03", b"KeyboardInterrupt")
         read_until(b">>> ", len(seen) - len(b"KeyboardInterrupt"))
         assert b"fresh 42" in type_in(b"print('fresh', 6 * 7)\n", b">>> ")
         os.write(leader, b"\x04")  # Ctrl-D
