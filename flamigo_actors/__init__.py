@@ -91,6 +91,9 @@ _EXPORTS: dict[str, str] = {
     "ActorDeadlock": "runtime.actor_errors",
     "ActorOverloaded": "runtime.actor_errors",
     "StaleOwner": "runtime.actor_errors",
+    # presence
+    "Presence": "runtime.presence",
+    "PresenceHandle": "runtime.presence",
 }
 
 __all__ = sorted(_EXPORTS)

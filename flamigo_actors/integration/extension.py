@@ -43,6 +43,7 @@ from ..websocket.connection import Connection
 from ..core.identity import Identity
 from ..websocket.hub import FlamigoStats, Hub
 from .connections import ConnectionsMixin
+from .presence import install_presence, start_presence
 from ..core.settings import Settings
 from ..runtime.strategies import Registry
 from ..websocket.transport import SocketTransport
@@ -84,6 +85,7 @@ class Flamigo(ConnectionsMixin):
         self.hub = Hub(self)  # the live connections: registry, admission, keepalive, kick, drain
         self.bus: Bus = Bus(self, encoder=push_frame)  # the bus never imports the wire format
         self.actors = ActorSpace(publisher=self.publish)  # the app's domain actors: flamigo.actors.get(Room, "lobby")
+        self.presence = install_presence(self)  # who is in a topic: flamigo.presence.list("rooms/lobby")
         if app is not None:
             self.init_app(app)
 
@@ -113,6 +115,7 @@ class Flamigo(ConnectionsMixin):
         self.hub.heartbeat_frames = register_heartbeat(self._registry)
         self.hub.configure(settings)
         self.actors.call_timeout, self.actors.mailbox_max = settings.actor_call_timeout, settings.actor_mailbox_max
+        self.presence.batch = settings.presence_batch
         app.extensions["flamigo"] = self
         app.add_url_rule(
             settings.ws_path, "flamigo_websocket", lambda: _websocket_view(self.hub), websocket=True
@@ -217,6 +220,7 @@ class Flamigo(ConnectionsMixin):
             _start_redis(self.bus, self.actors, self.settings)
         self.bus.start()
         self.actors.start()
+        start_presence(self.presence, self.settings)
 
     # -- shutdown --------------------------------------------------------------
 
@@ -230,6 +234,7 @@ class Flamigo(ConnectionsMixin):
         drain = self.settings.drain_timeout if timeout is None else timeout
         self.hub.drain(drain)
         self.actors.stop(drain)  # snapshots stored
+        self.presence.close()  # after the connections' untracks: their leaves go out
         if self.bus.backplane is not None:  # after the disconnected events, before the bus
             self.bus.backplane.close()
         self.bus.close()
