@@ -478,3 +478,20 @@ def post_message(server: Any, username: str, room: str, text: str) -> None:
     )
     assert response.status_code == 202, response.text
     assert response.json() == {"room": room, "accepted": True}
+
+
+def join_room(client: WsClient, room: str, username: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Join a demo room and wait for the ``presence:diff`` announcing this connection's own entry.
+
+    The demo's rooms track presence, so a member receives the diff of its own join
+    shortly after the join reply; a test that later asserts that nothing arrives
+    takes it first. Returns the join reply.
+    """
+    reply = client.request("app::rooms:join", {"room": room})
+    own = {meta["ref"] for meta in reply["members"][username]}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for push in client.pushes("presence:diff", timeout=deadline - time.monotonic()):
+            if own & {meta["ref"] for meta in push["payload"]["joins"].get(username, [])}:
+                return reply  # type: ignore[no-any-return]
+    raise AssertionError(f"no presence:diff announced {username}'s join of {room}")

@@ -37,6 +37,16 @@ def _request(ws: RawWs, topic: str, payload: Any, ack: str) -> tuple[dict[str, A
         pushes.append(message)
 
 
+def bare(members: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """Listed or diffed metas without their unique "ref" (checked once in its own test)."""
+    return {key: [{k: v for k, v in meta.items() if k != "ref"} for meta in metas]
+            for key, metas in members.items()}
+
+
+def bare_diff(payload: dict[str, Any]) -> dict[str, Any]:
+    return {**payload, "joins": bare(payload["joins"]), "leaves": bare(payload["leaves"])}
+
+
 def _diffs(ws: RawWs, within: float) -> list[dict[str, Any]]:
     """Every presence:diff payload arriving within ``within`` seconds."""
     found = []
@@ -50,23 +60,26 @@ def _diffs(ws: RawWs, within: float) -> list[dict[str, Any]]:
         except (TimeoutError, OSError):
             return found
         if message.get("topic") == "presence:diff":
-            found.append(message["payload"])
+            found.append(bare_diff(message["payload"]))
 
 
 def test_join_reply_members_diffs_and_leave_on_disconnect(demo_server: LiveServer) -> None:
     ann = _connect(demo_server, "ann")
     reply, _ = _request(ann, "app::rooms:join", {"room": "tea"}, "j1")
-    assert reply["payload"]["members"] == {"ann": [{"id": "ann"}]}
+    (ann_meta,) = reply["payload"]["members"]["ann"]
+    assert bare(reply["payload"]["members"]) == {"ann": [{"id": "ann"}]} and isinstance(ann_meta["ref"], str)
     assert _diffs(ann, 0.5) == [{"stream": "rooms/tea", "joins": {"ann": [{"id": "ann"}]}, "leaves": {}}]
     ben = _connect(demo_server, "ben")
     reply, _ = _request(ben, "app::rooms:join", {"room": "tea"}, "j2")
-    assert reply["payload"]["members"] == {"ann": [{"id": "ann"}], "ben": [{"id": "ben"}]}
+    assert bare(reply["payload"]["members"]) == {"ann": [{"id": "ann"}], "ben": [{"id": "ben"}]}
+    assert ann_meta in reply["payload"]["members"]["ann"]  # the same entry, the same ref
     assert _diffs(ann, 0.5) == [{"stream": "rooms/tea", "joins": {"ben": [{"id": "ben"}]}, "leaves": {}}]
     reply, _ = _request(ann, "app::rooms:members", {"room": "tea"}, "m")
-    assert reply["payload"] == {"room": "tea", "members": {"ann": [{"id": "ann"}], "ben": [{"id": "ben"}]}}
+    assert reply["payload"]["room"] == "tea"
+    assert bare(reply["payload"]["members"]) == {"ann": [{"id": "ann"}], "ben": [{"id": "ben"}]}
     ben.drop()  # a network drop: no close frame, no leave request
     assert _diffs(ann, 2.0) == [{"stream": "rooms/tea", "joins": {}, "leaves": {"ben": [{"id": "ben"}]}}]
-    assert demo_server.flamigo.presence.list("rooms/tea") == {"ann": [{"id": "ann"}]}
+    assert demo_server.flamigo.presence.list("rooms/tea") == {"ann": [ann_meta]}
     reply, _ = _request(ann, "app::rooms:leave", {"room": "tea"}, "l")
     assert demo_server.flamigo.presence.list("rooms/tea") == {}
     ann.close()
@@ -76,9 +89,11 @@ def test_one_key_with_two_connections_and_a_non_member_gets_no_diff(demo_server:
     tab1, tab2, outsider = _connect(demo_server, "cat"), _connect(demo_server, "cat"), _connect(demo_server, "dan")
     _request(tab1, "app::rooms:join", {"room": "den"}, "a")
     _request(tab2, "app::rooms:join", {"room": "den"}, "b")
-    assert demo_server.flamigo.presence.list("rooms/den") == {"cat": [{"id": "cat"}, {"id": "cat"}]}
+    both = demo_server.flamigo.presence.list("rooms/den")
+    assert bare(both) == {"cat": [{"id": "cat"}, {"id": "cat"}]}
+    assert len({meta["ref"] for meta in both["cat"]}) == 2  # two entries, told apart by their ref
     tab2.close()
-    eventually(lambda: demo_server.flamigo.presence.list("rooms/den") == {"cat": [{"id": "cat"}]})
+    eventually(lambda: bare(demo_server.flamigo.presence.list("rooms/den")) == {"cat": [{"id": "cat"}]})
     assert _diffs(outsider, 0.4) == []  # not subscribed to rooms/den: not a member
     tab1.close()
     outsider.close()
@@ -90,8 +105,14 @@ def test_library_api_from_a_view_and_bad_input(app: Flask) -> None:
     presence: Presence = flamigo.presence
     handle = presence.for_identity(BackendIdentity("http"))
     handle.track("boards/1", "bot", {"v": 1})
+    first = handle.list("boards/1")["bot"][0]["ref"]
+    handle.track("boards/1", "bot", {"v": 1})  # the same meta again: no change, the same ref
+    assert handle.list("boards/1") == {"bot": [{"v": 1, "ref": first}]}
     handle.update("boards/1", "bot", {"v": 2})
-    assert handle.list("boards/1") == {"bot": [{"v": 2}]}
+    (meta,) = handle.list("boards/1")["bot"]
+    assert meta["v"] == 2 and meta["ref"] != first  # a new ref: members see leave(old), join(new)
+    with pytest.raises(ValueError, match="reserved"):
+        handle.track("boards/1", "bot", {"ref": "mine"})
     with pytest.raises(ValueError, match="pattern"):
         handle.track("boards/*", "bot")
     with pytest.raises(TypeError, match="JSON"):
@@ -100,7 +121,7 @@ def test_library_api_from_a_view_and_bad_input(app: Flask) -> None:
         handle.track("boards/1", "")
     with pytest.raises(KeyError, match="track it first"):
         handle.update("boards/1", "nobody", {})
-    assert presence.list("boards/1") == {"bot": [{"v": 2}]}  # bad input changed nothing
+    assert presence.list("boards/1") == {"bot": [meta]}  # bad input changed nothing
     assert handle.untrack("boards/1", "bot") and not handle.untrack("boards/1", "bot")
     assert presence.list("boards/1") == {}
 

@@ -6,7 +6,11 @@ id, or ``None`` for the process itself: a view, the shell, a job);
 entries: a user in two tabs). Every change is also a *diff* for the
 *members* of the topic, the connections subscribed to its bus topic: they
 receive ``{"topic": "presence:diff", "payload": {"stream": topic, "joins":
-{key: [meta...]}, "leaves": {key: [meta...]}}}`` (apply leaves, then joins).
+{key: [meta...]}, "leaves": {key: [meta...]}}}``. Every listed or diffed meta
+carries ``"ref"``, unique per entry across processes and new at each track or
+update (Phoenix's ``phx_ref``): a client removes the metas of the leaves by
+ref and adds the joins it does not have yet, so a listing and diffs that
+overlap (the join reply and the diff of that join) merge without duplicates.
 
 Guarantees:
 
@@ -39,8 +43,10 @@ never fails a local track (the store retries in its own greenlet).
 from __future__ import annotations
 
 import builtins
+import itertools
 import json
 import logging
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -159,6 +165,8 @@ class Presence:
         self._outgoing: dict[str, _Batch] = {}  # local changes, for the other processes
         self._flusher: gevent.Greenlet | None = None
         self._closed = False
+        self._ref_prefix = uuid.uuid4().hex[:8] + "."
+        self._ref_counter = itertools.count(1)
 
     # -- the API ---------------------------------------------------------------
 
@@ -178,8 +186,11 @@ class Presence:
         ref = self._ref(owner, key)
         entries = self._entries.setdefault(topic, {})
         old = entries.get(ref)
-        if old is not None and old[1] == meta:
+        if old is not None and {k: v for k, v in old[1].items() if k != "ref"} == meta:
             return
+        # Each entry's meta carries a "ref" unique across processes, new at each track or
+        # update: a client merges a listing and diffs that overlap without duplicates.
+        meta = {**meta, "ref": f"{self._ref_prefix}{next(self._ref_counter)}"}
         entries[ref] = (key, meta)
         self._owned.setdefault(owner, set()).add((topic, ref))
         self._changed(topic, [(ref, key, meta)], [(ref, key, old[1])] if old is not None else [])
@@ -369,6 +380,8 @@ def _checked(topic: str, key: str, meta: dict[str, Any] | None) -> tuple[str, st
     meta = {} if meta is None else meta
     if not isinstance(meta, dict):
         raise TypeError(f"presence: meta must be a dict (a JSON object), got {type(meta).__name__}")
+    if "ref" in meta:
+        raise ValueError('presence: "ref" is reserved in a meta (the entry\'s unique reference)')
     try:
         json.dumps(meta)
     except (TypeError, ValueError) as err:
