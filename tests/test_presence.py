@@ -237,3 +237,20 @@ def test_shutdown_untracks_everything(demo_app: Callable[..., Flask], live_serve
     with pytest.raises(RuntimeError, match="closed"):
         server.flamigo.presence.track("rooms/end", "late")
     ws.drop()
+
+
+def test_flamigo_js_presence_map_against_a_real_server() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.support import REPO
+    from tests.test_flamigo_js import node_command
+
+    script = os.path.join(REPO, "tests", "js", "presence.test.mjs")
+    result = subprocess.run(
+        [*node_command(), "--test", "--test-reporter=tap", script], cwd=REPO,
+        env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=120,
+    )
+    report = result.stdout + result.stderr
+    assert result.returncode == 0 and "# fail 0" in result.stdout and "# pass 2" in result.stdout, report[-6000:]

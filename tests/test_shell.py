@@ -408,7 +408,7 @@ def test_flask_shell_offers_the_helpers_without_live_connections() -> None:
     )
     assert result.returncode == 0, result.stderr
     names, echoed, deferred, figures, kinds = json_lines(result.stdout)
-    helpers = {"actors", "subscriptions", "stats", "call", "publish"}
+    helpers = {"actors", "subscriptions", "stats", "call", "publish", "presence"}
     assert {"app", "flamigo", "bus", "ActorRegistry", *helpers} <= set(names)
     assert "connections" not in names and "kick" not in names
     assert echoed == {"offline": True}
