@@ -1,6 +1,6 @@
 """Presence across processes: demo servers (child processes) sharing a real redis-server.
 
-A short heartbeat (refresh 0.5 s, down-after 2 s) keeps the kill -9 test short;
+A short heartbeat (refresh 0.5 s, down-after 3 s) keeps the kill -9 test short;
 the mechanism is the same as with the defaults (10 s / 30 s).
 """
 
@@ -16,7 +16,7 @@ import pytest
 
 from tests.support import RedisServer, ServerProcess, WsClient, eventually, free_port
 
-DOWN_AFTER = 2.0
+DOWN_AFTER = 3.0
 ENV = {"FLAMIGO_PRESENCE_REFRESH": "0.5", "FLAMIGO_PRESENCE_DOWN_AFTER": str(DOWN_AFTER)}
 
 
