@@ -126,6 +126,7 @@ def test_a_killed_server_s_members_leave_once_each_and_never_come_back(
     # a server started afterwards (on the dead one's port) never revives them
     (d,) = servers(redis_server, processes, 1)
     fresh = d.client("new")
+    eventually(lambda: members(fresh) == {"wat": 1, "vic": 1})  # it has joined the others
     for _ in range(3):
         assert members(fresh) == {"wat": 1, "vic": 1} == members(on_b)
         time.sleep(DOWN_AFTER / 2)
@@ -174,3 +175,20 @@ def test_random_joins_leaves_and_disconnects_on_two_servers_converge(
     eventually(lambda: members(probe_a, "mix") == {} == members(probe_b, "mix"), timeout=10)
     probe_a.close()
     probe_b.close()
+
+
+def test_an_emptied_redis_gets_every_process_s_entries_back(
+    redis_server: RedisServer, processes: list[ServerProcess]
+) -> None:
+    a, b = servers(redis_server, processes, 2)
+    ann, ben = joined(a, "ann"), joined(b, "ben")
+    eventually(lambda: members(ann) == {"ann": 1, "ben": 1} == members(ben))
+    redis_server.client().flushall()  # Redis lost everything (a restart without persistence)
+    eventually(lambda: members(ann) == {"ann": 1, "ben": 1} == members(ben), timeout=DOWN_AFTER + 5)
+    # and cross-server diffs flow again
+    cat = joined(b, "cat")
+    eventually(lambda: members(ann) == {"ann": 1, "ben": 1, "cat": 1}, timeout=5)
+    cat.close()
+    eventually(lambda: members(ann) == {"ann": 1, "ben": 1}, timeout=5)
+    ann.close()
+    ben.close()

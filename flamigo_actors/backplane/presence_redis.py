@@ -28,7 +28,8 @@ Guarantees and failure behaviour:
   within ``down_after`` + that interval every member has its leave, once.
 * **A process that was only cut off** for longer than ``down_after`` and was
   reaped meanwhile notices it at its next heartbeat (the reaper leaves a
-  mark), writes its entries again and sends them as joins.
+  mark), writes its entries again and sends them as joins; so does a process
+  whose heartbeat key is gone for any reason (a flushed or restarted Redis).
 * **Redis unreachable**: local presence goes on; writes and diffs wait in
   this process (the dirty topics and at most 10,000 diffs; beyond, the oldest
   diffs are dropped and counted) and are sent when Redis is back; ``list``
@@ -82,16 +83,18 @@ redis.call('SET', p .. ':reaped:' .. inst, '1', 'EX', ARGV[3])
 return out
 """
 
-# ARGV: prefix, instance, heartbeat TTL, data TTL. Returns 1 when this instance had been reaped.
+# ARGV: prefix, instance, heartbeat TTL, data TTL. Returns non-zero when this instance's entries
+# may be missing: it had been reaped, or its heartbeat was gone (an expiry, a flushed or new Redis).
 _HEARTBEAT = """
 local p, inst = ARGV[1], ARGV[2]
+local missing = 1 - redis.call('EXISTS', p .. ':alive:' .. inst)
 redis.call('SET', p .. ':alive:' .. inst, '1', 'EX', ARGV[3])
 redis.call('SADD', p .. ':instances', inst)
 for _, topic in ipairs(redis.call('SMEMBERS', p .. ':topics:' .. inst)) do
   redis.call('EXPIRE', p .. ':e:' .. inst .. ':' .. topic, ARGV[4])
 end
 redis.call('EXPIRE', p .. ':topics:' .. inst, ARGV[4])
-return redis.call('DEL', p .. ':reaped:' .. inst)
+return redis.call('DEL', p .. ':reaped:' .. inst) + missing
 """
 
 
@@ -296,11 +299,15 @@ class RedisPresence:
             gevent.sleep(self.reap_every)
 
     def _resync(self) -> None:
-        # Reaped while cut off: the others sent leaves for our entries; write them again as joins.
+        # Reaped while cut off (the others sent leaves for our entries), or a Redis that lost our
+        # keys: write every entry again and send them as joins (clients skip refs they know).
+        topics = self.presence.topics()
+        if not topics:
+            return
         self.stats["resyncs"] += 1
-        _log.warning("presence: this process was presumed dead (no heartbeat for %ss) and its entries "
-                     "removed; writing them again", self.down_after)
-        for topic in self.presence.topics():
+        _log.warning("presence: this process's entries were missing from Redis (presumed dead after "
+                     "%ss without a heartbeat, or Redis lost them); writing them again", self.down_after)
+        for topic in topics:
             entries = self.presence.local_entries(topic)
             self._send(topic, [(f"{self.instance} {r}", k, m) for r, (k, m) in entries.items()], [])
             self.changed(topic)
@@ -341,18 +348,23 @@ class RedisPresence:
                         pass
 
     def _received(self, data: Any) -> None:
-        try:
-            message = json.loads(data)
-            if message["o"] == self.instance:
-                return
-            joins = [tuple(c) for c in message["j"]]
-            leaves = [tuple(c) for c in message["l"]]
-            topic = message["t"]
-        except (TypeError, ValueError, KeyError) as err:
-            _log.error("presence: undecodable diff skipped (%s): %.200r", err, data)
-            return
-        self.stats["received"] += 1
-        self.presence.receive_remote(topic, joins, leaves)  # type: ignore[arg-type]
+        decoded = _decode_diff(data, self.instance)
+        if decoded is not None:
+            self.stats["received"] += 1
+            self.presence.receive_remote(*decoded)
+
+def _decode_diff(data: Any, me: str) -> tuple[str, list[Change], list[Change]] | None:
+    """``(topic, joins, leaves)`` of another process's diff message; None for ours or garbage (logged)."""
+    try:
+        message = json.loads(data)
+        if message["o"] == me:
+            return None
+        return (message["t"], [(r, k, m) for r, k, m in message["j"]],
+                [(r, k, m) for r, k, m in message["l"]])
+    except (TypeError, ValueError, KeyError) as err:
+        _log.error("presence: undecodable diff skipped (%s): %.200r", err, data)
+        return None
+
 
 def _remove_instance(client: Any, p: str, inst: str) -> None:
     """Delete every key of process ``inst`` (its graceful shutdown)."""

@@ -218,9 +218,9 @@ class Flamigo(ConnectionsMixin):
             raise RuntimeError("call init_app(app) before start()")
         if self.settings.redis_url:
             _start_redis(self.bus, self.actors, self.settings)
+        start_presence(self.presence, self.settings)
         self.bus.start()
         self.actors.start()
-        start_presence(self.presence, self.settings)
 
     # -- shutdown --------------------------------------------------------------
 
