@@ -254,3 +254,21 @@ def test_flamigo_js_presence_map_against_a_real_server() -> None:
     )
     report = result.stdout + result.stderr
     assert result.returncode == 0 and "# fail 0" in result.stdout and "# pass 2" in result.stdout, report[-6000:]
+
+
+def test_an_ended_connection_cannot_track_and_the_shell_lists(app: Flask) -> None:
+    from flamigo_actors.ops.shell import namespace
+
+    flamigo = app.extensions["flamigo"]
+    with flamigo.test_client() as client:
+        client.authenticate(offline_token(app, "fay"))
+        client.request("app::rooms:join", {"room": "shell"})
+        identity = client.connection.client
+        shell = namespace(flamigo, live=False)["presence"]
+        assert bare(shell("rooms/shell")) == {"fay": [{"id": "fay"}]}
+        assert "rooms/shell" in shell()["topics"]
+    eventually(lambda: identity.state == "closed")
+    assert flamigo.presence.list("rooms/shell") == {}  # untracked as the connection ended
+    with pytest.raises(RuntimeError, match="has ended"):
+        flamigo.presence.for_identity(identity).track("rooms/shell", "fay", {})
+    assert flamigo.presence.list("rooms/shell") == {}

@@ -136,7 +136,7 @@ def namespace(flamigo: Host, *, live: bool) -> dict[str, Any]:
         if tracker is None:
             raise RuntimeError("this application has no presence (flamigo.presence)")
         if topic is None:
-            return {"topics": tracker.topics(), **tracker.snapshot()}
+            return {**tracker.snapshot(), "topics": tracker.topics()}
         return tracker.list(topic)
 
     names: dict[str, Any] = {
