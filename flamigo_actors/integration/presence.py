@@ -39,12 +39,11 @@ def install_presence(flamigo: Any) -> Presence:
 
 
 def start_presence(presence: Presence, settings: Settings) -> None:
-    """Apply the settings; with Redis, start the cross-process store (once).
+    """With Redis, start the cross-process store (once).
 
     Raises:
         RedisUnavailable: Redis cannot be reached and ``FLAMIGO_REDIS_REQUIRED`` is true.
     """
-    presence.batch = settings.presence_batch
     if settings.redis_url and presence.store is None:
         from ..backplane.presence_redis import RedisPresence
 

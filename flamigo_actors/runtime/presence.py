@@ -17,7 +17,8 @@ Guarantees:
 * **Coalesced.** Changes of one topic are gathered for ``FLAMIGO_PRESENCE_BATCH``
   (50 ms) and sent as one push per member per topic per window, encoded once:
   1,000 clients joining one room at once cost O(N) pushes, not O(N²). Within a
-  window an entry that joins and leaves again cancels out.
+  window an entry that joins and leaves again cancels out. A topic with more
+  than 1,000 members gets a longer window (:data:`PUSH_BUDGET`).
 * **Opt-in per topic.** Nothing here is on the publish path; a topic nobody
   tracks costs nothing.
 * **No zombies.** A connection's entries are untracked when it ends, however
@@ -46,6 +47,7 @@ import builtins
 import itertools
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -63,6 +65,12 @@ DIFF_TOPIC = "presence:diff"
 """The client topic of diff pushes."""
 
 BACKEND = BackendIdentity("presence")
+
+PUSH_BUDGET = 20_000
+"""Diff pushes per second one topic may cost at most: a topic with more members than
+``PUSH_BUDGET × FLAMIGO_PRESENCE_BATCH`` (1,000 with the defaults) gets a longer window,
+``members / PUSH_BUDGET`` seconds (250 ms for 5,000 members), so that a join storm in a big
+room does not spend the process on diff pushes."""
 
 Change = tuple[str, str, Any]
 """One entry in a diff: ``(ref, key, meta)``; ``ref`` is unique per entry across processes."""
@@ -164,6 +172,7 @@ class Presence:
         self._pending: dict[str, _Batch] = {}  # to deliver to local members
         self._outgoing: dict[str, _Batch] = {}  # local changes, for the other processes
         self._flusher: gevent.Greenlet | None = None
+        self._last_push: dict[str, float] = {}  # topic -> monotonic time of its last diff push
         self._closed = False
         self._ref_prefix = uuid.uuid4().hex[:8] + "."
         self._ref_counter = itertools.count(1)
@@ -293,17 +302,33 @@ class Presence:
                 joins, leaves = batch.lists()
                 if joins or leaves:
                     store.publish(topic, joins, leaves)
+        held: dict[str, _Batch] = {}
         for topic, batch in pending.items():
             if batch.joins or batch.leaves:
                 try:
-                    self._push(topic, batch)
+                    if not self._push(topic, batch):
+                        held[topic] = batch
                 except Exception:  # noqa: BLE001 - one topic's failure must not lose the others'
                     _log.exception("presence: pushing the diff of %s failed", topic)
+        for topic, batch in held.items():  # older than what arrived meanwhile: first
+            newer = self._pending.get(topic)
+            if newer is not None:
+                batch.add(*newer.lists())
+            self._pending[topic] = batch
+        if held and not self._closed:
+            self._schedule()
 
-    def _push(self, topic: str, batch: _Batch) -> None:
+    def _push(self, topic: str, batch: _Batch) -> bool:
+        """Push the diff to the topic's members; False when the topic's window has not ended yet."""
         members = builtins.list(self.members(topic))
         if not members:
-            return
+            self._last_push.pop(topic, None)
+            return True
+        now = time.monotonic()
+        window = len(members) / PUSH_BUDGET
+        if window > self.batch and not self._closed and now - self._last_push.get(topic, 0.0) < window:
+            return False  # a big topic: its window grows with its members (see PUSH_BUDGET)
+        self._last_push[topic] = now
         payload = {"stream": topic, "joins": _grouped(batch.joins), "leaves": _grouped(batch.leaves)}
         frame = self.encode(DIFF_TOPIC, payload)
         event = PresenceDiff(topic, payload)
@@ -311,6 +336,7 @@ class Presence:
         for member in members:
             if member.deliver(event, frame, BACKEND, None):
                 self.pushes += 1
+        return True
 
     def close(self) -> None:
         """Untrack everything left (leave diffs go out), then close the store (idempotent)."""
