@@ -146,9 +146,12 @@ class RedisPresence:
         redis, NoBackoff, Retry = import_redis()
         self._errors = (redis.RedisError, OSError)
         try:
-            self.client = redis.Redis.from_url(
-                self.url, socket_timeout=5.0, socket_connect_timeout=2.0,
-                retry=Retry(NoBackoff(), 0), decode_responses=True)
+            # At most 2 connections (the writer, the heartbeat/reaper and `list` share them; a
+            # caller beyond waits for one) plus the diff subscription's own: 3 links per process.
+            pool = redis.BlockingConnectionPool.from_url(
+                self.url, max_connections=2, timeout=None, socket_timeout=5.0,
+                socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0), decode_responses=True)
+            self.client = redis.Redis(connection_pool=pool)
         except ValueError as err:
             raise RedisUnavailable(self.url, f"not a Redis URL: {err}") from None
         self._reap_script = self.client.register_script(_REAP)
@@ -183,6 +186,7 @@ class RedisPresence:
                          "the other processes remove them once its heartbeat expires", err)
         if self.client is not None:
             self.client.close()
+            self.client.connection_pool.disconnect()
 
     # -- the store API -----------------------------------------------------------
 
