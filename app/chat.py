@@ -148,7 +148,9 @@ def join(ctx: StrategyContext) -> dict[str, Any]:
     room = ctx.request.data.room
     client.subscribe(room_topic(room))
     rooms.add(room)
-    return {"room": room, "joined": True}
+    if client.user is not None:  # presence: who is in the room (members get presence:diff pushes)
+        ctx.presence.track(room_topic(room), client.user.username, {"id": client.user.id})
+    return {"room": room, "joined": True, "members": ctx.presence.list(room_topic(room))}
 
 
 @strategies.strategy("app::rooms:leave", payload=RoomPayload, reply=RoomReply)
@@ -157,7 +159,16 @@ def leave(ctx: StrategyContext) -> dict[str, Any]:
     client = require_identity(ctx, is_websocket, kind=WebsocketClient)
     room = ctx.request.data.room
     client.unsubscribe(room_topic(room))
+    if client.user is not None:
+        ctx.presence.untrack(room_topic(room), client.user.username)
     return {"room": room, "joined": False}
+
+
+@strategies.strategy("app::rooms:members", payload=RoomPayload)
+def members(ctx: StrategyContext) -> dict[str, Any]:
+    """Who is in the room, on every server: ``{"room", "members": {username: [meta, ...]}}``."""
+    room = ctx.request.data.room
+    return {"room": room, "members": ctx.presence.list(room_topic(room))}
 
 
 @strategies.strategy("app::rooms:send", payload=SendPayload, reply=SentReply, errors=ROOM_DOWN)

@@ -101,6 +101,9 @@ _EXPORTS: dict[str, str] = {
     "typescript_module": "ops.typescript",
     # operations
     "register_secret": "core.logs",
+    # presence
+    "Presence": "runtime.presence",
+    "PresenceHandle": "runtime.presence",
 }
 
 __all__ = sorted(_EXPORTS)

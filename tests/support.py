@@ -64,6 +64,8 @@ SUBPROCESS: dict[str, str | set[str]] = {
     "test_flamigo_js": "*",
     "test_metrics": {"test_two_workers_report_the_sum_of_their_connections_in_one_scrape"},
     "test_readiness": {"test_sigterm_single_process", "test_sigterm_workers"},
+    "test_presence": {"test_flamigo_js_presence_map_against_a_real_server"},
+    "test_presence_redis": "*",
     "test_scale_out": "*",
     "test_server": "*",
     "test_shell": "*",
@@ -109,6 +111,11 @@ SLOW: dict[str, str | set[str]] = {
         "test_two_workers_report_the_sum_of_their_connections_in_one_scrape",
     },
     "test_readiness": {"test_sigterm_single_process", "test_sigterm_workers"},
+    "test_presence": {"test_a_thousand_clients_joining_one_room_cost_linear_pushes"},
+    "test_presence_redis": {
+        "test_a_killed_server_s_members_leave_once_each_and_never_come_back",
+        "test_random_joins_leaves_and_disconnects_on_two_servers_converge",
+    },
     "test_scale_out": "*",
     "test_server": {"test_python_m_app_serves_healthz_and_drains_on_sigterm"},
     "test_shell": {
@@ -490,3 +497,20 @@ def post_message(server: Any, username: str, room: str, text: str) -> None:
     )
     assert response.status_code == 202, response.text
     assert response.json() == {"room": room, "accepted": True}
+
+
+def join_room(client: WsClient, room: str, username: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Join a demo room and wait for the ``presence:diff`` announcing this connection's own entry.
+
+    The demo's rooms track presence, so a member receives the diff of its own join
+    shortly after the join reply; a test that later asserts that nothing arrives
+    takes it first. Returns the join reply.
+    """
+    reply = client.request("app::rooms:join", {"room": room})
+    own = {meta["ref"] for meta in reply["members"][username]}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for push in client.pushes("presence:diff", timeout=deadline - time.monotonic()):
+            if own & {meta["ref"] for meta in push["payload"]["joins"].get(username, [])}:
+                return reply  # type: ignore[no-any-return]
+    raise AssertionError(f"no presence:diff announced {username}'s join of {room}")

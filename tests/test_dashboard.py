@@ -13,7 +13,7 @@ import requests
 from flask import Flask
 from playwright.sync_api import expect
 
-from tests.support import LiveServer, ServerProcess, eventually, free_port
+from tests.support import LiveServer, ServerProcess, eventually, free_port, join_room
 
 TOKEN = "s3cret-admin-token"
 PATHS = ["/_flamigo/inspect", "/_flamigo/dashboard", "/_flamigo/dashboard.js", "/_flamigo/dashboard.css"]
@@ -124,7 +124,7 @@ def test_dashboard_shows_connections_and_mailbox_depth_in_chromium(page: Any, ar
     try:
         for user, room in (("alice", "lobby"), ("bob", "random"), ("carol", "dev")):
             client = server.client(user)
-            client.request("app::rooms:join", {"room": room})
+            join_room(client, room, user)  # its own presence diff is in before carol's mailbox fills
             clients.append(client)
         carol = clients[2]
         carol.send_json({"topic": "app::demo:slow", "payload": {"seconds": 30}, "ackId": "slow"})

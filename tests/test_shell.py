@@ -17,7 +17,7 @@ import gevent.os
 import pytest
 import requests
 
-from tests.support import REPO, ServerProcess, WsClient, eventually, free_port, nothing_arrives
+from tests.support import REPO, ServerProcess, WsClient, eventually, free_port, join_room, nothing_arrives
 
 BIN = os.path.dirname(sys.executable)
 
@@ -72,7 +72,7 @@ def backdoor_server() -> Iterator[tuple[ServerProcess, int, dict[str, WsClient]]
     try:
         for user, room in ROOMS.items():
             clients[user] = server.client(user)
-            clients[user].request("app::rooms:join", {"room": room})
+            join_room(clients[user], room, user)
         yield server, backdoor, clients
     finally:
         for client in clients.values():
@@ -422,7 +422,7 @@ def test_flask_shell_offers_the_helpers_without_live_connections() -> None:
     )
     assert result.returncode == 0, result.stderr
     names, echoed, deferred, figures, kinds = json_lines(result.stdout)
-    helpers = {"actors", "subscriptions", "stats", "call", "publish"}
+    helpers = {"actors", "subscriptions", "stats", "call", "publish", "presence"}
     assert {"app", "flamigo", "bus", "ActorRegistry", *helpers} <= set(names)
     assert "connections" not in names and "kick" not in names
     assert echoed == {"offline": True}

@@ -16,7 +16,7 @@ from flask import Flask
 
 from flamigo_actors import Disconnected
 from tests.rawws import RawWs
-from tests.support import LiveServer, WsClient, eventually, nothing_arrives
+from tests.support import LiveServer, WsClient, eventually, join_room, nothing_arrives
 
 
 # -- the protocol over a socket (the pure cases: tests/test_protocol.py) ----------
@@ -38,9 +38,9 @@ def test_authenticated_event_and_user_topic(demo_server: LiveServer) -> None:
 
 def test_pushes_reach_room_members_only(demo_server: LiveServer) -> None:
     alice, bob, eve = (demo_server.client(name) for name in ("alice", "bob", "eve"))
-    alice.request("app::rooms:join", {"room": "tea"})
-    bob.request("app::rooms:join", {"room": "tea"})
-    eve.request("app::rooms:join", {"room": "coffee"})
+    join_room(alice, "tea", "alice")
+    join_room(bob, "tea", "bob")
+    join_room(eve, "coffee", "eve")
     assert alice.request("app::rooms:send", {"room": "tea", "text": "hello"}) == {"room": "tea", "sent": True}
     for member in (alice, bob):
         (push,) = member.pushes("chat:message")
@@ -56,7 +56,7 @@ def test_pushes_reach_room_members_only(demo_server: LiveServer) -> None:
 
 def test_flask_view_sends_the_same_push(demo_server: LiveServer) -> None:
     alice = demo_server.client("alice")
-    alice.request("app::rooms:join", {"room": "tea"})
+    join_room(alice, "tea", "alice")
     token = demo_server.login("dave")
     url = f"{demo_server.url}/api/rooms/tea/messages"
     response = requests.post(url, json={"text": "from http"}, headers={"Authorization": f"Bearer {token}"})

@@ -128,7 +128,9 @@ function watch(client) {
 /** @param {ReturnType<typeof connect>} session */
 async function rejoin(session) {
   // Called by flamigo.js after every (re)connect, before queued requests are sent.
-  await Promise.all([...state.joined].map((room) => session.request("app::rooms:join", { room })));
+  await Promise.all([...state.joined].map(async (room) => {
+    syncMembers(room, await session.request("app::rooms:join", { room }));
+  }));
   for (const room of state.joined) loadHistory(room, session); // not awaited: the queue goes on meanwhile
 }
 
@@ -183,13 +185,14 @@ function renderRooms() {
     list.append(item);
   }
   $("room-title").textContent = state.current ? "#" + state.current : "No room";
+  renderMembers();
   $("leave-room").disabled = !state.current;
 }
 
 async function openRoom(room) {
   if (!state.joined.has(room)) {
     try {
-      await state.client.request("app::rooms:join", { room });
+      syncMembers(room, await state.client.request("app::rooms:join", { room }));
     } catch (error) {
       showError(`join #${room}`, error);
       return;
@@ -215,10 +218,47 @@ async function leaveRoom() {
     return;
   }
   state.joined.delete(room);
+  membersOf(room).clear();
   state.current = [...state.joined][0] || null;
   save();
   renderRooms();
   renderMessages();
+}
+
+// -- members (presence) ------------------------------------------------------------
+
+const roomTopic = (room) => `rooms/${room}`;
+
+const watchedMaps = new WeakSet();
+
+function membersOf(room, client = state.client) {
+  // flamigo.js keeps one live map per topic, fed by its presence:diff pushes.
+  const map = client.presence(roomTopic(room));
+  if (!watchedMaps.has(map)) {
+    watchedMaps.add(map);
+    map.on("change", () => { if (room === state.current) renderMembers(); });
+  }
+  return map;
+}
+
+function syncMembers(room, reply) {
+  // The join reply lists who is there (after every reconnect too); diffs follow.
+  membersOf(room).sync(reply.members);
+  if (room === state.current) renderMembers();
+}
+
+function renderMembers() {
+  const list = $("members");
+  const map = state.client && state.current ? membersOf(state.current) : null;
+  const keys = map ? map.keys().sort() : [];
+  list.replaceChildren(...keys.map((key) => {
+    const item = document.createElement("li");
+    item.dataset.user = key;
+    const count = map.get(key).length;
+    item.textContent = count > 1 ? `${key} (${count} tabs)` : key;
+    return item;
+  }));
+  $("member-count").textContent = String(keys.length);
 }
 
 // -- messages ----------------------------------------------------------------------

@@ -96,6 +96,14 @@ class Settings:
     actor_lease: float = 5.0
     """Seconds a domain actor's lease in Redis lives without renewal (renewed every third of it):
     how soon an actor whose process died can be activated in another one."""
+    presence_batch: float = 0.05
+    """Seconds over which presence changes of one topic are coalesced into one ``presence:diff``
+    push per member (per topic, per window)."""
+    presence_refresh: float = 10.0
+    """Seconds between a process's refreshes of its presence heartbeat and entries in Redis."""
+    presence_down_after: float = 30.0
+    """Seconds without a refresh after which a process counts as dead (its heartbeat's TTL in
+    Redis): a survivor then removes its presence entries, publishing one leave each."""
     inspect_enabled: bool = False
     """Serve the JSON inspection endpoint and the live dashboard."""
     admin_token: str | None = None
@@ -167,7 +175,7 @@ class Settings:
             "strategy_timeout", "listener_max_pending", "publish_sync_timeout",
             "drain_timeout", "close_timeout", "rate_limit_close_after", "header_timeout",
             "redis_stream_maxlen", "redis_outbox_max", "actor_call_timeout", "actor_mailbox_max",
-            "actor_lease",
+            "actor_lease", "presence_batch", "presence_refresh", "presence_down_after",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -180,6 +188,12 @@ class Settings:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"FLAMIGO_{name.upper()} must be positive or None, got {value!r}")
+        if self.presence_down_after <= self.presence_refresh:
+            raise ValueError(
+                f"FLAMIGO_PRESENCE_DOWN_AFTER ({self.presence_down_after}) must exceed "
+                f"FLAMIGO_PRESENCE_REFRESH ({self.presence_refresh}) or live processes would be "
+                "declared dead between two refreshes"
+            )
         if self.pong_timeout <= self.ping_interval:
             raise ValueError(
                 f"FLAMIGO_PONG_TIMEOUT ({self.pong_timeout}) must exceed "

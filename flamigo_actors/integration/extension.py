@@ -44,6 +44,7 @@ from ..core.identity import Identity
 from ..websocket.hub import FlamigoStats, Hub
 from .connections import ConnectionsMixin
 from .contract import enable_output_checks, install_contract
+from .presence import install_presence, start_presence
 from ..core.settings import Settings
 from ..runtime.strategies import Registry
 from ..websocket.transport import SocketTransport
@@ -85,6 +86,7 @@ class Flamigo(ConnectionsMixin):
         self.hub = Hub(self)  # the live connections: registry, admission, keepalive, kick, drain
         self.bus: Bus = Bus(self, encoder=push_frame)  # the bus never imports the wire format
         self.actors = ActorSpace(publisher=self.publish)  # the app's domain actors: flamigo.actors.get(Room, "lobby")
+        self.presence = install_presence(self)  # who is in a topic: flamigo.presence.list("rooms/lobby")
         if app is not None:
             self.init_app(app)
 
@@ -114,6 +116,7 @@ class Flamigo(ConnectionsMixin):
         self.hub.heartbeat_frames = register_heartbeat(self._registry)
         self.hub.configure(settings)
         self.actors.call_timeout, self.actors.mailbox_max = settings.actor_call_timeout, settings.actor_mailbox_max
+        self.presence.batch = settings.presence_batch
         app.extensions["flamigo"] = self
         app.add_url_rule(
             settings.ws_path, "flamigo_websocket", lambda: _websocket_view(self.hub), websocket=True
@@ -217,6 +220,7 @@ class Flamigo(ConnectionsMixin):
             raise RuntimeError("call init_app(app) before start()")
         if self.settings.redis_url:
             _start_redis(self.bus, self.actors, self.settings)
+        start_presence(self.presence, self.settings)
         self.bus.start()
         self.actors.start()
         from ..ops import operations
@@ -238,6 +242,7 @@ class Flamigo(ConnectionsMixin):
         operations.stop(self)
         self.hub.drain(drain)
         self.actors.stop(drain)  # snapshots stored
+        self.presence.close()  # after the connections' untracks: their leaves go out
         if self.bus.backplane is not None:  # after the disconnected events, before the bus
             self.bus.backplane.close()
         self.bus.close()

@@ -129,6 +129,16 @@ def namespace(flamigo: Host, *, live: bool) -> dict[str, Any]:
         event = ClientMessageEvent(topics, client_topic, payload)
         _in_app_context(flamigo, lambda: flamigo.publish(event, identity=BackendIdentity("shell")))
 
+    def presence(topic: str | None = None) -> Any:
+        """Who is in ``topic`` (``{key: [meta, ...]}``, every process's entries), or with no
+        topic the topics this process tracks and its counters."""
+        tracker = getattr(flamigo, "presence", None)
+        if tracker is None:
+            raise RuntimeError("this application has no presence (flamigo.presence)")
+        if topic is None:
+            return {**tracker.snapshot(), "topics": tracker.topics()}
+        return tracker.list(topic)
+
     names: dict[str, Any] = {
         "app": flamigo.app,
         "flamigo": flamigo,
@@ -141,6 +151,7 @@ def namespace(flamigo: Host, *, live: bool) -> dict[str, Any]:
         "stats": stats,
         "call": call,
         "publish": publish,
+        "presence": presence,
     }
     if live:
 

@@ -374,6 +374,10 @@ class Bus:
             for pattern, subs in self._trie.patterns()
         )
 
+    def subscribers(self, topic: str) -> list[Subscriber]:
+        """The subscribers whose patterns match the concrete ``topic`` (e.g. a topic's members)."""
+        return [sub.subscriber for sub in self._trie.match(topic) if not sub.cancelled]
+
     def index_size(self) -> tuple[int, int]:
         """(pattern entries, trie nodes): both 0 when nothing is subscribed."""
         return len(self._trie), self._trie.node_count()

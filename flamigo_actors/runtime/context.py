@@ -117,6 +117,12 @@ class Context:
         """The application's domain actors: ``ctx.actors.get(Room, "lobby").ask("post", ...)``."""
         return self.flamigo.actors
 
+    @property
+    def presence(self) -> Any:
+        """Presence as this identity (a ``PresenceHandle``): ``ctx.presence.track("rooms/lobby",
+        user.username, {"name": ...})``; a connection's entries are untracked when it ends."""
+        return self.flamigo.presence.for_identity(self.identity)  # type: ignore[attr-defined]
+
     def remaining(self) -> float | None:
         """Seconds left before the deadline (never negative), or ``None`` without one."""
         if self.deadline is None:

@@ -329,6 +329,24 @@ export class FlamigoClient {
   }
 
   /**
+   * The live presence map of a bus topic (`"rooms/lobby"`), fed by its `presence:diff`
+   * pushes; the same map every time for one topic. Give it a listing with `map.sync(members)`
+   * (a join reply's `members`) after every (re)connect: see {@link PresenceMap}.
+   * @param {string} stream
+   * @returns {PresenceMap}
+   */
+  presence(stream) {
+    if (!this._presence) this._presence = new Map();
+    let map = this._presence.get(stream);
+    if (!map) {
+      map = new PresenceMap(stream);
+      this._presence.set(stream, map);
+      this.on("presence:diff", (diff) => { if (diff && diff.stream === stream) map.apply(diff); });
+    }
+    return map;
+  }
+
+  /**
    * Stop receiving pushes: one handler, or every handler of `topic` when none is given.
    * @param {string} topic
    * @param {Function} [handler]
@@ -790,6 +808,104 @@ export class FlamigoClient {
       } catch (error) {
         setTimeout(() => { throw error; });
       }
+    }
+  }
+}
+
+/**
+ * Who is in one topic, kept live: `key -> [meta, ...]` (one key may have several entries,
+ * a user in two tabs). Each meta carries the server's unique `ref`: a listing (`sync`) and
+ * the diffs (`apply`) may overlap, since the join reply lists an entry whose join diff
+ * comes after it, and merge without duplicates; a leave of an unknown ref is ignored.
+ *
+ * Events (`map.on(type, fn)`, returns an unsubscribe function):
+ *  - `"change"`: `{joins, leaves}` as applied (only what changed the map);
+ *  - `"join"`: `(key, metas, joined)`; `"leave"`: `(key, metas, left)` (metas: the key's
+ *    current metas, empty when the key is gone).
+ */
+export class PresenceMap {
+  /** @param {string} stream the bus topic */
+  constructor(stream) {
+    this.stream = stream;
+    this._entries = new Map(); // key -> [meta]
+    this._listeners = new Map();
+  }
+
+  /** Keys present now. */
+  keys() { return [...this._entries.keys()]; }
+
+  /** The metas of `key` (empty when absent). */
+  get(key) { return [...(this._entries.get(key) || [])]; }
+
+  /** Number of keys present. */
+  get size() { return this._entries.size; }
+
+  /** A plain copy: `{key: [meta, ...]}`. */
+  list() {
+    return Object.fromEntries([...this._entries].map(([key, metas]) => [key, [...metas]]));
+  }
+
+  /**
+   * Replace the state with a listing (`{key: [meta...]}`, e.g. the join reply's `members`);
+   * the differences are reported as one change, as if they were a diff.
+   */
+  sync(members) {
+    const fresh = new Set();
+    for (const metas of Object.values(members || {})) for (const meta of metas) fresh.add(meta.ref);
+    const leaves = {};
+    for (const [key, metas] of this._entries) {
+      const gone = metas.filter((meta) => !fresh.has(meta.ref));
+      if (gone.length) leaves[key] = gone;
+    }
+    this.apply({ joins: members || {}, leaves });
+  }
+
+  /** Apply a diff `{joins, leaves}`: leaves first (by ref), then the joins not known yet. */
+  apply({ joins = {}, leaves = {} } = {}) {
+    const applied = { joins: {}, leaves: {} };
+    for (const [key, metas] of Object.entries(leaves)) {
+      const current = this._entries.get(key);
+      if (!current) continue;
+      const refs = new Set(metas.map((meta) => meta.ref));
+      const left = current.filter((meta) => refs.has(meta.ref));
+      if (!left.length) continue;
+      const kept = current.filter((meta) => !refs.has(meta.ref));
+      if (kept.length) this._entries.set(key, kept); else this._entries.delete(key);
+      applied.leaves[key] = left;
+      this._emit("leave", key, kept, left);
+    }
+    for (const [key, metas] of Object.entries(joins)) {
+      const current = this._entries.get(key) || [];
+      const known = new Set(current.map((meta) => meta.ref));
+      const joined = metas.filter((meta) => !known.has(meta.ref));
+      if (!joined.length) continue;
+      const now = [...current, ...joined];
+      this._entries.set(key, now);
+      applied.joins[key] = joined;
+      this._emit("join", key, now, joined);
+    }
+    if (Object.keys(applied.joins).length || Object.keys(applied.leaves).length) {
+      this._emit("change", applied);
+    }
+  }
+
+  /** Forget everything (e.g. after leaving the topic); reported as leaves. */
+  clear() { this.sync({}); }
+
+  /**
+   * @param {"change"|"join"|"leave"} type
+   * @param {Function} fn
+   * @returns {() => void}
+   */
+  on(type, fn) {
+    if (!this._listeners.has(type)) this._listeners.set(type, new Set());
+    this._listeners.get(type).add(fn);
+    return () => this._listeners.get(type)?.delete(fn);
+  }
+
+  _emit(type, ...args) {
+    for (const fn of [...(this._listeners.get(type) || [])]) {
+      try { fn(...args); } catch (error) { console.error("flamigo.js: a presence listener failed", error); }
     }
   }
 }

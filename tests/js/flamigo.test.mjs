@@ -142,7 +142,12 @@ describe("requests against a live server", () => {
   test("pushes reach on() handlers; off() stops them", async () => {
     const bob = connect(server.wsUrl, { token: await server.login("bob") });
     try {
+      // The join's own presence diff comes first: wait for it, so "*" below sees the chat only.
+      let joinDiff = false;
+      const unwatch = client.on("presence:diff", (diff) => { if (diff.stream === "rooms/js-push") joinDiff = true; });
       await client.request("app::rooms:join", { room: "js-push" });
+      await waitFor(() => joinDiff, 5000, "the join's presence diff");
+      unwatch();
       const seen = [];
       const sentinel = [];
       const any = [];

@@ -1,0 +1,408 @@
+"""Presence across processes: every process's entries in Redis, diffs on a pub/sub channel.
+
+Keys (``P`` = ``<FLAMIGO_REDIS_CHANNEL>:presence``; ``I`` = this process's
+instance id, random and new at every start, so a restarted process never
+revives a dead one's entries):
+
+* ``P:alive:I``: the heartbeat, ``EX FLAMIGO_PRESENCE_DOWN_AFTER``, renewed
+  every ``FLAMIGO_PRESENCE_REFRESH``; ``P:instances``: the ids of every
+  process with entries.
+* ``P:e:I:<topic>``: a hash of I's entries of the topic (``ref -> [key,
+  meta]``), rewritten whole when they change; ``P:t:<topic>``: the ids of the
+  processes with entries in the topic; ``P:topics:I``: I's topics. Entry keys
+  carry a TTL of three times the down-after, renewed with the heartbeat, so
+  nothing outlives a cluster that died entirely.
+* ``P:diffs``: the pub/sub channel of diffs ``{"o": I, "t": topic, "j": [...],
+  "l": [...]}``; each process skips its own.
+
+Guarantees and failure behaviour:
+
+* ``list`` on any process reads the other processes' entries from Redis and
+  skips a process whose heartbeat has expired, so a dead process's entries
+  stop being listed as soon as it counts as dead.
+* **A dead process** (kill -9, a lost host): once its heartbeat expired, the
+  survivors' reaper (every ``min(refresh, down_after / 4)`` seconds) runs one
+  Lua script that checks it is still dead and still registered, removes all
+  its entries and returns them: exactly one survivor gets them (the script is
+  atomic: a second one finds nothing) and publishes one leave per entry, so
+  within ``down_after`` + that interval every member has its leave, once.
+* **A process that was only cut off** for longer than ``down_after`` and was
+  reaped meanwhile notices it at its next heartbeat (the reaper leaves a
+  mark), writes its entries again and sends them as joins; so does a process
+  whose heartbeat key is gone for any reason (a flushed or restarted Redis).
+* **Redis unreachable**: local presence goes on; writes and diffs wait in
+  this process (the dirty topics and at most 10,000 diffs; beyond, the oldest
+  diffs are dropped and counted) and are sent when Redis is back; ``list``
+  answers the local entries (logged). Pub/sub forgets diffs sent while a
+  process's subscription was down: the entries (and so ``list``) stay right;
+  a member may miss such a diff (counted in ``missed`` only when detectable:
+  never), which the README states.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from typing import Any
+
+import gevent
+from gevent.event import Event
+
+from ..core.settings import Settings
+from ..runtime.presence import Change, Presence
+from .streams import RedisUnavailable, backoff, import_redis, redact
+
+__all__ = ["RedisPresence"]
+
+_log = logging.getLogger("flamigo_actors.presence.redis")
+
+OUTBOX_MAX = 10_000
+
+# KEYS: none (the keys are derived: one Redis, no cluster). ARGV: prefix, instance, reaped-mark TTL.
+# Returns nil when the instance is alive or was already reaped; else a flat list
+# topic, field, value, topic, field, value...
+_REAP = """
+local p, inst = ARGV[1], ARGV[2]
+if redis.call('EXISTS', p .. ':alive:' .. inst) == 1 then return nil end
+if redis.call('SREM', p .. ':instances', inst) == 0 then return nil end
+local out = {}
+for _, topic in ipairs(redis.call('SMEMBERS', p .. ':topics:' .. inst)) do
+  local key = p .. ':e:' .. inst .. ':' .. topic
+  local fields = redis.call('HGETALL', key)
+  for i = 1, #fields, 2 do
+    out[#out + 1] = topic; out[#out + 1] = fields[i]; out[#out + 1] = fields[i + 1]
+  end
+  redis.call('DEL', key)
+  redis.call('SREM', p .. ':t:' .. topic, inst)
+end
+redis.call('DEL', p .. ':topics:' .. inst)
+redis.call('SET', p .. ':reaped:' .. inst, '1', 'EX', ARGV[3])
+return out
+"""
+
+# ARGV: prefix, instance, heartbeat TTL, data TTL. Returns non-zero when this instance's entries
+# may be missing: it had been reaped, or its heartbeat was gone (an expiry, a flushed or new Redis).
+_HEARTBEAT = """
+local p, inst = ARGV[1], ARGV[2]
+local missing = 1 - redis.call('EXISTS', p .. ':alive:' .. inst)
+redis.call('SET', p .. ':alive:' .. inst, '1', 'EX', ARGV[3])
+redis.call('SADD', p .. ':instances', inst)
+for _, topic in ipairs(redis.call('SMEMBERS', p .. ':topics:' .. inst)) do
+  redis.call('EXPIRE', p .. ':e:' .. inst .. ':' .. topic, ARGV[4])
+end
+redis.call('EXPIRE', p .. ':topics:' .. inst, ARGV[4])
+return redis.call('DEL', p .. ':reaped:' .. inst) + missing
+"""
+
+
+class RedisPresence:
+    """The Redis :class:`~flamigo_actors.runtime.presence.PresenceStore` of one process.
+
+    Args:
+        presence: this process's presence (its ``store`` is set on :meth:`start`).
+        url: ``FLAMIGO_REDIS_URL``; channel: ``FLAMIGO_REDIS_CHANNEL``.
+        refresh / down_after: ``FLAMIGO_PRESENCE_REFRESH`` / ``_DOWN_AFTER`` (seconds).
+    """
+
+    def __init__(self, presence: Presence, url: str, *, channel: str = "flamigo",
+                 refresh: float = 10.0, down_after: float = 30.0) -> None:
+        self.presence = presence
+        self.url = url
+        self.prefix = f"{channel}:presence"
+        self.refresh = refresh
+        self.down_after = down_after
+        self.data_ttl = max(1, int(down_after * 3 + refresh))
+        self.reap_every = max(0.1, min(refresh, down_after / 4))
+        self.instance = uuid.uuid4().hex[:16]
+        self.client: Any = None
+        self._errors: tuple[type[BaseException], ...] = (OSError,)
+        self._dirty: set[str] = set()
+        self._outbox: deque[str] = deque()
+        self._wake = Event()
+        self._greenlets: list[gevent.Greenlet] = []
+        self._closed = False
+        self.stats = {"written": 0, "published": 0, "received": 0, "reaped": 0, "dropped": 0,
+                      "errors": 0, "resyncs": 0}
+
+    @classmethod
+    def from_settings(cls, presence: Presence, settings: Settings) -> RedisPresence:
+        """The store for ``settings`` (``FLAMIGO_REDIS_URL`` must be set)."""
+        if not settings.redis_url:
+            raise ValueError("RedisPresence needs FLAMIGO_REDIS_URL")
+        return cls(presence, settings.redis_url, channel=settings.redis_channel,
+                   refresh=settings.presence_refresh, down_after=settings.presence_down_after)
+
+    # -- running ---------------------------------------------------------------
+
+    def start(self, *, required: bool = True) -> None:
+        """Connect, beat once, and start the writer, heartbeat/reaper and subscriber greenlets.
+
+        Raises:
+            RedisUnavailable: Redis cannot be reached and ``required`` is true.
+        """
+        redis, NoBackoff, Retry = import_redis()
+        self._errors = (redis.RedisError, OSError)
+        try:
+            # At most 2 connections (the writer, the heartbeat/reaper and `list` share them; a
+            # caller beyond waits for one) plus the diff subscription's own: 3 links per process.
+            pool = redis.BlockingConnectionPool.from_url(
+                self.url, max_connections=2, timeout=None, socket_timeout=5.0,
+                socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0), decode_responses=True)
+            self.client = redis.Redis(connection_pool=pool)
+        except ValueError as err:
+            raise RedisUnavailable(self.url, f"not a Redis URL: {err}") from None
+        self._reap_script = self.client.register_script(_REAP)
+        self._beat_script = self.client.register_script(_HEARTBEAT)
+        try:
+            self._beat()
+        except self._errors as err:
+            if required:
+                raise RedisUnavailable(self.url, err) from None
+            _log.error("presence: Redis at %s unreachable (%s); retrying", redact(self.url), err)
+        presence = self.presence
+        presence.instance = self.instance
+        presence.store = self
+        self._dirty.update(presence.topics())
+        self._greenlets = [gevent.spawn(self._writer), gevent.spawn(self._beats),
+                           gevent.spawn(self._subscriber)]
+        self._wake.set()
+
+    def close(self) -> None:
+        """Send what is pending (briefly), remove this process's entries, stop (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        gevent.joinall(self._greenlets[:1], timeout=2.0)
+        gevent.killall(self._greenlets, block=True, timeout=1.0)
+        try:
+            self._flush()
+            _remove_instance(self.client, self.prefix, self.instance)
+        except self._errors as err:
+            _log.warning("presence: could not remove this process's entries at shutdown (%s); "
+                         "the other processes remove them once its heartbeat expires", err)
+        if self.client is not None:
+            self.client.close()
+            self.client.connection_pool.disconnect()
+
+    # -- the store API -----------------------------------------------------------
+
+    def changed(self, topic: str) -> None:
+        self._dirty.add(topic)
+        self._wake.set()
+
+    def publish(self, topic: str, joins: list[Change], leaves: list[Change]) -> None:
+        self._send(topic, joins, leaves)
+
+    def remote_entries(self, topic: str) -> list[tuple[str, Any]]:
+        p = self.prefix
+        try:
+            others = [i for i in self.client.smembers(f"{p}:t:{topic}") if i != self.instance]
+            if not others:
+                return []
+            pipe = self.client.pipeline(transaction=False)
+            for inst in others:
+                pipe.exists(f"{p}:alive:{inst}")
+                pipe.hgetall(f"{p}:e:{inst}:{topic}")
+            replies = pipe.execute()
+        except self._errors as err:
+            self.stats["errors"] += 1
+            _log.warning("presence: list(%s) answers this process's entries only: Redis: %s", topic, err)
+            return []
+        found: list[tuple[str, Any]] = []
+        for alive, fields in zip(replies[::2], replies[1::2]):
+            if alive:
+                for value in fields.values():
+                    key, meta = json.loads(value)
+                    found.append((key, meta))
+        return found
+
+    def snapshot(self) -> dict[str, Any]:
+        """State and counters as plain data."""
+        return {"instance": self.instance, "dirty": len(self._dirty),
+                "outbox": len(self._outbox), **self.stats}
+
+    # -- internals ---------------------------------------------------------------
+
+    def _send(self, topic: str, joins: list[Change], leaves: list[Change]) -> None:
+        if len(self._outbox) >= OUTBOX_MAX:
+            self._outbox.popleft()
+            self.stats["dropped"] += 1
+        self._outbox.append(json.dumps({"o": self.instance, "t": topic, "j": joins, "l": leaves}))
+        self._wake.set()
+
+    def _writer(self) -> None:
+        attempt = 0
+        while not self._closed:
+            self._wake.wait()
+            self._wake.clear()
+            try:
+                self._flush()
+                attempt = 0
+            except self._errors as err:
+                self.stats["errors"] += 1
+                _log.warning("presence: Redis write failed (%s); retrying", err)
+                gevent.sleep(backoff(attempt))
+                attempt += 1
+                self._wake.set()
+
+    def _flush(self) -> None:
+        if not self._dirty and not self._outbox:
+            return
+        dirty, self._dirty = self._dirty, set()
+        messages = list(self._outbox)
+        p, inst = self.prefix, self.instance
+        pipe = self.client.pipeline(transaction=True)
+        for topic in dirty:
+            key = f"{p}:e:{inst}:{topic}"
+            entries = self.presence.local_entries(topic)
+            pipe.delete(key)
+            if entries:
+                pipe.hset(key, mapping={ref: json.dumps([k, m]) for ref, (k, m) in entries.items()})
+                pipe.expire(key, self.data_ttl)
+                pipe.sadd(f"{p}:t:{topic}", inst)
+                pipe.sadd(f"{p}:topics:{inst}", topic)
+            else:
+                pipe.srem(f"{p}:t:{topic}", inst)
+                pipe.srem(f"{p}:topics:{inst}", topic)
+        if dirty:
+            pipe.expire(f"{p}:topics:{inst}", self.data_ttl)
+        for message in messages:
+            pipe.publish(f"{p}:diffs", message)
+        try:
+            pipe.execute()
+        except BaseException:
+            self._dirty |= dirty  # written whole next time: nothing lost
+            raise
+        for _ in messages:
+            self._outbox.popleft()
+        self.stats["written"] += len(dirty)
+        self.stats["published"] += len(messages)
+
+    def _beat(self) -> bool:
+        reaped = self._beat_script(args=[self.prefix, self.instance, max(1, int(self.down_after + 0.999)),
+                                         self.data_ttl])
+        return bool(reaped)
+
+    def _beats(self) -> None:
+        next_beat = 0.0
+        while not self._closed:
+            now = time.monotonic()
+            try:
+                if now >= next_beat:
+                    if self._beat():
+                        self._resync()
+                    next_beat = now + self.refresh
+                self._reap()
+            except self._errors as err:
+                self.stats["errors"] += 1
+                _log.warning("presence: heartbeat or reaper failed (%s); retrying", err)
+            gevent.sleep(self.reap_every)
+
+    def _resync(self) -> None:
+        # Reaped while cut off (the others sent leaves for our entries), or a Redis that lost our
+        # keys: write every entry again and send them as joins (clients skip refs they know).
+        topics = self.presence.topics()
+        if not topics:
+            return
+        self.stats["resyncs"] += 1
+        _log.warning("presence: this process's entries were missing from Redis (presumed dead after "
+                     "%ss without a heartbeat, or Redis lost them); writing them again", self.down_after)
+        for topic in topics:
+            entries = self.presence.local_entries(topic)
+            self._send(topic, [(f"{self.instance} {r}", k, m) for r, (k, m) in entries.items()], [])
+            self.changed(topic)
+
+    def _reap(self) -> None:
+        dead = _reap_dead(self.client, self._reap_script, self.prefix, self.instance, self.data_ttl)
+        for inst, leaves in dead.items():
+            count = sum(len(v) for v in leaves.values())
+            self.stats["reaped"] += count
+            _log.warning("presence: process %s is gone (no heartbeat for %ss): removed its %d entries",
+                         inst, self.down_after, count)
+            for topic, changes in leaves.items():
+                self._send(topic, [], changes)  # to the other survivors
+                self.presence.receive_remote(topic, [], changes)  # to ours
+
+    def _subscriber(self) -> None:
+        attempt = 0
+        while not self._closed:
+            pubsub = None
+            try:
+                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(f"{self.prefix}:diffs")
+                attempt = 0
+                while not self._closed:
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        self._received(message.get("data"))
+            except self._errors as err:
+                self.stats["errors"] += 1
+                _log.warning("presence: diff subscription lost (%s); resubscribing", err)
+                gevent.sleep(backoff(attempt))
+                attempt += 1
+            finally:
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except Exception:  # noqa: BLE001 - closing a broken connection
+                        pass
+
+    def _received(self, data: Any) -> None:
+        decoded = _decode_diff(data, self.instance)
+        if decoded is not None:
+            self.stats["received"] += 1
+            self.presence.receive_remote(*decoded)
+
+def _decode_diff(data: Any, me: str) -> tuple[str, list[Change], list[Change]] | None:
+    """``(topic, joins, leaves)`` of another process's diff message; None for ours or garbage (logged)."""
+    try:
+        message = json.loads(data)
+        if message["o"] == me:
+            return None
+        return (message["t"], [(r, k, m) for r, k, m in message["j"]],
+                [(r, k, m) for r, k, m in message["l"]])
+    except (TypeError, ValueError, KeyError) as err:
+        _log.error("presence: undecodable diff skipped (%s): %.200r", err, data)
+        return None
+
+
+def _remove_instance(client: Any, p: str, inst: str) -> None:
+    """Delete every key of process ``inst`` (its graceful shutdown)."""
+    topics = client.smembers(f"{p}:topics:{inst}")
+    pipe = client.pipeline(transaction=True)
+    for topic in topics:
+        pipe.delete(f"{p}:e:{inst}:{topic}")
+        pipe.srem(f"{p}:t:{topic}", inst)
+    pipe.delete(f"{p}:topics:{inst}", f"{p}:alive:{inst}")
+    pipe.srem(f"{p}:instances", inst)
+    pipe.execute()
+
+
+def _reap_dead(client: Any, script: Any, prefix: str, me: str, ttl: int) -> dict[str, dict[str, list[Change]]]:
+    """Remove the entries of every registered process whose heartbeat expired (not ``me``).
+
+    Returns ``{instance: {topic: leaves}}`` for the processes this call reaped: the script
+    re-checks each atomically, so of several reapers exactly one gets a dead process's entries.
+    """
+    others = [i for i in client.smembers(f"{prefix}:instances") if i != me]
+    if not others:
+        return {}
+    pipe = client.pipeline(transaction=False)
+    for inst in others:
+        pipe.exists(f"{prefix}:alive:{inst}")
+    reaped: dict[str, dict[str, list[Change]]] = {}
+    for inst, alive in zip(others, pipe.execute()):
+        if alive:
+            continue
+        flat = script(args=[prefix, inst, ttl])
+        if not flat:
+            continue
+        leaves = reaped.setdefault(inst, {})
+        for topic, field, value in zip(flat[::3], flat[1::3], flat[2::3]):
+            key, meta = json.loads(value)
+            leaves.setdefault(topic, []).append((f"{inst} {field}", key, meta))
+    return reaped

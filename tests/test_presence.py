@@ -1,0 +1,274 @@
+"""Presence in one process: track/untrack/list, diffs to members, coalescing, no zombies.
+
+Real server on loopback, raw WebSocket clients (tests/rawws.py) for the crowds.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import pytest
+from flask import Flask
+
+from flamigo_actors import BackendIdentity
+from flamigo_actors.runtime.presence import Presence
+from tests.rawws import RawWs
+from tests.support import LiveServer, eventually, offline_token
+
+
+def _connect(server: LiveServer, username: str) -> RawWs:
+    ws = RawWs(server.port, timeout=20)
+    reply = ws.request("app::websocket:auth", {"token": offline_token(server.app, username)}, ack="auth")
+    assert reply["payload"]["success"], reply
+    return ws
+
+
+def _request(ws: RawWs, topic: str, payload: Any, ack: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Send a request; return its reply and the pushes that came before it."""
+    ws.send_json({"topic": topic, "payload": payload, "ackId": ack})
+    pushes = []
+    while True:
+        message = ws.recv_json()
+        if message.get("ackId") == ack:
+            return message, pushes
+        pushes.append(message)
+
+
+def bare(members: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """Listed or diffed metas without their unique "ref" (checked once in its own test)."""
+    return {key: [{k: v for k, v in meta.items() if k != "ref"} for meta in metas]
+            for key, metas in members.items()}
+
+
+def bare_diff(payload: dict[str, Any]) -> dict[str, Any]:
+    return {**payload, "joins": bare(payload["joins"]), "leaves": bare(payload["leaves"])}
+
+
+def _diffs(ws: RawWs, within: float) -> list[dict[str, Any]]:
+    """Every presence:diff payload arriving within ``within`` seconds."""
+    found = []
+    deadline = gevent.get_hub().loop.now() + within
+    while True:
+        remaining = deadline - gevent.get_hub().loop.now()
+        if remaining <= 0:
+            return found
+        try:
+            message = ws.recv_json(timeout=remaining)
+        except (TimeoutError, OSError):
+            return found
+        if message.get("topic") == "presence:diff":
+            found.append(bare_diff(message["payload"]))
+
+
+def test_join_reply_members_diffs_and_leave_on_disconnect(demo_server: LiveServer) -> None:
+    ann = _connect(demo_server, "ann")
+    reply, _ = _request(ann, "app::rooms:join", {"room": "tea"}, "j1")
+    (ann_meta,) = reply["payload"]["members"]["ann"]
+    assert bare(reply["payload"]["members"]) == {"ann": [{"id": "ann"}]} and isinstance(ann_meta["ref"], str)
+    assert _diffs(ann, 0.5) == [{"stream": "rooms/tea", "joins": {"ann": [{"id": "ann"}]}, "leaves": {}}]
+    ben = _connect(demo_server, "ben")
+    reply, _ = _request(ben, "app::rooms:join", {"room": "tea"}, "j2")
+    assert bare(reply["payload"]["members"]) == {"ann": [{"id": "ann"}], "ben": [{"id": "ben"}]}
+    assert ann_meta in reply["payload"]["members"]["ann"]  # the same entry, the same ref
+    assert _diffs(ann, 0.5) == [{"stream": "rooms/tea", "joins": {"ben": [{"id": "ben"}]}, "leaves": {}}]
+    reply, _ = _request(ann, "app::rooms:members", {"room": "tea"}, "m")
+    assert reply["payload"]["room"] == "tea"
+    assert bare(reply["payload"]["members"]) == {"ann": [{"id": "ann"}], "ben": [{"id": "ben"}]}
+    ben.drop()  # a network drop: no close frame, no leave request
+    assert _diffs(ann, 2.0) == [{"stream": "rooms/tea", "joins": {}, "leaves": {"ben": [{"id": "ben"}]}}]
+    assert demo_server.flamigo.presence.list("rooms/tea") == {"ann": [ann_meta]}
+    reply, _ = _request(ann, "app::rooms:leave", {"room": "tea"}, "l")
+    assert demo_server.flamigo.presence.list("rooms/tea") == {}
+    ann.close()
+
+
+def test_one_key_with_two_connections_and_a_non_member_gets_no_diff(demo_server: LiveServer) -> None:
+    tab1, tab2, outsider = _connect(demo_server, "cat"), _connect(demo_server, "cat"), _connect(demo_server, "dan")
+    _request(tab1, "app::rooms:join", {"room": "den"}, "a")
+    _request(tab2, "app::rooms:join", {"room": "den"}, "b")
+    both = demo_server.flamigo.presence.list("rooms/den")
+    assert bare(both) == {"cat": [{"id": "cat"}, {"id": "cat"}]}
+    assert len({meta["ref"] for meta in both["cat"]}) == 2  # two entries, told apart by their ref
+    tab2.close()
+    eventually(lambda: bare(demo_server.flamigo.presence.list("rooms/den")) == {"cat": [{"id": "cat"}]})
+    assert _diffs(outsider, 0.4) == []  # not subscribed to rooms/den: not a member
+    tab1.close()
+    outsider.close()
+    eventually(lambda: demo_server.flamigo.presence.list("rooms/den") == {})
+
+
+def test_library_api_from_a_view_and_bad_input(app: Flask) -> None:
+    flamigo = app.extensions["flamigo"]
+    presence: Presence = flamigo.presence
+    handle = presence.for_identity(BackendIdentity("http"))
+    handle.track("boards/1", "bot", {"v": 1})
+    first = handle.list("boards/1")["bot"][0]["ref"]
+    handle.track("boards/1", "bot", {"v": 1})  # the same meta again: no change, the same ref
+    assert handle.list("boards/1") == {"bot": [{"v": 1, "ref": first}]}
+    handle.update("boards/1", "bot", {"v": 2})
+    (meta,) = handle.list("boards/1")["bot"]
+    assert meta["v"] == 2 and meta["ref"] != first  # a new ref: members see leave(old), join(new)
+    with pytest.raises(ValueError, match="reserved"):
+        handle.track("boards/1", "bot", {"ref": "mine"})
+    with pytest.raises(ValueError, match="pattern"):
+        handle.track("boards/*", "bot")
+    with pytest.raises(TypeError, match="JSON"):
+        handle.track("boards/1", "bot", {"x": object()})
+    with pytest.raises(ValueError, match="non-empty"):
+        handle.track("boards/1", "")
+    with pytest.raises(KeyError, match="track it first"):
+        handle.update("boards/1", "nobody", {})
+    assert presence.list("boards/1") == {"bot": [meta]}  # bad input changed nothing
+    assert handle.untrack("boards/1", "bot") and not handle.untrack("boards/1", "bot")
+    assert presence.list("boards/1") == {}
+
+
+def test_a_thousand_clients_joining_one_room_cost_linear_pushes(demo_server: LiveServer) -> None:
+    n = 1000
+    token = offline_token(demo_server.app, "crowd")
+    clients = []
+    for _ in range(n):
+        ws = RawWs(demo_server.port, timeout=30)
+        ws.send_json({"topic": "app::websocket:auth", "payload": {"token": token}, "ackId": "auth"})
+        clients.append(ws)
+    for ws in clients:
+        assert ws.recv_json()["ackId"] == "auth"
+    presence = demo_server.flamigo.presence
+    pushes_before, diffs_before = presence.pushes, presence.diffs
+    for ws in clients:  # all at once: nobody waits for its reply before the next one joins
+        ws.send_json({"topic": "app::rooms:join", "payload": {"room": "crowd"}, "ackId": "join"})
+    seen = []  # per client: how many joins its diffs announced
+    for ws in clients:
+        count = 0
+        while True:
+            message = ws.recv_json()
+            if message.get("ackId") == "join":
+                break
+            if message.get("topic") == "presence:diff":
+                count += sum(len(metas) for metas in message["payload"]["joins"].values())
+        seen.append(count)
+    eventually(lambda: len(presence.list("rooms/crowd")["crowd"]) == n, timeout=30)
+    gevent.sleep(presence.batch * 6)  # the last window's diff goes out
+    windows = presence.diffs - diffs_before
+    pushes = presence.pushes - pushes_before
+    # one push per member per window with changes: at most n per window, and far fewer
+    # windows than clients (without coalescing it would be n*(n+1)/2 = 500,500 pushes)
+    assert pushes <= n * windows, (pushes, windows)
+    assert windows < n // 10, windows
+    assert pushes < 50 * n, pushes
+    # no member hears of a join twice; the earliest members hear of every one of them
+    for i, ws in enumerate(clients[:20]):
+        for payload in _diffs(ws, 0.05):
+            seen[i] += sum(len(metas) for metas in payload["joins"].values())
+    assert max(seen) == n and all(count <= n for count in seen), sorted(seen)[-5:]
+    for ws in clients:
+        ws.drop()
+    eventually(lambda: presence.list("rooms/crowd") == {}, timeout=30)
+
+
+def test_random_joins_and_leaves_converge_to_the_live_set(demo_server: LiveServer) -> None:
+    rng = random.Random(14)
+    presence = demo_server.flamigo.presence
+    watcher = _connect(demo_server, "watcher")
+    _request(watcher, "app::rooms:join", {"room": "mix"}, "w")
+    users = [f"u{i}" for i in range(40)]
+    live: dict[str, tuple[RawWs, str]] = {}  # conn label -> (socket, user)
+    joined: set[str] = set()
+    ops = 0
+    model: dict[str, set[str]] = {}  # user -> labels present
+    seq = 0
+    while ops < 1000:
+        choice = rng.random()
+        if choice < 0.3 or not live:
+            user = rng.choice(users)
+            seq += 1
+            label = f"{user}#{seq}"
+            live[label] = (_connect(demo_server, user), user)
+        elif choice < 0.6:
+            label = rng.choice(sorted(live))
+            ws, user = live[label]
+            _request(ws, "app::rooms:join", {"room": "mix"}, f"j{ops}")
+            joined.add(label)
+            model.setdefault(user, set()).add(label)
+        elif choice < 0.8:
+            label = rng.choice(sorted(live))
+            ws, user = live[label]
+            _request(ws, "app::rooms:leave", {"room": "mix"}, f"l{ops}")
+            joined.discard(label)
+            model.get(user, set()).discard(label)
+        else:
+            label = rng.choice(sorted(live))
+            ws, user = live.pop(label)
+            (ws.drop if rng.random() < 0.5 else ws.close)()
+            joined.discard(label)
+            model.get(user, set()).discard(label)
+        ops += 1
+
+    expected = {user: len(labels) for user, labels in model.items() if labels}
+    expected["watcher"] = 1
+
+    def counts() -> dict[str, int]:
+        return {key: len(metas) for key, metas in presence.list("rooms/mix").items()}
+
+    eventually(lambda: counts() == expected, timeout=20)
+    # the watcher's view, built from the join reply and the diffs alone, is the same
+    gevent.sleep(presence.batch * 4)
+    view: dict[str, int] = {}
+    reply, _ = _request(watcher, "app::rooms:members", {"room": "mix"}, "final")
+    view = {key: len(metas) for key, metas in reply["payload"]["members"].items()}
+    assert view == expected
+    for ws, _user in live.values():
+        ws.drop()
+    watcher.close()
+    eventually(lambda: presence.list("rooms/mix") == {}, timeout=20)
+
+
+def test_shutdown_untracks_everything(demo_app: Callable[..., Flask], live_server: Callable[[Flask], LiveServer]) -> None:
+    server = live_server(demo_app())
+    ws = _connect(server, "eve")
+    _request(ws, "app::rooms:join", {"room": "end"}, "j")
+    server.flamigo.presence.track("rooms/end", "system", {"bot": True})
+    assert set(server.flamigo.presence.list("rooms/end")) == {"eve", "system"}
+    server.flamigo.shutdown(timeout=2)
+    assert server.flamigo.presence.list("rooms/end") == {}
+    with pytest.raises(RuntimeError, match="closed"):
+        server.flamigo.presence.track("rooms/end", "late")
+    ws.drop()
+
+
+def test_flamigo_js_presence_map_against_a_real_server() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.support import REPO
+    from tests.test_flamigo_js import node_command
+
+    script = os.path.join(REPO, "tests", "js", "presence.test.mjs")
+    result = subprocess.run(
+        [*node_command(), "--test", "--test-reporter=tap", script], cwd=REPO,
+        env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=120,
+    )
+    report = result.stdout + result.stderr
+    assert result.returncode == 0 and "# fail 0" in result.stdout and "# pass 2" in result.stdout, report[-6000:]
+
+
+def test_an_ended_connection_cannot_track_and_the_shell_lists(app: Flask) -> None:
+    from flamigo_actors.ops.shell import namespace
+
+    flamigo = app.extensions["flamigo"]
+    with flamigo.test_client() as client:
+        client.authenticate(offline_token(app, "fay"))
+        client.request("app::rooms:join", {"room": "shell"})
+        identity = client.connection.client
+        shell = namespace(flamigo, live=False)["presence"]
+        assert bare(shell("rooms/shell")) == {"fay": [{"id": "fay"}]}
+        assert "rooms/shell" in shell()["topics"]
+    eventually(lambda: identity.state == "closed")
+    assert flamigo.presence.list("rooms/shell") == {}  # untracked as the connection ended
+    with pytest.raises(RuntimeError, match="has ended"):
+        flamigo.presence.for_identity(identity).track("rooms/shell", "fay", {})
+    assert flamigo.presence.list("rooms/shell") == {}
