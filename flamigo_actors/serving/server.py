@@ -15,6 +15,7 @@ from gevent.pywsgi import WSGIServer
 
 from ..runtime.engine import gevent_patched
 from ..websocket.transport import Handler
+from .limits import raise_open_files_limit
 
 __all__ = ["make_server", "serve", "tune_gc"]
 
@@ -82,6 +83,9 @@ def serve(
 ) -> None:
     """Serve ``app`` until SIGTERM/SIGINT (or ``stop`` is set), then drain gracefully.
 
+    At start the soft open-files limit is raised to the hard limit and the
+    connection ceiling that follows is logged (:mod:`flamigo_actors.serving.limits`).
+
     The drain refuses new connections, lets in-flight requests answer, closes
     every connection with 1001 "going away", fires every disconnected event,
     and returns within ``FLAMIGO_DRAIN_TIMEOUT`` seconds (plus a short grace).
@@ -96,6 +100,7 @@ def serve(
     Raises:
         BackdoorError: ``backdoor`` is not a loopback address or cannot be bound.
     """
+    raise_open_files_limit()
     server = make_server(app, host, port, **kwargs)
     if gc_policy:
         tune_gc()

@@ -16,6 +16,8 @@ gevent worker does this). Each worker then:
   and draining work as in the single-process server);
 * loads the app itself and calls ``flamigo.start()``: its own bus, connections,
   and link to the Redis backplane, through which the workers share events;
+* raises its soft open-files limit to the hard limit and logs its connection
+  ceiling (:mod:`flamigo_actors.serving.limits`);
 * drains on SIGTERM (what the arbiter forwards on its own SIGTERM), and also on
   SIGINT/SIGQUIT, exactly like ``serve()``: in-flight requests answer, every
   connection closes with 1001, every disconnected event fires.
@@ -36,6 +38,7 @@ import gevent
 from gunicorn.app.base import BaseApplication
 
 from ..websocket.transport import Handler, gunicorn_worker_base
+from .limits import raise_open_files_limit
 from .loading import load_app, search_current_directory
 
 __all__ = ["FlamigoWorker", "WorkersApplication", "exec_arbiter", "main"]
@@ -58,6 +61,7 @@ class FlamigoWorker(gunicorn_worker_base()):  # type: ignore[misc]
 
     def load_wsgi(self) -> None:
         """Load the app (after the fork, already patched), then start its runtime."""
+        raise_open_files_limit()  # this worker's own limit, and the ceiling it sets
         super().load_wsgi()
         flamigo = getattr(self.wsgi, "extensions", {}).get("flamigo")
         if flamigo is None:
