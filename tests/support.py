@@ -51,6 +51,7 @@ SUBPROCESS: dict[str, str | set[str]] = {
         "test_the_owner_killed_the_actor_is_placed_on_a_survivor_within_the_lease_with_its_snapshot",
     },
     "test_actors_across_processes": "*",
+    "test_all_cores": "*",
     "test_backplane": {"test_a_missing_redis_server_fails_under_ci"},
     "test_bench_smoke": "*",
     "test_browser_chat": {
@@ -61,6 +62,7 @@ SUBPROCESS: dict[str, str | set[str]] = {
     "test_cli": "*",
     "test_dashboard": {"test_dashboard_shows_connections_and_mailbox_depth_in_chromium"},
     "test_flamigo_js": "*",
+    "test_open_files": "*",
     "test_scale_out": "*",
     "test_server": "*",
     "test_shell": "*",
@@ -82,6 +84,7 @@ SLOW: dict[str, str | set[str]] = {
         "test_two_processes_racing_a_thousand_first_calls_activate_one_actor_in_total",
         "test_the_owner_killed_the_actor_comes_back_on_the_survivor_within_the_lease_from_its_snapshot",
     },
+    "test_all_cores": "*",
     "test_backplane": {"test_a_missing_redis_server_fails_under_ci"},
     "test_bench_smoke": "*",
     "test_browser_chat": "*",
@@ -100,6 +103,7 @@ SLOW: dict[str, str | set[str]] = {
         "test_wrong_types_in_every_envelope_field",
         "test_a_client_that_never_finishes_its_handshake_is_dropped",
     },
+    "test_open_files": {"test_each_worker_raises_its_own_soft_limit"},
     "test_scale_out": "*",
     "test_server": {"test_python_m_app_serves_healthz_and_drains_on_sigterm"},
     "test_shell": {
