@@ -368,12 +368,13 @@ def run_crowd(node: str, workload: Workload, log_dir: Path, timeout: float) -> d
         ready = [_line(gen, "ready") for gen in gens]
         connect_s = time.monotonic() - t0
         time.sleep(cfg["hold"])
-        held_workers = []
+        held_workers: list[dict[str, Any]] = []
         for pid in workers:
-            conns = _sockets(pid) - base[pid][1]
+            held_conns = _sockets(pid) - base[pid][1]
             rss = _rss_mib(pid)
-            held_workers.append({"pid": pid, "connections": conns, "rss_base_mib": base[pid][0], "rss_mib": rss,
-                                 "rss_per_conn_kib": (rss - base[pid][0]) * 1024 / conns if conns > 0 else None})
+            held_workers.append({"pid": pid, "connections": held_conns, "rss_base_mib": base[pid][0], "rss_mib": rss,
+                                 "rss_per_conn_kib": (rss - base[pid][0]) * 1024 / held_conns
+                                 if held_conns > 0 else None})
         for gen in gens:
             assert gen.stdin is not None
             gen.stdin.write("go\n")
@@ -395,13 +396,13 @@ def run_crowd(node: str, workload: Workload, log_dir: Path, timeout: float) -> d
         if server is not None:
             server.stop()
         redis.stop()
-    spans = []
+    spans: list[float | None] = []
     for k in range(cfg["events"]):
         lasts = [d["last_ms"][k] for d in done]
         spans.append(None if any(t is None for t in lasts) else max(lasts) - sent[k])
     complete = sorted(s for s in spans if s is not None)
-    conns = sum(w["connections"] for w in held_workers)
-    rss_delta = sum(w["rss_mib"] - w["rss_base_mib"] for w in held_workers)
+    conns = sum(int(w["connections"]) for w in held_workers)
+    rss_delta = sum(float(w["rss_mib"]) - float(w["rss_base_mib"]) for w in held_workers)
     return {
         "mode": "crowd", "kind": "flamigo",
         "connections": cfg["clients"],
