@@ -103,7 +103,10 @@ SLOW: dict[str, str | set[str]] = {
         "test_wrong_types_in_every_envelope_field",
         "test_a_client_that_never_finishes_its_handshake_is_dropped",
     },
-    "test_open_files": {"test_each_worker_raises_its_own_soft_limit"},
+    "test_open_files": {
+        "test_each_worker_raises_its_own_soft_limit",
+        "test_workers_at_their_ceiling_leave_new_connections_to_the_others",
+    },
     "test_scale_out": "*",
     "test_server": {"test_python_m_app_serves_healthz_and_drains_on_sigterm"},
     "test_shell": {

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
+from tests.rawws import RawWs
 from tests.support import RedisServer, ServerProcess, eventually, free_port
 
 LOW = 1000
@@ -85,3 +86,43 @@ def test_each_worker_raises_its_own_soft_limit(
         assert soft_limit(pid) == hard
         assert hard - 200 < ceilings(server.log)[pid] < hard, server.log
     assert soft_limit(arbiter.pid) == LOW  # the arbiter holds no connections
+
+
+def test_workers_at_their_ceiling_leave_new_connections_to_the_others(
+    redis_server: RedisServer, processes: list[ServerProcess]
+) -> None:
+    """Under a hard limit of 256 open files each worker holds about 150 connections: together all."""
+    port = free_port()
+    command = " ".join(shlex.quote(a) for a in [
+        sys.executable, "-m", "app", "--port", str(port), "--workers", "2", "--redis", redis_server.url])
+    server = ServerProcess(["-c", f"ulimit -n 256 && exec {command}"], port, program="/bin/sh")
+    processes.append(server)
+    server.wait_ready()
+    arbiter = psutil.Process(server.process.pid)
+    eventually(lambda: len(ceilings_any(server.log)) == 2, timeout=20)
+    limit = ceilings_any(server.log)
+    wanted = sum(limit.values()) - 20  # room for the logins' HTTP connections
+    token = server.login("many")
+    clients = []
+    try:
+        for _ in range(wanted):
+            client = RawWs(port, timeout=20)
+            clients.append(client)
+            assert client.request("app::websocket:auth", {"token": token})["topic"] != "error"
+        local_ports = {c.sock.getsockname()[1] for c in clients}
+        held = {
+            w.pid: sum(1 for c in w.net_connections("tcp") if c.raddr and c.raddr.port in local_ports)
+            for w in arbiter.children()
+        }
+        assert sum(held.values()) == wanted, held
+        assert all(held[pid] <= limit[pid] for pid in held), (held, limit)
+        assert "Too many open files" not in server.log
+    finally:
+        for client in clients:
+            client.drop()
+
+
+def ceilings_any(log: str) -> dict[int, int]:
+    """pid -> the ceiling each process logged, whatever its limit was."""
+    found = re.findall(r"pid (\d+) holds at most about (\d+) connections", log)
+    return {int(pid): int(ceiling) for pid, ceiling in found}

@@ -17,7 +17,10 @@ gevent worker does this). Each worker then:
 * loads the app itself and calls ``flamigo.start()``: its own bus, connections,
   and link to the Redis backplane, through which the workers share events;
 * raises its soft open-files limit to the hard limit and logs its connection
-  ceiling (:mod:`flamigo_actors.serving.limits`);
+  ceiling (:mod:`flamigo_actors.serving.limits`), and holds at most that many
+  connections: a full worker stops accepting (gevent's pool is full) and the
+  kernel hands new connections to the others, instead of failing ``accept``
+  with "too many open files";
 * drains on SIGTERM (what the arbiter forwards on its own SIGTERM), and also on
   SIGINT/SIGQUIT, exactly like ``serve()``: in-flight requests answer, every
   connection closes with 1001, every disconnected event fires.
@@ -61,7 +64,9 @@ class FlamigoWorker(gunicorn_worker_base()):  # type: ignore[misc]
 
     def load_wsgi(self) -> None:
         """Load the app (after the fork, already patched), then start its runtime."""
-        raise_open_files_limit()  # this worker's own limit, and the ceiling it sets
+        limits = raise_open_files_limit()  # this worker's own limit, and the ceiling it sets
+        if limits is not None:  # a full worker stops accepting and leaves new connections to the others
+            self.worker_connections = min(int(self.cfg.worker_connections), limits.ceiling)
         super().load_wsgi()
         flamigo = getattr(self.wsgi, "extensions", {}).get("flamigo")
         if flamigo is None:
