@@ -129,7 +129,7 @@ def _read_when_readable(rfile: Any) -> None:
     as before. Only gevent sockets are changed; others keep the default.
     """
     raw = getattr(rfile, "raw", None)
-    sock = getattr(raw, "_sock", None)
+    sock: Any = getattr(raw, "_sock", None)
     wait = getattr(sock, "_wait", None)
     event = getattr(sock, "_read_event", None)
     if raw is None or wait is None or event is None or not hasattr(raw, "__dict__"):
