@@ -335,8 +335,13 @@ def check_crowd(config: dict[str, Any]) -> None:
                          f"open files each: use fewer connections (--conns)")
 
 
-def run_crowd(node: str, workload: Workload, log_dir: Path, timeout: float) -> dict[str, Any]:
-    """conns75000: N workers + Redis, one generator process per source address, then broadcasts."""
+def run_crowd(node: str, workload: Workload, log_dir: Path, timeout: float, rep: int = 0) -> dict[str, Any]:
+    """conns75000: N workers + Redis, one generator process per source address, then broadcasts.
+
+    Repetition ``rep`` connects from the next addresses along (127.0.0.6-9 after
+    127.0.0.2-5...): the previous run's client ports stay in TIME_WAIT for a
+    minute, and a generator binds its source address before it connects.
+    """
     cfg = workload.config
     check_crowd(cfg)
     redis = RedisProcess(log_dir)
@@ -354,7 +359,9 @@ def run_crowd(node: str, workload: Workload, log_dir: Path, timeout: float) -> d
             time.sleep(0.2)
         workers = _children(server.pid)
         base = {pid: (_rss_mib(pid), _sockets(pid)) for pid in workers}
-        sources = cfg["sources"]
+        base_octet = int(cfg["sources"][0].rsplit(".", 1)[1])
+        sources = [f"127.0.0.{2 + (base_octet - 2 + rep * len(cfg['sources']) + i) % 250}"
+                   for i in range(len(cfg["sources"]))]
         shares = [cfg["clients"] // len(sources) + (i < cfg["clients"] % len(sources)) for i in range(len(sources))]
         t0 = time.monotonic()
         for source, share in zip(sources, shares):
@@ -797,7 +804,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if wl.mode == "crowd":
                 if kind != "flamigo":
                     continue  # the peers have no multi-process broadcast
-                result = run_crowd(node, wl, log_dir, max(timeout, 120.0))
+                result = run_crowd(node, wl, log_dir, max(timeout, 120.0), rep)
             else:
                 server = Server(kind, log_dir)
                 try:
