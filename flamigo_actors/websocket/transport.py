@@ -28,6 +28,7 @@ import socket
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from gevent.socket import socket as gevent_socket
 from geventwebsocket.handler import WebSocketHandler
 
 from .framing import (  # the names this module used to define, re-exported for one release
@@ -126,14 +127,15 @@ def _read_when_readable(rfile: Any) -> None:
     ``strace -c`` of ``rt1x1``: 2 ``recvfrom`` per request, one failing).
     Waiting first lets the actor answer, then reads once the bytes are there.
     Bytes already buffered (a frame sent with the upgrade request) are read
-    as before. Only gevent sockets are changed; others keep the default.
+    as before. Only plain gevent sockets are changed; others (TLS, whose
+    decrypted bytes may wait in the TLS layer while the socket is quiet) keep
+    the default.
     """
-    raw = getattr(rfile, "raw", None)
+    raw: Any = getattr(rfile, "raw", None)
     sock: Any = getattr(raw, "_sock", None)
-    wait = getattr(sock, "_wait", None)
-    event = getattr(sock, "_read_event", None)
-    if raw is None or wait is None or event is None or not hasattr(raw, "__dict__"):
+    if type(sock) is not gevent_socket or not hasattr(raw, "__dict__"):
         return
+    wait, event = sock._wait, sock._read_event
     recv_into = sock.recv_into
 
     def readinto(buffer: Any) -> int:
