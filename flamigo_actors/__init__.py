@@ -76,6 +76,7 @@ _EXPORTS: dict[str, str] = {
     "WebsocketClient": "websocket.client",
     "serve": "serving.server",
     "make_server": "serving.server",
+    "raise_open_files_limit": "serving.limits",
     "TestClient": "integration.testing",
     # domain actors
     "DomainActor": "runtime.domain",
@@ -223,6 +224,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         require_actor,
         require_identity,
     )
+    from .serving.limits import raise_open_files_limit
     from .serving.server import make_server, serve
     from .runtime.signals import NoBusError, event_published
     from .integration.publishing import publish, publish_sync

@@ -25,6 +25,17 @@ Workloads (see the README's "Performance" section):
   server RSS per connection, time to connect all.
 * ``routing``: the bus alone, 10 vs 100,000 unrelated subscriptions
   (``scripts/bench_routing.py``, pinned to CPU 0).
+* ``conns75000`` (only when named in ``--workloads``; flamigo only): one
+  machine, all its cores: ``--workers 4`` on one port with the Redis backplane
+  (a redis-server of its own), 4 generator processes each connecting from its
+  own source address (127.0.0.2-127.0.0.5), 75,000 authenticated connections
+  in one room, held 10 s, then 5 broadcasts to the room: connect rate, all
+  held, RSS per connection per worker, span from publish to last delivery,
+  missing (0). ``--conns N`` scales it down (e.g. 8,000 on a shared machine).
+
+``--interleave`` runs each workload's repetitions back to back, the servers
+taking turns repetition by repetition (the order rotating), and reports
+medians of ``--reps`` (default 5) with the per-repetition ratios.
 
 Needs Linux (``taskset``, ``/proc``), Node.js 18+ and npm (``npm ci`` runs in
 ``scripts/loadgen`` on first use), and ``pip install -e ".[bench]"``. The
@@ -95,6 +106,24 @@ def workloads(quick: bool) -> list[Workload]:
     ]
 
 
+# Run only when named in --workloads (minutes long, a redis-server, several processes).
+OPT_IN = ("conns75000",)
+PER_SOURCE_MAX = 28_000
+"""Connections one source address can open to one server port (the ephemeral port range)."""
+
+
+def crowd_workload(quick: bool, conns: int | None) -> Workload:
+    """``conns75000``: 4 workers, 4 generator processes over 127.0.0.2-5 (2 and 2 with --quick)."""
+    n = 4 if not quick else 2
+    clients = conns if conns is not None else (75_000 if not quick else 400)
+    sources = [f"127.0.0.{2 + i}" for i in range(n)]
+    title = f"{clients:,} connections, {n} workers"
+    return Workload("conns75000", "crowd", title, {
+        "clients": clients, "workers": n, "sources": sources, "events": 5, "interval": 1000,
+        "hold": 10 if not quick else 1, "connectConcurrency": 100,
+    })
+
+
 # -- processes -----------------------------------------------------------------------
 
 
@@ -131,13 +160,13 @@ def uptime() -> str:
 class Server:
     """One server under test, started fresh and pinned to the server CPU."""
 
-    def __init__(self, kind: str, log_dir: Path) -> None:
+    def __init__(self, kind: str, log_dir: Path, extra: tuple[str, ...] = (), pin: bool = True) -> None:
         self.kind = kind
         self.port = _free_port()
         python = sys.executable
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         if kind in ("flamigo", METRICS_SERVER):
-            argv = [python, "-m", "app", "--port", str(self.port), "--log-level", "WARNING"]
+            argv = [python, "-m", "app", "--port", str(self.port), "--log-level", "WARNING", *extra]
             env["FLAMIGO_METRICS"] = "true" if kind == METRICS_SERVER else "false"
         elif kind == "raw":
             argv = [python, str(SCRIPTS / "peers" / "raw_server.py"), "--port", str(self.port)]
@@ -149,7 +178,7 @@ class Server:
         self.log_path = log_dir / f"{kind}.log"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            _taskset(SERVER_CPU) + argv,
+            (_taskset(SERVER_CPU) if pin else []) + argv,
             cwd=ROOT,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -229,6 +258,214 @@ def run_loadgen(node: str, kind: str, workload: Workload, server: Server, timeou
     return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+# -- conns75000: several workers, several generator processes -------------------------------
+
+
+class RedisProcess:
+    """A redis-server of the benchmark's own (no persistence) on a free loopback port."""
+
+    def __init__(self, log_dir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise SystemExit("error: conns75000 needs redis-server (apt-get install redis-server)")
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.dir = log_dir / f"redis-{self.port}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.dir), "--loglevel", "warning"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def _sockets(pid: int) -> int:
+    count = 0
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in os.listdir(fd_dir):
+        try:
+            count += os.readlink(fd_dir / fd).startswith("socket:")
+        except OSError:
+            pass  # closed meanwhile
+    return count
+
+
+def check_crowd(config: dict[str, Any]) -> None:
+    """Refuse a size this machine cannot hold, saying which limit and what to do."""
+    clients, sources, workers = config["clients"], config["sources"], config["workers"]
+    per_source = -(-clients // len(sources))
+    if per_source > PER_SOURCE_MAX:
+        raise SystemExit(f"error: {per_source:,} connections per source address: one address opens about "
+                         f"{PER_SOURCE_MAX:,} to one port; use fewer connections (--conns)")
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    room = (hard if hard != resource.RLIM_INFINITY else 1 << 20) - 200
+    if per_source > room:
+        raise SystemExit(f"error: {per_source:,} connections per generator process need more than the "
+                         f"open-files hard limit ({hard}): use fewer connections (--conns)")
+    if clients > workers * room:
+        raise SystemExit(f"error: {clients:,} connections exceed {workers} workers x about {room:,} "
+                         f"open files each: use fewer connections (--conns)")
+
+
+def run_crowd(node: str, workload: Workload, log_dir: Path, timeout: float, rep: int = 0) -> dict[str, Any]:
+    """conns75000: N workers + Redis, one generator process per source address, then broadcasts.
+
+    Repetition ``rep`` connects from the next addresses along (127.0.0.6-9 after
+    127.0.0.2-5...): the previous run's client ports stay in TIME_WAIT for a
+    minute, and a generator binds its source address before it connects.
+    """
+    cfg = workload.config
+    check_crowd(cfg)
+    redis = RedisProcess(log_dir)
+    server: Server | None = None
+    gens: list[subprocess.Popen[str]] = []
+    try:
+        server = Server("flamigo", log_dir, ("--workers", str(cfg["workers"]), "--redis", redis.url,
+                                             "--log-level", "INFO"), pin=False)
+        # Every worker up: each logs its open-files ceiling once started.
+        deadline = time.monotonic() + 60
+        while (len(_children(server.pid)) < cfg["workers"]
+               or server.log_path.read_text(errors="replace").count("holds at most about") < cfg["workers"]):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the {cfg['workers']} workers did not start; see {server.log_path}")
+            time.sleep(0.2)
+        workers = _children(server.pid)
+        base = {pid: (_rss_mib(pid), _sockets(pid)) for pid in workers}
+        base_octet = int(cfg["sources"][0].rsplit(".", 1)[1])
+        sources = [f"127.0.0.{2 + (base_octet - 2 + rep * len(cfg['sources']) + i) % 250}"
+                   for i in range(len(cfg["sources"]))]
+        shares = [cfg["clients"] // len(sources) + (i < cfg["clients"] % len(sources)) for i in range(len(sources))]
+        t0 = time.monotonic()
+        for source, share in zip(sources, shares):
+            gen_cfg = {"mode": "crowd", "kind": "flamigo", "port": server.port, "timeout": timeout,
+                       "source": source, "clients": share, "events": cfg["events"],
+                       "connectConcurrency": cfg["connectConcurrency"], "room": "bench"}
+            gens.append(subprocess.Popen(
+                [node, str(LOADGEN / "loadgen.js"), json.dumps(gen_cfg)], cwd=LOADGEN, text=True,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_raise_nofile,
+            ))
+        ready = [_line(gen, "ready") for gen in gens]
+        connect_s = time.monotonic() - t0
+        time.sleep(cfg["hold"])
+        held_workers: list[dict[str, Any]] = []
+        for pid in workers:
+            held_conns = _sockets(pid) - base[pid][1]
+            rss = _rss_mib(pid)
+            held_workers.append({"pid": pid, "connections": held_conns, "rss_base_mib": base[pid][0], "rss_mib": rss,
+                                 "rss_per_conn_kib": (rss - base[pid][0]) * 1024 / held_conns
+                                 if held_conns > 0 else None})
+        for gen in gens:
+            assert gen.stdin is not None
+            gen.stdin.write("go\n")
+            gen.stdin.flush()
+        token = _http_json(server.port, "/api/login", {"username": "bench-publisher"})["token"]
+        sent = []
+        for k in range(cfg["events"]):
+            sent.append(time.monotonic() * 1000)
+            _http_json(server.port, "/api/rooms/bench/messages", {"text": f"e{k}"}, token)
+            time.sleep(max(0.0, cfg["interval"] / 1000 - (time.monotonic() * 1000 - sent[-1]) / 1000))
+        done = [_line(gen, "done") for gen in gens]
+        for gen in gens:
+            gen.wait(timeout=30)
+    finally:
+        for gen in gens:
+            if gen.poll() is None:
+                gen.kill()
+                gen.wait()
+        if server is not None:
+            server.stop()
+        redis.stop()
+    spans: list[float | None] = []
+    for k in range(cfg["events"]):
+        lasts = [d["last_ms"][k] for d in done]
+        spans.append(None if any(t is None for t in lasts) else max(lasts) - sent[k])
+    complete = sorted(s for s in spans if s is not None)
+    conns = sum(int(w["connections"]) for w in held_workers)
+    rss_delta = sum(float(w["rss_mib"]) - float(w["rss_base_mib"]) for w in held_workers)
+    return {
+        "mode": "crowd", "kind": "flamigo",
+        "connections": cfg["clients"],
+        "failed": sum(d["failed"] for d in done),
+        "errors": [e for d in done for e in d["errors"]][:5],
+        "held": sum(d["held"] for d in done),
+        "held_by_workers": conns,
+        "connect_s": connect_s,
+        "connects_per_s": cfg["clients"] / connect_s,
+        "rss_per_conn_kib": rss_delta * 1024 / conns if conns > 0 else None,
+        "workers": held_workers,
+        "events": cfg["events"],
+        "delivered": sum(d["delivered"] for d in done),
+        "missing": sum(d["missing"] for d in done),
+        "duplicates": sum(d["duplicates"] for d in done),
+        "spans_ms": spans,
+        "span_ms": statistics.median(complete) if complete else None,
+        "span_max_ms": complete[-1] if complete else None,
+        "loadgen_cpu_pct": max(r["loadgen_cpu_pct"] for r in ready),
+        "generators": [{"source": d["source"], "connections": d["connections"], "connect_s": d["connect_s"],
+                        "held": d["held"], "missing": d["missing"]} for d in done],
+    }
+
+
+def _line(gen: subprocess.Popen[str], phase: str) -> dict[str, Any]:
+    """The generator's next JSON line (its `phase` report), or its error."""
+    assert gen.stdout is not None
+    line = gen.stdout.readline()
+    if not line:
+        err = gen.stderr.read() if gen.stderr is not None else ""
+        raise RuntimeError(f"a crowd generator ended before {phase!r} (exit {gen.wait()}): {err.strip()[-2000:]}")
+    report: dict[str, Any] = json.loads(line)
+    if report.get("phase") != phase:
+        raise RuntimeError(f"a crowd generator reported {report.get('phase')!r}, expected {phase!r}")
+    return report
+
+
+def _http_json(port: int, path: str, body: Any, token: str | None = None) -> Any:
+    import urllib.request
+
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
+                                     headers=headers, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read() or b"null")
+
+
 def run_routing(quick: bool) -> dict[str, Any]:
     argv = _taskset(SERVER_CPU) + [sys.executable, str(SCRIPTS / "bench_routing.py"), "--json"]
     if quick:
@@ -262,8 +499,17 @@ METRICS = {
         ("server_cpu_us_per_connect", "server CPU us/connect", False),
         ("auth_s", "then time to authenticate all s", False),
     ],
+    "crowd": [
+        ("held", "held", True),
+        ("connects_per_s", "connected and authenticated per s", True),
+        ("rss_per_conn_kib", "RSS KiB/conn (all workers)", False),
+        ("span_ms", "broadcast span ms (median of events)", False),
+        ("span_max_ms", "broadcast span ms (slowest event)", False),
+        ("missing", "missing", False),
+        ("duplicates", "duplicates", False),
+    ],
 }
-PRIMARY = {"roundtrip": "rps", "fanout": "deliveries_per_s", "connections": "connect_s"}
+PRIMARY = {"roundtrip": "rps", "fanout": "deliveries_per_s", "connections": "connect_s", "crowd": "held"}
 
 
 def stats(values: list[float]) -> dict[str, float] | None:
@@ -296,11 +542,31 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
             entry[server] = {key: stats([m.get(key) for m in mine]) for key, _, _ in METRICS[mode]}
             entry[server]["loadgen_cpu_pct"] = stats([m.get("loadgen_cpu_pct") for m in mine])
             entry[server]["uptime"] = [r["uptime"] for r in runs if r["server"] == server]
-            if mode == "connections":
+            if mode in ("connections", "crowd"):
                 entry[server]["connections"] = mine[0].get("connections")
+            if mode == "crowd":
+                entry[server]["workers"] = [r["result"]["workers"] for r in runs if r["server"] == server]
+        entry["paired"] = paired(runs, mode)
         summary[name] = entry
     summary["targets"] = targets(summary)
     return summary
+
+
+def paired(runs: list[dict[str, Any]], mode: str) -> dict[str, Any]:
+    """flamigo ÷ each peer, repetition by repetition (each pair ran back to back): their spread."""
+    out: dict[str, Any] = {}
+    keys = [PRIMARY[mode]] + [k for k, _, _ in METRICS[mode] if k.startswith("server_cpu")]
+    by_rep: dict[int, dict[str, dict[str, Any]]] = {}
+    for r in runs:
+        by_rep.setdefault(r["rep"], {})[r["server"]] = r["result"]
+    for peer in ("raw", "socketio"):
+        for key in keys:
+            ratios = [_ratio(rep["flamigo"].get(key), rep[peer].get(key))
+                      for rep in by_rep.values() if "flamigo" in rep and peer in rep]
+            found = stats([r for r in ratios if r is not None])
+            if found:
+                out[f"{key} vs {peer}"] = found
+    return out
 
 
 def _median(summary: dict[str, Any], workload: str, server: str, key: str) -> float | None:
@@ -326,7 +592,9 @@ def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
     check("rt 50x4 vs raw", _ratio(m("rt50x4", "flamigo", "rps"), m("rt50x4", "raw", "rps")), ">=", 1.3)
     check("rt 50x4 vs Flask-SocketIO", _ratio(m("rt50x4", "flamigo", "rps"), m("rt50x4", "socketio", "rps")), ">=", 4)
     check("rt 50x4 p99", m("rt50x4", "flamigo", "p99_ms"), "<=", 15, " ms")
-    check("rt 1x1 vs raw", _ratio(m("rt1x1", "flamigo", "rps"), m("rt1x1", "raw", "rps")), ">=", 0.8)
+    check("rt 1x1 vs raw", _ratio(m("rt1x1", "flamigo", "rps"), m("rt1x1", "raw", "rps")), ">=", 1.0)
+    check("rt 1x1 server CPU/request vs raw", _ratio(m("rt1x1", "flamigo", "server_cpu_us_per_request"),
+                                                    m("rt1x1", "raw", "server_cpu_us_per_request")), "<=", 1.0)
     for w in ("fanout1000", "fanout5000"):
         check(f"{w} vs raw", _ratio(m(w, "flamigo", "deliveries_per_s"), m(w, "raw", "deliveries_per_s")), ">=", 0.75)
         check(f"{w} vs Flask-SocketIO",
@@ -340,6 +608,13 @@ def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
     check("RSS per connection", m("conns10000", "flamigo", "rss_per_conn_kib"), "<=", 32, " KiB")
     check("time to connect vs raw",
           _ratio(m("conns10000", "flamigo", "connect_s"), m("conns10000", "raw", "connect_s")), "<=", 1.5)
+    crowd = summary.get("conns75000", {}).get("flamigo", {})
+    if crowd:
+        check("conns75000 held (worst run)", crowd["held"]["min"] if crowd.get("held") else None,
+              ">=", crowd.get("connections") or 0, "")
+        check("conns75000 missing (worst run)", crowd["missing"]["max"] if crowd.get("missing") else None,
+              "<=", 0, "")
+        check("conns75000 broadcast span", m("conns75000", "flamigo", "span_max_ms"), "<=", 1500, " ms")
     routing = summary.get("routing")
     check("routing many/few", routing["ratio"]["median"] if routing else None, "<=", 2)
     if any(METRICS_SERVER in summary.get(w, {}) for w in ("rt1x1", "rt50x4", "fanout1000", "fanout5000")):
@@ -397,6 +672,19 @@ def table(results: dict[str, Any], summary: dict[str, Any]) -> str:
                 ratios = [_fmt(_ratio(f, _median(summary, name, "raw", key)), 2),
                           _fmt(_ratio(f, _median(summary, name, "socketio", key)), 2)]
             lines.append(f"| {wl['title']} | {label} | " + " | ".join(cells) + f" | {ratios[0]} | {ratios[1]} |")
+        if mode == "crowd" and entry.get("flamigo", {}).get("workers"):
+            per_worker = "; ".join(
+                f"{w['connections']:,} conns, {_fmt(w['rss_per_conn_kib'], 1)} KiB/conn"
+                for w in entry["flamigo"]["workers"][-1]
+            )
+            lines.append(f"| {wl['title']} | per worker (last run) | {per_worker} |" + " |" * (len(results["servers"]) + 1))
+        for what, spread in entry.get("paired", {}).items():
+            if spread["n"] > 1:  # with several repetitions: the spread of the paired ratios
+                key, _, peer = what.partition(" vs ")
+                cols = ["", ""]
+                cols[0 if peer == "raw" else 1] = _cell(spread, 2)
+                lines.append(f"| {wl['title']} | flamigo ÷ {SERVER_LABELS[peer]} per repetition: {key} | "
+                             + " | " * len(results["servers"]) + f"{cols[0]} | {cols[1]} |")
         gen = [entry.get(s, {}).get("loadgen_cpu_pct") for s in results["servers"]]
         lines.append(
             f"| {wl['title']} | load generator CPU % | "
@@ -470,20 +758,27 @@ def machine() -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    chosen = workloads(args.quick)
+    if args.conns is not None and args.conns < 1:
+        raise SystemExit(f"error: --conns must be at least 1, got {args.conns}")
+    chosen = workloads(args.quick) + [crowd_workload(args.quick, args.conns)]
     if args.workloads:
         wanted = args.workloads.split(",")
         unknown = set(wanted) - {w.name for w in chosen}
         if unknown:
             raise SystemExit(f"error: unknown workload(s) {sorted(unknown)}: use {[w.name for w in chosen]}")
         chosen = [w for w in chosen if w.name in wanted]
+    else:
+        chosen = [w for w in chosen if w.name not in OPT_IN]
+    for wl in chosen:
+        if wl.mode == "crowd":
+            check_crowd(wl.config)  # before anything starts
     servers = args.servers.split(",")
     if args.metrics and METRICS_SERVER not in servers:
         servers.append(METRICS_SERVER)
     for s in servers:
         if s not in SERVER_LABELS:
             raise SystemExit(f"error: unknown server {s!r}: use {', '.join(SERVER_LABELS)}")
-    reps = args.reps or (1 if args.quick else 3)
+    reps = args.reps or (1 if args.quick else 5 if args.interleave else 3)
     node = ensure_loadgen() if any(w.mode != "routing" for w in chosen) else ""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = Path(args.out)
@@ -493,6 +788,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "quick": args.quick,
         "reps": reps,
+        "interleave": bool(args.interleave),
         "servers": servers,
         "machine": machine(),
         "uptime_before": uptime(),
@@ -500,30 +796,42 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "runs": [],
     }
     timeout = 20.0 if args.quick else 60.0
-    for rep in range(reps):
-        for wl in chosen:
-            if wl.mode == "routing":
-                load = uptime()
-                result = run_routing(bool(wl.config.get("quick")))
-                results["runs"].append({"workload": wl.name, "server": "flamigo", "rep": rep,
-                                        "uptime": load, "result": result})
-                print(f"[rep {rep + 1}/{reps}] {wl.title}: many/few {result['ratio']:.2f}x  (load {load})",
-                      file=sys.stderr, flush=True)
-                continue
-            for kind in servers:
-                load = uptime()
+    # Default order: repetition, then workload, then server. --interleave: workload, then
+    # repetition, then server (the order rotating each repetition), so each workload's
+    # repetitions run back to back and no server always goes first.
+    if args.interleave:
+        plan = [(rep, wl, servers[rep % len(servers):] + servers[:rep % len(servers)])
+                for wl in chosen for rep in range(reps)]
+    else:
+        plan = [(rep, wl, servers) for rep in range(reps) for wl in chosen]
+    for rep, wl, order in plan:
+        if wl.mode == "routing":
+            load = uptime()
+            result = run_routing(bool(wl.config.get("quick")))
+            results["runs"].append({"workload": wl.name, "server": "flamigo", "rep": rep,
+                                    "uptime": load, "result": result})
+            print(f"[rep {rep + 1}/{reps}] {wl.title}: many/few {result['ratio']:.2f}x  (load {load})",
+                  file=sys.stderr, flush=True)
+            continue
+        for kind in order:
+            load = uptime()
+            if wl.mode == "crowd":
+                if kind != "flamigo":
+                    continue  # the peers have no multi-process broadcast
+                result = run_crowd(node, wl, log_dir, max(timeout, 120.0), rep)
+            else:
                 server = Server(kind, log_dir)
                 try:
                     result = run_loadgen(node, kind, wl, server, timeout)
                 finally:
                     server.stop()
-                results["runs"].append({"workload": wl.name, "server": kind, "rep": rep,
-                                        "uptime": load, "result": result})
-                key = PRIMARY[wl.mode]
-                print(f"[rep {rep + 1}/{reps}] {wl.title:<28} {SERVER_LABELS[kind]:<22} "
-                      f"{key}={_fmt(result.get(key), 2)}  loadgen CPU {result.get('loadgen_cpu_pct', 0):.0f}%  "
-                      f"(load {load})", file=sys.stderr, flush=True)
-                time.sleep(args.pause)
+            results["runs"].append({"workload": wl.name, "server": kind, "rep": rep,
+                                    "uptime": load, "result": result})
+            key = PRIMARY[wl.mode]
+            print(f"[rep {rep + 1}/{reps}] {wl.title:<28} {SERVER_LABELS[kind]:<22} "
+                  f"{key}={_fmt(result.get(key), 2)}  loadgen CPU {result.get('loadgen_cpu_pct', 0):.0f}%  "
+                  f"(load {load})", file=sys.stderr, flush=True)
+            time.sleep(args.pause)
     results["uptime_after"] = uptime()
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     results["summary"] = summarise(results)
@@ -540,9 +848,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="about 2 s per workload, small counts, 1 repetition")
-    parser.add_argument("--workloads", help="comma-separated subset: rt1x1,rt50x4,fanout1000,fanout5000,conns10000,routing")
-    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of flamigo,raw,socketio,metrics (flamigo with FLAMIGO_METRICS=true)")
-    parser.add_argument("--reps", type=int, help="repetitions of each figure (default 3; 1 with --quick)")
+    parser.add_argument("--workloads", help="comma-separated subset: rt1x1,rt50x4,fanout1000,fanout5000,conns10000,"
+                                            "routing; conns75000 runs only when named")
+    parser.add_argument("--servers", default=",".join(SERVERS),
+                        help="comma-separated subset of flamigo,raw,socketio,metrics (flamigo with FLAMIGO_METRICS=true)")
+    parser.add_argument("--reps", type=int,
+                        help="repetitions of each figure (default 3; 5 with --interleave; 1 with --quick)")
+    parser.add_argument("--interleave", action="store_true",
+                        help="run each workload's repetitions back to back, the servers taking turns each "
+                             "repetition (rotating order); report medians and per-repetition ratios")
+    parser.add_argument("--conns", type=int,
+                        help="connections of conns75000 (default 75,000): e.g. 8000 on a shared machine")
     parser.add_argument("--out", default=str(RESULTS), help="results directory (default bench-results/)")
     parser.add_argument("--pause", type=float, default=0.5, help="seconds between runs (sockets settle)")
     parser.add_argument("--no-chart", action="store_true", help="skip the PNG chart")

@@ -87,6 +87,8 @@ class RawWs:
         headers: extra request headers (``Origin``...).
         timeout: seconds any single read may wait.
         rcvbuf: a small ``SO_RCVBUF`` makes a client that stops reading fill up fast.
+        source: the local address to connect from (``127.0.0.2``...: one address
+            can open only about 28,000 connections to one server port).
     """
 
     def __init__(
@@ -97,8 +99,11 @@ class RawWs:
         headers: dict[str, str] | None = None,
         timeout: float = 10.0,
         rcvbuf: int | None = None,
+        source: str | None = None,
     ) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if source is not None:
+            sock.bind((source, 0))
         if rcvbuf is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.settimeout(timeout)

@@ -51,6 +51,7 @@ SUBPROCESS: dict[str, str | set[str]] = {
         "test_the_owner_killed_the_actor_is_placed_on_a_survivor_within_the_lease_with_its_snapshot",
     },
     "test_actors_across_processes": "*",
+    "test_all_cores": "*",
     "test_backplane": {"test_a_missing_redis_server_fails_under_ci"},
     "test_bench_smoke": "*",
     "test_browser_chat": {
@@ -66,6 +67,7 @@ SUBPROCESS: dict[str, str | set[str]] = {
     "test_readiness": {"test_sigterm_single_process", "test_sigterm_workers"},
     "test_presence": {"test_flamigo_js_presence_map_against_a_real_server"},
     "test_presence_redis": "*",
+    "test_open_files": "*",
     "test_scale_out": "*",
     "test_server": "*",
     "test_shell": "*",
@@ -87,6 +89,7 @@ SLOW: dict[str, str | set[str]] = {
         "test_two_processes_racing_a_thousand_first_calls_activate_one_actor_in_total",
         "test_the_owner_killed_the_actor_comes_back_on_the_survivor_within_the_lease_from_its_snapshot",
     },
+    "test_all_cores": "*",
     "test_backplane": {"test_a_missing_redis_server_fails_under_ci"},
     "test_bench_smoke": "*",
     "test_browser_chat": "*",
@@ -115,6 +118,10 @@ SLOW: dict[str, str | set[str]] = {
     "test_presence_redis": {
         "test_a_killed_server_s_members_leave_once_each_and_never_come_back",
         "test_random_joins_leaves_and_disconnects_on_two_servers_converge",
+    },
+    "test_open_files": {
+        "test_each_worker_raises_its_own_soft_limit",
+        "test_workers_at_their_ceiling_leave_new_connections_to_the_others",
     },
     "test_scale_out": "*",
     "test_server": {"test_python_m_app_serves_healthz_and_drains_on_sigterm"},

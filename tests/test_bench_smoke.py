@@ -87,3 +87,38 @@ def test_bench_actors_quick_mode_reports_every_figure() -> None:
     memory = report["memory"]
     assert memory["actors"] == 2000 and memory["activations_per_second"] > 0
     assert memory["bytes_per_actor"] is not None
+
+
+def test_bench_interleaves_the_servers_and_runs_a_scaled_down_conns75000(tmp_path: Path) -> None:
+    need_binary("node")
+    need_binary("npm")
+    need_binary("redis-server")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--interleave", "--reps", "2",
+         "--workloads", "rt1x1,conns75000", "--servers", "flamigo,raw", "--conns", "400",
+         "--pause", "0", "--no-chart", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    assert proc.returncode == 0, f"bench.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    [report] = tmp_path.glob("bench-*-quick.json")
+    results = json.loads(report.read_text())
+    assert results["interleave"] and results["reps"] == 2
+    # Each workload's repetitions back to back, the servers' order rotating; conns75000 is flamigo's alone.
+    order = [(r["workload"], r["rep"], r["server"]) for r in results["runs"]]
+    assert order == [("rt1x1", 0, "flamigo"), ("rt1x1", 0, "raw"), ("rt1x1", 1, "raw"), ("rt1x1", 1, "flamigo"),
+                     ("conns75000", 0, "flamigo"), ("conns75000", 1, "flamigo")]
+    paired = results["summary"]["rt1x1"]["paired"]
+    assert paired["rps vs raw"]["n"] == 2 and paired["server_cpu_us_per_request vs raw"]["n"] == 2
+    for run in results["runs"]:
+        if run["workload"] != "conns75000":
+            continue
+        crowd = run["result"]
+        assert crowd["failed"] == 0, crowd["errors"]
+        assert crowd["held"] == 400 and crowd["missing"] == 0 and crowd["duplicates"] == 0, crowd
+        assert crowd["delivered"] == 400 * crowd["events"]
+        # Each repetition from fresh addresses (the last one's ports are in TIME_WAIT).
+        first = 2 + 2 * run["rep"]
+        assert {g["source"] for g in crowd["generators"]} == {f"127.0.0.{first}", f"127.0.0.{first + 1}"}
+        assert len(crowd["workers"]) == 2 and sum(w["connections"] for w in crowd["workers"]) >= 400
+        assert all(span is not None for span in crowd["spans_ms"])
+    assert "per repetition: rps" in (tmp_path / report.name.replace(".json", ".md")).read_text()

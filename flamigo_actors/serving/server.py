@@ -16,6 +16,7 @@ from gevent.pywsgi import WSGIServer
 from ..ops.readiness import announce_shutdown, grace_period
 from ..runtime.engine import gevent_patched
 from ..websocket.transport import Handler
+from .limits import raise_open_files_limit
 
 __all__ = ["make_server", "serve", "tune_gc"]
 
@@ -85,6 +86,8 @@ def serve(
 
     On SIGTERM, ``/readyz`` answers 503 at once and the server keeps serving for
     ``FLAMIGO_READINESS_GRACE`` seconds (out of the drain timeout) before the drain.
+    At start the soft open-files limit is raised to the hard limit and the
+    connection ceiling that follows is logged (:mod:`flamigo_actors.serving.limits`).
 
     The drain refuses new connections, lets in-flight requests answer, closes
     every connection with 1001 "going away", fires every disconnected event,
@@ -100,6 +103,7 @@ def serve(
     Raises:
         BackdoorError: ``backdoor`` is not a loopback address or cannot be bound.
     """
+    raise_open_files_limit()
     server = make_server(app, host, port, **kwargs)
     if gc_policy:
         tune_gc()

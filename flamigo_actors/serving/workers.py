@@ -16,6 +16,11 @@ gevent worker does this). Each worker then:
   and draining work as in the single-process server);
 * loads the app itself and calls ``flamigo.start()``: its own bus, connections,
   and link to the Redis backplane, through which the workers share events;
+* raises its soft open-files limit to the hard limit and logs its connection
+  ceiling (:mod:`flamigo_actors.serving.limits`), and holds at most that many
+  connections: a full worker stops accepting (gevent's pool is full) and the
+  kernel hands new connections to the others, instead of failing ``accept``
+  with "too many open files";
 * drains on SIGTERM (what the arbiter forwards on its own SIGTERM), and also on
   SIGINT/SIGQUIT, exactly like ``serve()``: in-flight requests answer, every
   connection closes with 1001, every disconnected event fires.
@@ -40,6 +45,7 @@ from gunicorn.app.base import BaseApplication
 from ..ops import multiprocess
 from . import logs
 from ..websocket.transport import Handler, gunicorn_worker_base
+from .limits import raise_open_files_limit
 from .loading import load_app, search_current_directory
 
 __all__ = ["FlamigoWorker", "WorkersApplication", "exec_arbiter", "main"]
@@ -63,6 +69,9 @@ class FlamigoWorker(gunicorn_worker_base()):  # type: ignore[misc]
 
     def load_wsgi(self) -> None:
         """Load the app (after the fork, already patched), then start its runtime."""
+        limits = raise_open_files_limit()  # this worker's own limit, and the ceiling it sets
+        if limits is not None:  # a full worker stops accepting and leaves new connections to the others
+            self.worker_connections = min(int(self.cfg.worker_connections), limits.ceiling)
         super().load_wsgi()
         logs.setup(self.cfg.loglevel)  # gunicorn's own handlers too (set up before the fork)
         logs.watch_app(self.wsgi)

@@ -8,7 +8,11 @@
 //       "socketio" (Flask-SocketIO: an "echo" event with an ack, broadcast by emit).
 // mode: "roundtrip"   clients x inflight requests echoed for `duration` s after `warmup` s;
 //       "fanout"      `clients` connections in one room, `events` HTTP publishes `interval` ms apart;
-//       "connections" `clients` idle (authenticated) connections held for `hold` s.
+//       "connections" `clients` idle (authenticated) connections held for `hold` s;
+//       "crowd"       `clients` authenticated connections from one `source` address, all in one
+//                     room, for a multi-process run that scripts/bench.py coordinates over stdio:
+//                     prints {"phase": "ready", ...} once connected, waits for a "go" line on
+//                     stdin, then counts `events` pushes per connection and prints the result.
 //
 // The generator measures the server too (it gets the server's pid): CPU time
 // from /proc/<pid>/stat and RSS from /proc/<pid>/status. Its own CPU use is
@@ -122,8 +126,10 @@ async function tokens() {
 
 // Spread the client side over several loopback addresses: 10,000 connections
 // per run, several runs in a row, must not exhaust one address's ephemeral ports.
+// A "crowd" generator uses its one `source` address (the caller spreads processes over several).
 let nextLocal = 0;
 function localAddress() {
+  if (cfg.source) return cfg.source;
   nextLocal = (nextLocal % 8) + 1;
   return `127.0.0.${nextLocal}`;
 }
@@ -608,7 +614,83 @@ async function connections() {
   });
 }
 
-const modes = { roundtrip, fanout, connections };
+// The line scripts/bench.py writes when the broadcast starts (stdin, one line).
+function waitForLine() {
+  return new Promise((resolve) => {
+    let text = '';
+    const onData = (chunk) => {
+      text += chunk.toString();
+      if (text.includes('\n')) {
+        process.stdin.off('data', onData);
+        process.stdin.pause();
+        resolve(text.trim());
+      }
+    };
+    process.stdin.on('data', onData);
+    process.stdin.on('end', () => resolve(text.trim()));
+  });
+}
+
+// One of several generator processes of conns75000. Timestamps are CLOCK_MONOTONIC
+// milliseconds (process.hrtime), the clock of Python's time.monotonic(): the caller
+// compares them with the moments it published.
+async function crowd() {
+  const toks = await tokens();
+  const meter = cpuMeter();
+  const t0 = now();
+  const { clients, failed, errors } = await connectAll(cfg.clients, toks, true);
+  const connectS = (now() - t0) / 1000;
+  const received = new Int32Array(cfg.events);
+  const last = new Float64Array(cfg.events);
+  let duplicates = 0;
+  const seen = clients.map(() => new Uint8Array(cfg.events));
+  const marker = /"text":"e(\d+)"/;
+  clients.forEach((c, i) => {
+    c.onPush = (text) => {
+      const m = marker.exec(text);
+      if (!m) return;
+      const k = Number(m[1]);
+      if (!(k >= 0 && k < cfg.events)) return;
+      if (seen[i][k]) {
+        duplicates++;
+        return;
+      }
+      seen[i][k] = 1;
+      received[k]++;
+      last[k] = now();
+    };
+  });
+  const connected = clients.filter((c) => !c.closed).length;
+  process.stdout.write(
+    JSON.stringify(Object.assign(meter(), { phase: 'ready', connected, failed, errors, connect_s: connectS })) + '\n',
+  );
+  const command = await waitForLine();
+  if (command !== 'go') throw new Error(`expected "go" on stdin, got ${JSON.stringify(command)}`);
+  const deadline = now() + cfg.timeout * 1000;
+  const total = () => received.reduce((a, b) => a + b, 0);
+  while (total() < cfg.clients * cfg.events && now() < deadline) await sleep(20);
+  const held = clients.filter((c) => !c.closed).length;
+  const delivered = total();
+  for (const c of clients) c.close();
+  return Object.assign(meter(), {
+    phase: 'done',
+    source: cfg.source || null,
+    connections: cfg.clients,
+    connected,
+    failed,
+    errors,
+    held,
+    connect_s: connectS,
+    events: cfg.events,
+    delivered,
+    missing: cfg.clients * cfg.events - delivered, // a connection that failed misses every event
+    duplicates,
+    received: Array.from(received),
+    last_ms: Array.from(last, (t, k) => (received[k] ? t : null)),
+  });
+}
+
+const modes = { roundtrip, fanout, connections, crowd };
 
 async function main() {
   const run = modes[cfg.mode];
