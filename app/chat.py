@@ -40,11 +40,36 @@ class SlowPayload(BaseModel):
     seconds: float = Field(ge=0, le=60)
 
 
+class MemberMeta(BaseModel):
+    """One connection of a room member (presence): the user's id and the entry's unique ``ref``."""
+
+    id: str
+    ref: str
+
+
+Members = dict[str, list[MemberMeta]]
+"""Who is in a room: each username with one meta per connection."""
+
+
 class RoomReply(BaseModel):
-    """Reply of ``app::rooms:join`` and ``app::rooms:leave``."""
+    """Reply of ``app::rooms:join`` (with the room's ``members``) and ``app::rooms:leave``."""
 
     room: str
     joined: bool
+    members: Members | None = None
+
+
+class MembersReply(BaseModel):
+    room: str
+    members: Members
+
+
+class PresenceDiffPayload(BaseModel):
+    """Who joined and who left a room since the last diff (pushed to its members)."""
+
+    stream: str
+    joins: Members
+    leaves: Members
 
 
 class RoomList(BaseModel):
@@ -86,6 +111,7 @@ class ChatMessagePayload(BaseModel):
 ROOM_DOWN = {503: "the room is unavailable (its actor is overloaded or unreachable): retry"}
 
 strategies.client_event("chat:message", ChatMessagePayload, topics=("rooms/*",))
+strategies.client_event("presence:diff", PresenceDiffPayload, topics=("rooms/*",))
 
 
 class RoomDirectory:
@@ -164,7 +190,7 @@ def leave(ctx: StrategyContext) -> dict[str, Any]:
     return {"room": room, "joined": False}
 
 
-@strategies.strategy("app::rooms:members", payload=RoomPayload)
+@strategies.strategy("app::rooms:members", payload=RoomPayload, reply=MembersReply)
 def members(ctx: StrategyContext) -> dict[str, Any]:
     """Who is in the room, on every server: ``{"room", "members": {username: [meta, ...]}}``."""
     room = ctx.request.data.room
