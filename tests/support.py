@@ -430,6 +430,16 @@ class ServerProcess:
                 self.process.wait()
 
 
+def die_with_parent() -> None:
+    """``preexec_fn``: the child gets SIGKILL when the test process dies (a killed or
+    timed-out pytest would otherwise leave its redis-servers running for good)."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class RedisServer:
     """A real redis-server child process on 127.0.0.1 (no persistence), for backplane tests.
 
@@ -451,7 +461,7 @@ class RedisServer:
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", self.dir, "--loglevel", "warning",
              *(["--requirepass", self.password] if self.password else [])],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while True:
