@@ -100,7 +100,11 @@ def join(ctx: StrategyContext) -> dict[str, Any]:
     room = ctx.request.data.room
     client.subscribe(room_topic(room))
     rooms.add(room)
-    return {"room": room, "joined": True}
+    reply: dict[str, Any] = {"room": room, "joined": True}
+    position = client.stream_position(room_topic(room))
+    if position is not None:  # opted in to recovery: where this client starts in the room's stream
+        reply["pos"] = position
+    return reply
 
 
 @strategies.strategy("app::rooms:leave", payload=RoomPayload)

@@ -96,6 +96,14 @@ class Settings:
     actor_lease: float = 5.0
     """Seconds a domain actor's lease in Redis lives without renewal (renewed every third of it):
     how soon an actor whose process died can be activated in another one."""
+    recovery_window: float = 120.0
+    """Seconds after a disconnect during which an opted-in client can resume its session
+    (connection-state recovery); later it answers ``unknown_session``."""
+    recovery_history: int = 1000
+    """Events kept per recoverable topic; a resume from further back answers ``too_many``."""
+    recoverable: tuple[str, ...] = ()
+    """Topic patterns whose client events are recoverable (``rooms/*``), besides those given
+    to ``flamigo.recoverable()``."""
     inspect_enabled: bool = False
     """Serve the JSON inspection endpoint and the live dashboard."""
     admin_token: str | None = None
@@ -154,7 +162,7 @@ class Settings:
             "strategy_timeout", "listener_max_pending", "publish_sync_timeout",
             "drain_timeout", "close_timeout", "rate_limit_close_after", "header_timeout",
             "redis_stream_maxlen", "redis_outbox_max", "actor_call_timeout", "actor_mailbox_max",
-            "actor_lease",
+            "actor_lease", "recovery_window", "recovery_history",
         )
         for name in positive:
             if getattr(self, name) <= 0:

@@ -43,6 +43,7 @@ from ..websocket.connection import Connection
 from ..core.identity import Identity
 from ..websocket.hub import FlamigoStats, Hub
 from .connections import ConnectionsMixin
+from .recovery import close_recovery, configure_recovery, make_recoverable, new_recovery, start_redis_recovery
 from ..core.settings import Settings
 from ..runtime.strategies import Registry
 from ..websocket.transport import SocketTransport
@@ -84,6 +85,7 @@ class Flamigo(ConnectionsMixin):
         self.hub = Hub(self)  # the live connections: registry, admission, keepalive, kick, drain
         self.bus: Bus = Bus(self, encoder=push_frame)  # the bus never imports the wire format
         self.actors = ActorSpace(publisher=self.publish)  # the app's domain actors: flamigo.actors.get(Room, "lobby")
+        self.recovery = new_recovery()  # connection-state recovery (integration/recovery.py)
         if app is not None:
             self.init_app(app)
 
@@ -119,6 +121,7 @@ class Flamigo(ConnectionsMixin):
         )
         if settings.serve_client_js:
             app.add_url_rule("/_flamigo/flamigo.js", "flamigo_client_js", _client_js)
+        configure_recovery(self.recovery, self.bus, settings)
         self.bus.bind(app)
         for listener, patterns, options in self._listeners:
             self.bus.subscribe(listener, *patterns, **options)
@@ -149,6 +152,10 @@ class Flamigo(ConnectionsMixin):
     def strategy(self, name: str, **options: Any) -> Callable[[Any], Any]:
         """Register a strategy on this app's registry (see :meth:`Registry.strategy`)."""
         return self.strategies.strategy(name, **options)
+
+    def recoverable(self, *patterns: str) -> None:
+        """Make the client events of ``patterns`` (``"rooms/*"``) recoverable: see the README."""
+        make_recoverable(self.recovery, self.bus, *patterns)
 
     def listen(
         self, *patterns: str, event_type: type[Any] | None = None, client_only: bool = False
@@ -215,6 +222,7 @@ class Flamigo(ConnectionsMixin):
             raise RuntimeError("call init_app(app) before start()")
         if self.settings.redis_url:
             _start_redis(self.bus, self.actors, self.settings)
+            start_redis_recovery(self.recovery, self.settings)
         self.bus.start()
         self.actors.start()
 
@@ -233,6 +241,7 @@ class Flamigo(ConnectionsMixin):
         if self.bus.backplane is not None:  # after the disconnected events, before the bus
             self.bus.backplane.close()
         self.bus.close()
+        close_recovery(self.recovery)
 
     # -- tools -----------------------------------------------------------------
 

@@ -176,6 +176,9 @@ class Bus:
         self._app: Any = None
         self.backplane: BackplaneLink | None = None
         """Set by the backplane when it starts (``backplane/streams.py``)."""
+        self.recovery: Any = None
+        """Set once a topic is made recoverable (``runtime/recovery.py``): only then
+        does a publish look its topics up in the recoverable patterns."""
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -284,11 +287,23 @@ class Bus:
         identity: Identity | None = None,
         waiter: SyncWaiter | None = None,
         remote: bool = False,
+        position: Any = None,
         **_: Any,
     ) -> Any:
         # The bus's only entrance: every publish, local or remote, is a send of the signal.
         topics = topics_of(event)
-        frame = push_frame_of(event, self._encode)
+        recovery = self.recovery
+        stream = None
+        if recovery is not None and getattr(event, "client_message", None) is not None:
+            stream = recovery.stream_of(topics)
+        if stream is None:
+            frame = push_frame_of(event, self._encode)
+        else:
+            frame = push_frame_of(event, lambda t, p: recovery.prepare(
+                t, p, stream, event, identity, waiter, position))
+            if frame is None:  # the store took it: it comes back, positioned, through the backplane
+                self.stats.published += 1
+                return ROUTED
         if identity is None:
             identity = BACKEND
         if remote:
@@ -300,16 +315,26 @@ class Bus:
             self.backplane.send(event, identity)
         return ROUTED
 
-    def deliver_remote(self, event: object, identity: Identity) -> None:
+    def deliver_remote(self, event: object, identity: Identity, position: Any = None) -> None:
         """Route an event that another process published (called by the backplane).
 
         It goes through :data:`event_published` with ``remote=True``, so the
         signal's observers see it too; it is routed to local subscribers only.
+        ``position`` is the ``(offset, epoch)`` the Redis recovery store gave it
+        (see ``runtime/recovery.py``).
 
         Raises:
             NoBusError: the bus is closed.
         """
-        send_event(self._app, event, identity, remote=True)
+        if position is None:
+            send_event(self._app, event, identity, remote=True)
+            return
+        for _receiver, value in event_published.send(
+            self._app, event=event, identity=identity, remote=True, position=position
+        ):
+            if value is ROUTED:
+                return
+        raise NoBusError(event, self._app)
 
     # -- subscribing ---------------------------------------------------------
 
@@ -380,7 +405,7 @@ class Bus:
         return ref.actor_urn if ref is not None else None
 
 
-def push_frame_of(event: object, encode: PushEncoder) -> bytes | None:
+def push_frame_of(event: object, encode: Callable[[str, Any], bytes | None]) -> bytes | None:
     """The push frame of a client event, built by ``encode`` once; None for other events.
 
     Raises:

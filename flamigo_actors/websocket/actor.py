@@ -106,6 +106,9 @@ class ActorConnection(Protocol):
     pending_deliveries: int
     auth_required: bool
     actor: ConnectionActor | None
+    session: Any
+
+    def send_text(self, payload: bytes) -> None: ...
 
     def push(self, frame: bytes) -> None: ...
 
@@ -217,6 +220,11 @@ class ConnectionActor(FlamigoActor):
                 ack_id,
             )
             return
+        if conn.session is not None and ack_id is not NO_ACK:
+            cached = conn.session.cached(ack_id)
+            if cached is not None:  # a retried request (after a resume): it ran once already
+                conn.send_text(cached)
+                return
         hub = conn.hub
         registry = hub.strategies
         client = conn.client
