@@ -61,6 +61,7 @@ SUBPROCESS: dict[str, str | set[str]] = {
     "test_cli": "*",
     "test_dashboard": {"test_dashboard_shows_connections_and_mailbox_depth_in_chromium"},
     "test_flamigo_js": "*",
+    "test_recovery_redis": "*",
     "test_scale_out": "*",
     "test_server": "*",
     "test_shell": "*",
@@ -100,6 +101,7 @@ SLOW: dict[str, str | set[str]] = {
         "test_wrong_types_in_every_envelope_field",
         "test_a_client_that_never_finishes_its_handshake_is_dropped",
     },
+    "test_recovery_redis": "*",
     "test_scale_out": "*",
     "test_server": {"test_python_m_app_serves_healthz_and_drains_on_sigterm"},
     "test_shell": {

@@ -164,7 +164,7 @@ def test_an_unknown_epoch_answers_epoch_mismatch(demo_server: LiveServer) -> Non
     back.close()
 
 
-def ask(client: WsClient, ack: str, topic: str, payload: Any) -> dict[str, Any]:
+def ask(client: WsClient, ack: str, topic: str, payload: Any, timeout: float = 10.0) -> dict[str, Any]:
     """Send a request with ``ack`` as its ackId; the whole reply message."""
     client.send_json({"topic": topic, "payload": payload, "ackId": ack})
 
@@ -174,7 +174,7 @@ def ask(client: WsClient, ack: str, topic: str, payload: Any) -> dict[str, Any]:
             client.backlog.append(client._recv())
         return found
 
-    return eventually(answered, timeout=10)  # type: ignore[no-any-return]
+    return eventually(answered, timeout=timeout)  # type: ignore[no-any-return]
 
 
 def test_a_retried_request_with_the_same_ack_id_runs_once(demo_server: LiveServer) -> None:

@@ -222,7 +222,7 @@ class Flamigo(ConnectionsMixin):
             raise RuntimeError("call init_app(app) before start()")
         if self.settings.redis_url:
             _start_redis(self.bus, self.actors, self.settings)
-            start_redis_recovery(self.recovery, self.settings)
+            start_redis_recovery(self.recovery, self.bus, self.settings)
         self.bus.start()
         self.actors.start()
 

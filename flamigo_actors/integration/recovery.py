@@ -51,16 +51,30 @@ def make_recoverable(recovery: Recovery, bus: Bus, *patterns: str) -> None:
     """Make ``patterns`` recoverable on ``bus`` (from now on its publishes look them up)."""
     recovery.add(*patterns)
     bus.recovery = recovery
+    if recovery.pending_redis is not None:  # started with Redis before any pattern
+        start_redis_recovery(recovery, bus, recovery.pending_redis)
 
 
-def start_redis_recovery(recovery: Recovery, settings: Settings) -> None:
-    """Move streams and sessions to Redis (the store ``--redis`` / ``FLAMIGO_REDIS_URL`` names)."""
+def start_redis_recovery(recovery: Recovery, bus: Bus, settings: Settings) -> None:
+    """Move streams and sessions to Redis (the store ``--redis`` / ``FLAMIGO_REDIS_URL`` names).
+
+    Only once a topic is recoverable: apps without recovery open no connection for it.
+
+    Raises:
+        RedisUnavailable: Redis is unreachable and ``FLAMIGO_REDIS_REQUIRED`` is true.
+    """
     from ..backplane.recovery_redis import RedisRecoveryStore
 
+    if not recovery.enabled:
+        recovery.pending_redis = settings
+        return
+    recovery.pending_redis = None
     if isinstance(recovery.store, MemoryStore):
-        recovery.store = RedisRecoveryStore.from_settings(settings).start()
+        store = RedisRecoveryStore.from_settings(settings)
+        recovery.store = store.start(bus.backplane, required=settings.redis_required)
 
 
 def close_recovery(recovery: Any) -> None:
     """Stop the store (idempotent)."""
+    recovery.pending_redis = None
     recovery.store.close()

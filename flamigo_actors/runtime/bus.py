@@ -292,6 +292,8 @@ class Bus:
     ) -> Any:
         # The bus's only entrance: every publish, local or remote, is a send of the signal.
         topics = topics_of(event)
+        if identity is None:
+            identity = BACKEND
         recovery = self.recovery
         stream = None
         if recovery is not None and getattr(event, "client_message", None) is not None:
@@ -304,8 +306,6 @@ class Bus:
             if frame is None:  # the store took it: it comes back, positioned, through the backplane
                 self.stats.published += 1
                 return ROUTED
-        if identity is None:
-            identity = BACKEND
         if remote:
             self.stats.remote_received += 1
         else:
@@ -320,8 +320,11 @@ class Bus:
 
         It goes through :data:`event_published` with ``remote=True``, so the
         signal's observers see it too; it is routed to local subscribers only.
-        ``position`` is the ``(offset, epoch)`` the Redis recovery store gave it
-        (see ``runtime/recovery.py``).
+        ``position`` is ``(offset, epoch, seq)`` for an event of a recoverable
+        topic coming back from the Redis store (``runtime/recovery.py``); when
+        ``seq`` is set it is this process's own publish: it is routed as
+        published (its identity, its ``publish_sync`` waiter), without a second
+        signal (observers saw it at publish).
 
         Raises:
             NoBusError: the bus is closed.
@@ -329,12 +332,28 @@ class Bus:
         if position is None:
             send_event(self._app, event, identity, remote=True)
             return
+        offset, epoch, seq = position
+        if seq is not None and self.recovery is not None:
+            claimed = self.recovery.store.claim(seq)
+            if claimed is not None:
+                event, identity, waiter = claimed
+                stream = self.recovery.stream_of(topics_of(event))
+                if stream is not None:
+                    self._route_positioned(event, stream, identity, waiter, (offset, epoch))
+                    return
         for _receiver, value in event_published.send(
-            self._app, event=event, identity=identity, remote=True, position=position
+            self._app, event=event, identity=identity, remote=True, position=(offset, epoch)
         ):
             if value is ROUTED:
                 return
         raise NoBusError(event, self._app)
+
+    def _route_positioned(
+        self, event: object, stream: str, identity: Identity, waiter: SyncWaiter | None, position: Any
+    ) -> None:
+        recovery = self.recovery
+        frame = push_frame_of(event, lambda t, p: recovery.prepare(t, p, stream, event, identity, waiter, position))
+        self._actor().tell(InFlight(event, topics_of(event), frame, identity, waiter))
 
     # -- subscribing ---------------------------------------------------------
 

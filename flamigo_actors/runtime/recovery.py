@@ -186,6 +186,10 @@ class StreamStore(Protocol):
         """Queue ``event`` for ``stream``; never blocks (stores that assign elsewhere)."""
         ...
 
+    def claim(self, seq: int) -> tuple[object, Any, Any] | None:
+        """This process's publish ``(event, identity, waiter)`` coming back with backplane ``seq``."""
+        ...
+
     def position(self, stream: str) -> tuple[int, str]:
         """The stream's current ``(offset, epoch)`` (offset 0 before any event)."""
         ...
@@ -226,6 +230,8 @@ class Recovery:
         self.encode = encode
         self.window = 120.0
         self.history = 1000
+        self.pending_redis: Any = None
+        """The settings of a Redis store to start with the first recoverable pattern."""
         self._patterns: TopicTrie[str] = TopicTrie()
         self._count = 0
         self._cache: dict[str, bool] = {}

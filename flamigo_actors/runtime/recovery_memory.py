@@ -56,6 +56,10 @@ class MemoryStore:
         """Not used: this store assigns offsets locally."""
         raise NotImplementedError("MemoryStore assigns offsets locally: use append()")
 
+    def claim(self, seq: int) -> None:
+        """Nothing comes back through a backplane for this store."""
+        return None
+
     def position(self, stream: str) -> tuple[int, str]:
         """The current ``(offset, epoch)``."""
         entry = self._streams.get(stream)

@@ -162,7 +162,11 @@ class SessionState:
         for topic in topics:
             if "*" in topic or not self.recovery.recoverable(topic):
                 continue
-            position = store.position(topic)  # after the subscription: nothing newer is missed
+            try:
+                position = store.position(topic)  # after the subscription: nothing newer is missed
+            except Exception as err:  # noqa: BLE001 - subscribed all the same, without recovery
+                _log.warning("recovery: no position for %s (%s): not recoverable for this client", topic, err)
+                continue
             if topic not in self.sent:
                 self.sent[topic] = position
             self.data.topics[topic] = self.sent[topic]
@@ -281,7 +285,12 @@ def open_session(
     for topic in topics:
         since = resume.since.get(topic)
         offset, epoch = (since.offset, since.epoch) if since is not None else data.topics[topic]
-        found = store.read(topic, offset, epoch)
+        try:
+            found = store.read(topic, offset, epoch)
+        except Exception as err:  # noqa: BLE001 - the store is unreachable: say so, live pushes go on
+            _log.warning("recovery: cannot read %s (%s)", topic, err)
+            streams[topic] = {"recovered": False, "reason": "unavailable"}
+            continue
         current = {"stream": topic, "offset": found.offset, "epoch": found.epoch}
         if found.reason is not None:
             streams[topic] = {"recovered": False, "reason": found.reason, "pos": current}
