@@ -57,10 +57,11 @@ import gevent
 from .engine import FlamigoActor, current_actor
 from .listener import ListenerSubscriber
 from .routing import BusStats, DeadlockError, InFlight, Router
+from .recovery import TAKEN
 from .signals import ROUTED, NoBusError, event_published, send_event
 from .subscriptions import Subscriber, Subscription, SubscriptionIndex, SyncWaiter
 from ..core.errors import FlamigoError
-from ..core.events import topics_of
+from ..core.events import push_frame_of, topics_of
 from ..core.identity import BackendIdentity, Identity
 from ..core.settings import Settings
 
@@ -71,6 +72,7 @@ __all__ = [
     "BusStats",
     "DeadlockError",
     "PushEncoder",
+    "push_frame_of",
     "Subscriber",
     "Subscription",
     "SyncWaiter",
@@ -294,18 +296,12 @@ class Bus:
         topics = topics_of(event)
         if identity is None:
             identity = BACKEND
-        recovery = self.recovery
-        stream = None
-        if recovery is not None and getattr(event, "client_message", None) is not None:
-            stream = recovery.stream_of(topics)
-        if stream is None:
+        recovery = self.recovery  # None until a topic is made recoverable
+        if recovery is None or getattr(event, "client_message", None) is None:
             frame = push_frame_of(event, self._encode)
-        else:
-            frame = push_frame_of(event, lambda t, p: recovery.prepare(
-                t, p, stream, event, identity, waiter, position))
-            if frame is None:  # the store took it: it comes back, positioned, through the backplane
-                self.stats.published += 1
-                return ROUTED
+        elif (frame := recovery.frame_of(event, topics, identity, waiter, position)) is TAKEN:
+            self.stats.published += 1  # it comes back, positioned, through the backplane
+            return ROUTED
         if remote:
             self.stats.remote_received += 1
         else:
@@ -320,40 +316,19 @@ class Bus:
 
         It goes through :data:`event_published` with ``remote=True``, so the
         signal's observers see it too; it is routed to local subscribers only.
-        ``position`` is ``(offset, epoch, seq)`` for an event of a recoverable
-        topic coming back from the Redis store (``runtime/recovery.py``); when
-        ``seq`` is set it is this process's own publish: it is routed as
-        published (its identity, its ``publish_sync`` waiter), without a second
-        signal (observers saw it at publish).
+        ``position``: a recoverable topic's event (see ``runtime/recovery.py``).
 
         Raises:
             NoBusError: the bus is closed.
         """
-        if position is None:
-            send_event(self._app, event, identity, remote=True)
+        if position is not None and self.recovery is not None:
+            self.recovery.deliver_positioned(self, event, identity, position)
             return
-        offset, epoch, seq = position
-        if seq is not None and self.recovery is not None:
-            claimed = self.recovery.store.claim(seq)
-            if claimed is not None:
-                event, identity, waiter = claimed
-                stream = self.recovery.stream_of(topics_of(event))
-                if stream is not None:
-                    self._route_positioned(event, stream, identity, waiter, (offset, epoch))
-                    return
-        for _receiver, value in event_published.send(
-            self._app, event=event, identity=identity, remote=True, position=(offset, epoch)
-        ):
-            if value is ROUTED:
-                return
-        raise NoBusError(event, self._app)
+        send_event(self._app, event, identity, remote=True)
 
-    def _route_positioned(
-        self, event: object, stream: str, identity: Identity, waiter: SyncWaiter | None, position: Any
-    ) -> None:
-        recovery = self.recovery
-        frame = push_frame_of(event, lambda t, p: recovery.prepare(t, p, stream, event, identity, waiter, position))
-        self._actor().tell(InFlight(event, topics_of(event), frame, identity, waiter))
+    def route(self, message: InFlight) -> None:
+        """Hand an event over to the bus actor (recovery routes this process's own events back)."""
+        self._actor().tell(message)
 
     # -- subscribing ---------------------------------------------------------
 
@@ -422,28 +397,3 @@ class Bus:
         """The URN of the running bus actor (changes when it is restarted)."""
         ref = self._ref
         return ref.actor_urn if ref is not None else None
-
-
-def push_frame_of(event: object, encode: Callable[[str, Any], bytes | None]) -> bytes | None:
-    """The push frame of a client event, built by ``encode`` once; None for other events.
-
-    Raises:
-        TypeError: the client message is malformed or its payload is not JSON-serialisable.
-    """
-    message = getattr(event, "client_message", None)
-    if message is None:
-        return None
-    try:
-        client_topic, payload = message
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"{type(event).__name__}.client_message must be a (client_topic, payload) pair"
-        ) from None
-    if not isinstance(client_topic, str) or not client_topic:
-        raise TypeError(f"{type(event).__name__}: the client topic must be a non-empty string")
-    try:
-        return encode(client_topic, payload)
-    except TypeError as err:
-        raise TypeError(
-            f"{type(event).__name__}: client payload is not JSON-serialisable: {err}"
-        ) from None

@@ -38,7 +38,10 @@ from typing import Any, Protocol
 
 import orjson
 
+from ..core.events import push_frame_of, topics_of
 from ..core.topics import Topic, TopicTrie
+from .routing import InFlight
+from .signals import ROUTED, NoBusError, event_published
 
 __all__ = [
     "OffsetFrame",
@@ -51,6 +54,9 @@ __all__ = [
     "positioned_doc",
     "session_key",
 ]
+
+TAKEN: Any = object()
+"""What :meth:`Recovery.frame_of` returns for an event the store took (routed when it comes back)."""
 
 REPLY_CACHE = 100
 """Replies a session keeps for retried requests (the most recent ones)."""
@@ -221,13 +227,15 @@ class Recovery:
     Args:
         store: streams and sessions.
         wrap: makes a WebSocket text frame of JSON bytes.
-        encode: the push document ``(client_topic, payload) -> JSON bytes``.
+        encode: the push document ``(client_topic, payload) -> JSON bytes`` (``wrap(encode(...))``
+            is the bus's push frame).
     """
 
     def __init__(self, store: StreamStore, wrap: Callable[[bytes], bytes], encode: Callable[[str, Any], bytes]) -> None:
         self.store = store
         self.wrap = wrap
         self.encode = encode
+        self.plain: Callable[[str, Any], bytes] = lambda topic, payload: wrap(encode(topic, payload))
         self.window = 120.0
         self.history = 1000
         self.pending_redis: Any = None
@@ -266,6 +274,46 @@ class Recovery:
             if self.recoverable(topic):
                 return str(topic)
         return None
+
+    def frame_of(
+        self, event: object, topics: tuple[Topic, ...], identity: Any, waiter: Any, position: Any
+    ) -> Any:
+        """The push frame of a client event (the bus's encoding unless its topic is recoverable),
+        or :data:`TAKEN` when the store took it.
+
+        Raises:
+            TypeError: the client message is malformed or its payload is not JSON.
+        """
+        stream = self.stream_of(topics)
+        if stream is None:
+            return push_frame_of(event, self.plain)
+        frame = push_frame_of(event, lambda t, p: self.prepare(t, p, stream, event, identity, waiter, position))
+        return TAKEN if frame is None else frame
+
+    def deliver_positioned(self, bus: Any, event: object, identity: Any, position: tuple[int, str, Any]) -> None:
+        """Route an event that came back from the Redis store with ``(offset, epoch, seq)``.
+
+        ``seq`` set: this process's own publish, routed as published (its identity,
+        its ``publish_sync`` waiter) without a second signal (observers saw it at
+        publish). Otherwise another process's: through the signal, ``remote=True``.
+
+        Raises:
+            NoBusError: the bus is closed.
+        """
+        offset, epoch, seq = position
+        claimed = self.store.claim(seq) if seq is not None else None
+        if claimed is not None:
+            event, identity, waiter = claimed
+            topics = topics_of(event)
+            frame = self.frame_of(event, topics, identity, waiter, (offset, epoch))
+            bus.route(InFlight(event, topics, frame, identity, waiter))
+            return
+        for _receiver, value in event_published.send(
+            bus._app, event=event, identity=identity, remote=True, position=(offset, epoch)
+        ):
+            if value is ROUTED:
+                return
+        raise NoBusError(event, bus._app)
 
     def prepare(
         self, client_topic: str, payload: Any, stream: str, event: object, identity: Any,
