@@ -55,6 +55,7 @@ SUBPROCESS: dict[str, str | set[str]] = {
     "test_bench_smoke": "*",
     "test_browser_chat": {
         "test_pages_reconnect_reauthenticate_and_rejoin_after_a_server_restart",
+        "test_a_page_whose_server_is_killed_resumes_and_shows_each_message_once_in_order",
         "test_the_heartbeat_finds_a_frozen_server_dead_in_a_real_browser",
         "test_a_page_back_from_the_background_checks_its_connection_at_once",
     },

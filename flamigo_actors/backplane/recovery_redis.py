@@ -41,6 +41,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from gevent.event import Event
+
 from ..runtime.recovery import ReadResult, SessionData, new_epoch
 from .codec import encode_for_backplane
 from .link import RedisLink
@@ -51,6 +53,9 @@ if TYPE_CHECKING:
 __all__ = ["STREAM_TTL", "RedisRecoveryStore"]
 
 _log = logging.getLogger("flamigo_actors.recovery")
+
+START_WAIT = 30.0
+"""Seconds a read or session write waits for the store to start (the server's own start)."""
 
 PENDING_MAX = 100_000
 """This process's publishes kept until read back from the stream."""
@@ -132,6 +137,8 @@ class RedisRecoveryStore:
         self.backplane: Any = None
         """The events backplane whose outbox and sender carry the scripts (set by :meth:`start`)."""
         self.appended = 0
+        self._ready = Event()
+        self._early: list[tuple[object, Any, _Scripted]] = []
         self._published: dict[int, tuple[object, Any, Any]] = {}
         self._append: Any = None
         self._position: Any = None
@@ -158,7 +165,18 @@ class RedisRecoveryStore:
         self._append = client.register_script(_APPEND)
         self._position = client.register_script(_POSITION)
         self._read = client.register_script(_READ)
+        self._ready.set()
+        early, self._early = self._early, []
+        for event, identity, scripted in early:  # published while the server was starting
+            backplane.send(event, identity, scripted)
         return self
+
+    def _client(self) -> Any:
+        # Configured at init_app, started by Flamigo.start(): a server listens (and may
+        # serve a resume) a moment before it has started; wait for it rather than answer wrong.
+        if not self._ready.wait(START_WAIT):
+            raise RuntimeError("the Redis recovery store is not started: call flamigo.start()")
+        return self.link.client
 
     def close(self) -> None:
         """Close the connections (idempotent; the backplane flushes its outbox itself)."""
@@ -184,7 +202,11 @@ class RedisRecoveryStore:
             encoded = encode_for_backplane(event)
         except Exception as err:  # noqa: BLE001
             raise ValueError(f"a recoverable topic's event must cross processes with Redis: {err}") from None
-        self.backplane.send(event, identity, _Scripted(self, stream, doc, encoded, (event, identity, waiter)))
+        scripted = _Scripted(self, stream, doc, encoded, (event, identity, waiter))
+        if self.backplane is None:
+            self._early.append((event, identity, scripted))
+        else:
+            self.backplane.send(event, identity, scripted)
 
     def remember(self, seq: int, original: tuple[object, Any, Any]) -> None:
         """Keep a publish until it comes back from the stream (see :meth:`claim`)."""
@@ -202,11 +224,13 @@ class RedisRecoveryStore:
     def position(self, stream: str) -> tuple[int, str]:
         """The current ``(offset, epoch)`` (creates the epoch if the stream has none yet)."""
         keys = self._keys(stream)
+        self._client()
         epoch, offset = self._position(keys=keys[:2], args=[new_epoch(), STREAM_TTL])
         return int(offset), _text(epoch)
 
     def read(self, stream: str, after: int, epoch: str) -> ReadResult:
         """The events after ``after`` under ``epoch`` (see :class:`ReadResult`)."""
+        self._client()
         current, offset, entries = self._read(
             keys=self._keys(stream), args=[after, self.history, new_epoch(), STREAM_TTL])
         current, offset = _text(current), int(offset)
@@ -226,7 +250,7 @@ class RedisRecoveryStore:
 
     def load_session(self, key: str) -> SessionData | None:
         """The session under ``key``, or None."""
-        fields = self.link.client.hgetall(self._session(key))
+        fields = self._client().hgetall(self._session(key))
         meta = fields.pop(b"m", None)
         if meta is None:
             return None
@@ -236,7 +260,7 @@ class RedisRecoveryStore:
     def save_session(self, session: SessionData, ttl: float) -> None:
         """Write the session's meta data; it expires ``ttl`` seconds from now."""
         name = self._session(session.key)
-        pipe = self.link.client.pipeline(transaction=True)
+        pipe = self._client().pipeline(transaction=True)
         pipe.hset(name, "m", session.meta())
         pipe.pexpire(name, max(1, int(ttl * 1000)))
         pipe.execute()
@@ -244,7 +268,7 @@ class RedisRecoveryStore:
     def save_reply(self, session: SessionData, ack: str, reply: bytes, dropped: list[str], ttl: float) -> None:
         """Add a cached reply, forget ``dropped`` ones (one round trip)."""
         name = self._session(session.key)
-        pipe = self.link.client.pipeline(transaction=True)
+        pipe = self._client().pipeline(transaction=True)
         pipe.hset(name, mapping={"m": session.meta(), f"r:{ack}": reply})
         if dropped:
             pipe.hdel(name, *[f"r:{a}" for a in dropped])

@@ -41,7 +41,11 @@ def configure_recovery(recovery: Recovery, bus: Bus, settings: Settings) -> None
     """Apply the ``FLAMIGO_RECOVERY_*`` settings and ``FLAMIGO_RECOVERABLE`` patterns."""
     recovery.window = settings.recovery_window
     recovery.history = settings.recovery_history
-    if isinstance(recovery.store, MemoryStore) and recovery.store.history != settings.recovery_history:
+    if settings.redis_url:  # Redis from the start: a resume served before start() waits for it
+        from ..backplane.recovery_redis import RedisRecoveryStore
+
+        recovery.store = RedisRecoveryStore.from_settings(settings)
+    elif isinstance(recovery.store, MemoryStore) and recovery.store.history != settings.recovery_history:
         recovery.store = MemoryStore(settings.recovery_history)
     if settings.recoverable:
         make_recoverable(recovery, bus, *settings.recoverable)
@@ -69,9 +73,9 @@ def start_redis_recovery(recovery: Recovery, bus: Bus, settings: Settings) -> No
         recovery.pending_redis = settings
         return
     recovery.pending_redis = None
-    if isinstance(recovery.store, MemoryStore):
-        store = RedisRecoveryStore.from_settings(settings)
-        recovery.store = store.start(bus.backplane, required=settings.redis_required)
+    store = recovery.store
+    if isinstance(store, RedisRecoveryStore) and store.backplane is None:
+        store.start(bus.backplane, required=settings.redis_required)
 
 
 def close_recovery(recovery: Any) -> None:
