@@ -91,6 +91,11 @@ _EXPORTS: dict[str, str] = {
     "ActorDeadlock": "runtime.actor_errors",
     "ActorOverloaded": "runtime.actor_errors",
     "StaleOwner": "runtime.actor_errors",
+    # connection-state recovery
+    "Recovery": "runtime.recovery",
+    "StreamStore": "runtime.recovery",
+    "MemoryStore": "runtime.recovery_memory",
+    "RedisRecoveryStore": "backplane.recovery_redis",
 }
 
 __all__ = sorted(_EXPORTS)
