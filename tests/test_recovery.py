@@ -228,3 +228,29 @@ def test_streams_not_recorded_in_the_session_are_not_added_by_naming_them(demo_s
     post_message(demo_server, "bob", "secret", "still not for ann")
     assert nothing_arrives(back)
     back.close()
+
+
+def test_an_app_with_no_recoverable_topic_gives_no_session_and_its_bus_does_not_look() -> None:
+    from flask import Flask as FlaskApp
+
+    from flamigo_actors import Flamigo, TopicError, User
+
+    app = FlaskApp("plain")
+    flamigo = Flamigo(app, auth=lambda token: User(token, token))
+    try:
+        with flamigo.test_client() as client:
+            reply = client.request("app::websocket:auth", {"token": "ann", "recover": True})
+            assert reply == {"success": True, "user": {"id": "ann", "username": "ann"}}
+            assert flamigo.bus.recovery is None
+            assert client.request("app::websocket:auth", {
+                "token": "ann", "resume": {"session": "whatever", "since": {}},
+            }) == reply
+        flamigo.recoverable("rooms/*")
+        assert flamigo.bus.recovery is flamigo.recovery
+        with flamigo.test_client() as client:
+            reply = client.request("app::websocket:auth", {"token": "bob", "recover": True})
+            assert isinstance(reply["session"], str) and len(reply["session"]) >= 32
+        with pytest.raises(TopicError):
+            flamigo.recoverable("rooms//x")  # a malformed pattern fails at once
+    finally:
+        flamigo.shutdown(timeout=1)

@@ -82,7 +82,8 @@ def register_auth(registry: Registry, verify: TokenVerifier) -> None:
             raise FlamigoError("verify token: refused", public="invalid token", status=401)
         data = ctx.request.data
         recovery = getattr(ctx.flamigo, "recovery", None)
-        recovering = recovery is not None and (data.recover or data.resume is not None)
+        # No recoverable topic: no session (nothing could ever be replayed), no store touched.
+        recovering = recovery is not None and recovery.enabled and (data.recover or data.resume is not None)
         session = check_owner(recovery, data.resume, str(user.id)) if recovery is not None and recovering else None
         if isinstance(ctx.identity, WebsocketClient):
             ctx.identity.authenticate(user)

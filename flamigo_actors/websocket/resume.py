@@ -248,7 +248,11 @@ def check_owner(recovery: Recovery, resume: ResumePayload | None, user_id: str) 
     """
     if resume is None:
         return None
-    data = recovery.store.load_session(session_key(resume.session))
+    try:
+        data = recovery.store.load_session(session_key(resume.session))
+    except Exception as err:  # noqa: BLE001 - the store is unreachable: authenticate without recovery
+        _log.warning("recovery: cannot load a session (%s): answered as unknown", err)
+        return None
     if data is not None and data.user_id != user_id:
         raise FlamigoError(
             "resume: the session belongs to another user",
