@@ -12,6 +12,7 @@ import gevent
 import pytest
 from flask import Flask
 
+from flamigo_actors.runtime.recovery import session_key
 from tests.support import ErrorReply, LiveServer, WsClient, eventually, nothing_arrives, post_message
 
 
@@ -254,3 +255,20 @@ def test_an_app_with_no_recoverable_topic_gives_no_session_and_its_bus_does_not_
             flamigo.recoverable("rooms//x")  # a malformed pattern fails at once
     finally:
         flamigo.shutdown(timeout=1)
+
+
+def test_a_session_resumed_elsewhere_is_not_overwritten_by_the_old_connections_late_end(
+    demo_server: LiveServer,
+) -> None:
+    ann, auth = opted_in(demo_server, "ann")
+    joined = join(ann, "o1")
+    # ann's network changes: a new connection resumes while the old one is still open here.
+    back, reply = resume(demo_server, "ann", auth["session"], since("o1", joined["pos"]))
+    assert reply["recovered"] is True
+    ann.close()  # the old connection ends late: the window must not start now
+    post_message(demo_server, "bob", "o1", "for the new connection")
+    assert [p["payload"]["text"] for p in chat(back, 1)] == ["for the new connection"]
+    eventually(lambda: len(demo_server.flamigo.connections) == 1)  # the old one's cleanup ran
+    session = demo_server.flamigo.recovery.store.load_session(session_key(auth["session"]))
+    assert session is not None and session.disconnected_at is None
+    back.close()

@@ -134,7 +134,7 @@ class SessionData:
         disconnected_at: ``time.time()`` of the last disconnect, None while connected.
     """
 
-    __slots__ = ("key", "user_id", "topics", "replies", "disconnected_at")
+    __slots__ = ("key", "user_id", "topics", "replies", "disconnected_at", "holder")
 
     def __init__(self, key: str, user_id: str) -> None:
         self.key = key
@@ -142,6 +142,9 @@ class SessionData:
         self.topics: dict[str, tuple[int, str]] = {}
         self.replies: dict[str, bytes] = {}
         self.disconnected_at: float | None = None
+        self.holder: Any = None
+        """The connection state using it in this process (not stored): a connection the session
+        was resumed away from does not save it at its own late disconnect."""
 
     def meta(self) -> bytes:
         """Everything but the replies, as JSON."""

@@ -96,6 +96,7 @@ class SessionState:
         """Frames to send right after the auth reply (a resume's missed pushes)."""
         self.duplicates = 0
         """Pushes dropped because the client already had them."""
+        data.holder = self
         cls = type(connection)
         # Only this connection's deliveries take the positioned path: instance attributes
         # shadow the class's methods, so other connections' hot path is untouched.
@@ -233,6 +234,8 @@ class SessionState:
     def closed(self) -> None:
         """The connection ended: save the session with its disconnect time (the window starts)."""
         data = self.data
+        if data.holder is not self:
+            return  # resumed on another connection of this process meanwhile: that one saves it
         data.topics.update((t, p) for t, p in self.sent.items() if t in data.topics)
         data.disconnected_at = self.recovery.now()
         try:
