@@ -51,12 +51,22 @@ Members = dict[str, list[MemberMeta]]
 """Who is in a room: each username with one meta per connection."""
 
 
+class StreamPosition(BaseModel):
+    """Where a client stands in a recoverable topic's stream (connection-state recovery)."""
+
+    stream: str
+    offset: int
+    epoch: str
+
+
 class RoomReply(BaseModel):
-    """Reply of ``app::rooms:join`` (with the room's ``members``) and ``app::rooms:leave``."""
+    """Reply of ``app::rooms:join`` (with the room's ``members``, and ``pos`` for a client that
+    opted in to recovery) and ``app::rooms:leave``."""
 
     room: str
     joined: bool
     members: Members | None = None
+    pos: StreamPosition | None = None
 
 
 class MembersReply(BaseModel):
@@ -176,7 +186,11 @@ def join(ctx: StrategyContext) -> dict[str, Any]:
     rooms.add(room)
     if client.user is not None:  # presence: who is in the room (members get presence:diff pushes)
         ctx.presence.track(room_topic(room), client.user.username, {"id": client.user.id})
-    return {"room": room, "joined": True, "members": ctx.presence.list(room_topic(room))}
+    reply: dict[str, Any] = {"room": room, "joined": True, "members": ctx.presence.list(room_topic(room))}
+    position = client.stream_position(room_topic(room))
+    if position is not None:  # opted in to recovery: where this client starts in the room's stream
+        reply["pos"] = position
+    return reply
 
 
 @strategies.strategy("app::rooms:leave", payload=RoomPayload, reply=RoomReply)

@@ -32,6 +32,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     tokens = TokenService(app.config["SECRET_KEY"], app.config["TOKEN_MAX_AGE"])
     flamigo = Flamigo(app, strategies=strategies, auth=tokens.verify)
     app.extensions["tokens"] = tokens
+    # Rooms are recoverable: a client that opted in gets what it missed after a reconnect.
+    flamigo.recoverable("rooms/*")
 
     @flamigo.on_authenticated
     def subscribe_own_topic(client: WebsocketClient) -> None:

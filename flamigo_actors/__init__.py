@@ -105,6 +105,11 @@ _EXPORTS: dict[str, str] = {
     # presence
     "Presence": "runtime.presence",
     "PresenceHandle": "runtime.presence",
+    # connection-state recovery
+    "Recovery": "runtime.recovery",
+    "StreamStore": "runtime.recovery",
+    "MemoryStore": "runtime.recovery_memory",
+    "RedisRecoveryStore": "backplane.recovery_redis",
 }
 
 __all__ = sorted(_EXPORTS)

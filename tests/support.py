@@ -56,6 +56,7 @@ SUBPROCESS: dict[str, str | set[str]] = {
     "test_bench_smoke": "*",
     "test_browser_chat": {
         "test_pages_reconnect_reauthenticate_and_rejoin_after_a_server_restart",
+        "test_a_page_whose_server_is_killed_resumes_and_shows_each_message_once_in_order",
         "test_the_heartbeat_finds_a_frozen_server_dead_in_a_real_browser",
         "test_a_page_back_from_the_background_checks_its_connection_at_once",
     },
@@ -68,6 +69,7 @@ SUBPROCESS: dict[str, str | set[str]] = {
     "test_presence": {"test_flamigo_js_presence_map_against_a_real_server"},
     "test_presence_redis": "*",
     "test_open_files": "*",
+    "test_recovery_redis": "*",
     "test_scale_out": "*",
     "test_server": "*",
     "test_shell": "*",
@@ -123,6 +125,7 @@ SLOW: dict[str, str | set[str]] = {
         "test_each_worker_raises_its_own_soft_limit",
         "test_workers_at_their_ceiling_leave_new_connections_to_the_others",
     },
+    "test_recovery_redis": "*",
     "test_scale_out": "*",
     "test_server": {"test_python_m_app_serves_healthz_and_drains_on_sigterm"},
     "test_shell": {

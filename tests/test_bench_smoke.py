@@ -122,3 +122,27 @@ def test_bench_interleaves_the_servers_and_runs_a_scaled_down_conns75000(tmp_pat
         assert len(crowd["workers"]) == 2 and sum(w["connections"] for w in crowd["workers"]) >= 400
         assert all(span is not None for span in crowd["spans_ms"])
     assert "per repetition: rps" in (tmp_path / report.name.replace(".json", ".md")).read_text()
+
+
+def test_the_reconnect_storm_runs_and_recovery_misses_nothing(tmp_path: Path) -> None:
+    """``scripts/bench_recovery.py`` at a tiny scale: every resumed client got every event once."""
+    need_binary("node")
+    need_binary("npm")
+    need_binary("redis-server")
+    out = tmp_path / "storm.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_recovery.py"), "--clients", "30", "--rate", "20",
+         "--timeout", "90", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=400, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    assert proc.returncode == 0, f"bench_recovery.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    results = json.loads(out.read_text())
+    assert [(r["setting"], r["recover"]) for r in results] == [
+        ("1 server (embedded store)", True), ("1 server (embedded store)", False),
+        ("2 servers on Redis", True), ("2 servers on Redis", False),
+    ]
+    for result in results:
+        assert result["clients"] == 30 and result["events"] > 0
+        assert result["duplicates"] == 0, result
+        if result["recover"]:
+            assert result["missing"] == 0 and result["not_recovered"] == 0, result

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from tests.support import LiveServer, ServerProcess, free_port
+from tests.support import LiveServer, ServerProcess, free_port, post_message
 
 WAIT = 30_000  # ms: generous upper bound for a poll, never an expected duration
 
@@ -322,3 +322,40 @@ def test_a_page_back_from_the_background_checks_its_connection_at_once(
         page.evaluate("() => window.probe.client.close()")
     finally:
         server.stop()
+
+
+def test_a_page_whose_server_is_killed_resumes_and_shows_each_message_once_in_order(
+    redis_server: Any, new_page: Callable[[], Any], artifacts_dir: str
+) -> None:
+    """Connection-state recovery in Chromium: the page's server dies (SIGKILL) and comes back on
+    the same port; what was said meanwhile (through another server on the same Redis) is replayed."""
+    port = free_port()
+    servers = [ServerProcess.demo(port, "--redis", redis_server.url),
+               ServerProcess.demo(free_port(), "--redis", redis_server.url)]
+    try:
+        for server in servers:
+            server.wait_ready()
+        post_message(servers[1], "bob", "blip", "m1")  # the room's actor lives on the server that stays
+        page = new_page()
+        log_in(page, servers[0].url, "alice")
+        join(page, "blip")
+        expect_message(page, "bob", "m1")  # from the history
+
+        servers[0].signal(signal.SIGKILL)  # no close frame, no goodbye: the page finds out itself
+        servers[0].wait(10)
+        for n in (2, 3, 4):  # said while the page has no socket
+            post_message(servers[1], "bob", "blip", f"m{n}")
+        servers[0] = ServerProcess.demo(port, "--redis", redis_server.url)
+        servers[0].wait_ready()
+        expect(page.locator("#conn-state")).to_have_attribute("data-state", "connected", timeout=WAIT)
+        expect(page.locator("#conn-log li", has_text="resumed: missed messages replayed")).to_have_count(1, timeout=WAIT)
+        post_message(servers[1], "bob", "blip", "m5")
+        expect_message(page, "bob", "m5")
+        for n in range(1, 5):
+            expect_message(page, "bob", f"m{n}")  # each exactly once
+        texts = page.locator("#messages .message .text").all_inner_texts()
+        assert texts == ["m1", "m2", "m3", "m4", "m5"]
+        page.screenshot(path=os.path.join(artifacts_dir, "chat-resumed.png"), full_page=True)
+    finally:
+        for server in servers:
+            server.stop()

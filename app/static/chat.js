@@ -20,6 +20,7 @@ const state = {
   /** @type {ReturnType<typeof connect> | null} */
   client: null,
   countdown: null,
+  recovered: new Set(), // rooms whose missed messages the last resume replays
 };
 
 // Tests and curious developers can reach the client from the console.
@@ -125,13 +126,31 @@ function watch(client) {
 
 // -- rooms -------------------------------------------------------------------------
 
-/** @param {ReturnType<typeof connect>} session */
-async function rejoin(session) {
+/**
+ * @param {ReturnType<typeof connect>} session
+ * @param {{ reconnect?: boolean }} [info]
+ */
+async function rejoin(session, info) {
   // Called by flamigo.js after every (re)connect, before queued requests are sent.
   await Promise.all([...state.joined].map(async (room) => {
     syncMembers(room, await session.request("app::rooms:join", { room }));
   }));
-  for (const room of state.joined) loadHistory(room, session); // not awaited: the queue goes on meanwhile
+  for (const room of state.joined) {
+    // A resumed session replays what this page missed: no history to fetch for those rooms.
+    if (info && info.reconnect && state.recovered.has(room)) continue;
+    loadHistory(room, session); // not awaited: the queue goes on meanwhile
+  }
+}
+
+/** @param {ReturnType<typeof connect>} client */
+function watchRecovery(client) {
+  // After a reconnect, before the rejoin: which rooms' missed messages are replayed (flamigo.js resumes).
+  client.listen("recovery", ({ recovered, streams, reason }) => {
+    state.recovered = new Set(Object.entries(streams)
+      .filter(([, s]) => s.recovered).map(([stream]) => stream.replace(/^rooms\//, "")));
+    if (recovered) logConnection("resumed: missed messages replayed");
+    else logConnection(`could not resume (${reason || "some rooms"}): reloading history`);
+  });
 }
 
 async function loadHistory(room, client = state.client) {
@@ -358,6 +377,7 @@ function start() {
   const client = connect("/ws", { token: () => state.token, onConnect: rejoin });
   state.client = client;
   watch(client);
+  watchRecovery(client);
   client.on("chat:message", receive);
 }
 

@@ -113,8 +113,10 @@ class LocalBus(Protocol):
         """True once the bus is shutting down (entries read meanwhile are dropped quietly)."""
         ...
 
-    def deliver_remote(self, event: object, identity: Identity) -> None:
-        """Route another process's event to local subscribers (and ``event_published`` observers)."""
+    def deliver_remote(self, event: object, identity: Identity, position: Any = None) -> None:
+        """Route another process's event to local subscribers (and ``event_published`` observers);
+        ``position``: ``(offset, epoch, seq)`` in a recoverable topic's stream (``seq``: this
+        process's own publish, else None)."""
         ...
 
     def mailbox_depth(self) -> int:
@@ -409,14 +411,18 @@ class RedisBackplane:
             except Exception:  # noqa: BLE001 - closing a broken connection
                 pass
 
-    def send(self, event: object, identity: Identity) -> None:
+    def send(self, event: object, identity: Identity, scripted: Any = None) -> None:
         """Queue ``event`` for the other processes; never blocks, never raises.
 
         An event that cannot be encoded was already delivered locally: it is
         counted (``stats.unserialisable``) and reported with an error log
         naming its class and the fix, at most every 10 s per class.
+
+        ``scripted``: a recoverable event's entry (``backplane/recovery_redis.py``):
+        written by its script (offset, history and this ``XADD`` at once) in
+        place of the plain ``XADD``, in the same order as every other event.
         """
-        self._out.put(event, identity)
+        self._out.put(event, identity, scripted)
 
     # -- faults ------------------------------------------------------------------------
 
@@ -467,7 +473,7 @@ class _Sender:
 
     def __init__(self, link: RedisBackplane) -> None:
         self.link = link
-        self.outbox: deque[tuple[int, bytes, bytes]] = deque()
+        self.outbox: deque[tuple[int, Any, bytes]] = deque()  # Any: bytes, or a recovery script
         self.in_flight = 0
         self.seq = itertools.count(1)
         self.wake = Event()
@@ -483,7 +489,7 @@ class _Sender:
         self.in_flight = 0
         return left
 
-    def put(self, event: object, identity: Identity) -> None:
+    def put(self, event: object, identity: Identity, scripted: Any = None) -> None:
         link = self.link
         if link._closed:
             link.stats.failed += 1
@@ -492,7 +498,7 @@ class _Sender:
                            "to other processes", type(event).__qualname__)
             return
         try:
-            document = encode_for_backplane(event)
+            document = encode_for_backplane(event) if scripted is None else scripted
             described = orjson.dumps(describe_identity(identity))
         except Exception as err:  # noqa: BLE001 - reported, never raised to the publisher
             link.stats.unserialisable += 1
@@ -526,6 +532,9 @@ class _Sender:
             self.in_flight = len(batch)
             pipe = link._client.pipeline(transaction=False)
             for seq, document, described in batch:
+                if type(document) is not bytes:  # a recoverable event: its script writes the entry
+                    document.queue(pipe, link, seq, described)
+                    continue
                 pipe.xadd(
                     link.stream,
                     {b"o": link._origin, b"s": seq, b"e": document, b"i": described},
@@ -552,6 +561,9 @@ class _Sender:
             else:
                 self.in_flight = 0
                 link.stats.sent += len(batch)
+                for _, document, _ in batch:
+                    if type(document) is not bytes:
+                        document.written()
             finally:
                 pipe.reset()
 
@@ -608,16 +620,20 @@ class _Reader:
     def receive(self, fields: dict[bytes, bytes]) -> None:
         link = self.link
         origin = fields.get(b"o")
-        if origin == link._origin:
-            return  # our own: local subscribers had it at publish time
+        # Our own: local subscribers had it at publish time; but a recoverable event
+        # (pt: its stream) is routed here, in offset order, by every process, this one too.
+        own = origin == link._origin
+        if own and b"pt" not in fields:
+            return
         if link._closed:
             return
         stats = link.stats
         try:
-            seq = int(fields[b"s"])
+            seq = -1 if own else int(fields[b"s"])
             seen = self.seen
-            last = seen.pop(origin, None)  # type: ignore[arg-type]
-            seen[origin] = seq if last is None else max(last, seq)  # type: ignore[index]
+            last = None if own else seen.pop(origin, None)  # type: ignore[arg-type]
+            if not own:
+                seen[origin] = seq if last is None else max(last, seq)  # type: ignore[index]
             if len(seen) > 4096:  # processes come and go: forget the longest silent
                 del seen[next(iter(seen))]
             if last is not None:
@@ -632,7 +648,11 @@ class _Reader:
                                    seq - last - 1, _text(origin))
             event = decode_event(orjson.loads(fields[b"e"]))
             identity = rebuild_identity(orjson.loads(fields[b"i"]), _text(origin))
-            link.bus.deliver_remote(event, identity)
+            if b"pt" in fields:  # written by the recovery store's script (backplane/recovery_redis.py)
+                position = (int(fields[b"po"]), _text(fields[b"pe"]), int(fields[b"s"]) if own else None)
+                link.bus.deliver_remote(event, identity, position)
+            else:
+                link.bus.deliver_remote(event, identity)
         except Exception as err:  # noqa: BLE001 - one bad entry must not stop the reader
             if link.bus.closing:
                 return

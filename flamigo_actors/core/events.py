@@ -29,6 +29,7 @@ __all__ = [
     "decode_event",
     "encode_event",
     "event_type_name",
+    "push_frame_of",
     "serializable",
     "topics_of",
 ]
@@ -249,3 +250,31 @@ class UserAuthenticated:
     @property
     def topics(self) -> tuple[str, ...]:
         return (f"auth/authenticated/{self.user_id}",)
+
+
+def push_frame_of(event: object, encode: Callable[[str, Any], Any]) -> Any:
+    """The push frame of a client event, built by ``encode`` once; None for other events.
+
+    ``encode(client_topic, payload)`` is the bus's push encoder (or the recovery's,
+    for a recoverable topic); what it returns is passed through.
+
+    Raises:
+        TypeError: the client message is malformed or its payload is not JSON-serialisable.
+    """
+    message = getattr(event, "client_message", None)
+    if message is None:
+        return None
+    try:
+        client_topic, payload = message
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{type(event).__name__}.client_message must be a (client_topic, payload) pair"
+        ) from None
+    if not isinstance(client_topic, str) or not client_topic:
+        raise TypeError(f"{type(event).__name__}: the client topic must be a non-empty string")
+    try:
+        return encode(client_topic, payload)
+    except TypeError as err:
+        raise TypeError(
+            f"{type(event).__name__}: client payload is not JSON-serialisable: {err}"
+        ) from None

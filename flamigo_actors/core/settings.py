@@ -104,6 +104,14 @@ class Settings:
     presence_down_after: float = 30.0
     """Seconds without a refresh after which a process counts as dead (its heartbeat's TTL in
     Redis): a survivor then removes its presence entries, publishing one leave each."""
+    recovery_window: float = 120.0
+    """Seconds after a disconnect during which an opted-in client can resume its session
+    (connection-state recovery); later it answers ``unknown_session``."""
+    recovery_history: int = 1000
+    """Events kept per recoverable topic; a resume from further back answers ``too_many``."""
+    recoverable: tuple[str, ...] = ()
+    """Topic patterns whose client events are recoverable (``rooms/*``), besides those given
+    to ``flamigo.recoverable()``."""
     inspect_enabled: bool = False
     """Serve the JSON inspection endpoint and the live dashboard."""
     admin_token: str | None = None
@@ -176,6 +184,7 @@ class Settings:
             "drain_timeout", "close_timeout", "rate_limit_close_after", "header_timeout",
             "redis_stream_maxlen", "redis_outbox_max", "actor_call_timeout", "actor_mailbox_max",
             "actor_lease", "presence_batch", "presence_refresh", "presence_down_after",
+            "recovery_window", "recovery_history",
         )
         for name in positive:
             if getattr(self, name) <= 0:

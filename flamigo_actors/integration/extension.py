@@ -45,6 +45,7 @@ from ..websocket.hub import FlamigoStats, Hub
 from .connections import ConnectionsMixin
 from .contract import enable_output_checks, install_contract
 from .presence import install_presence, start_presence
+from .recovery import close_recovery, configure_recovery, make_recoverable, new_recovery, start_redis_recovery
 from ..core.settings import Settings
 from ..runtime.strategies import Registry
 from ..websocket.transport import SocketTransport
@@ -87,6 +88,7 @@ class Flamigo(ConnectionsMixin):
         self.bus: Bus = Bus(self, encoder=push_frame)  # the bus never imports the wire format
         self.actors = ActorSpace(publisher=self.publish)  # the app's domain actors: flamigo.actors.get(Room, "lobby")
         self.presence = install_presence(self)  # who is in a topic: flamigo.presence.list("rooms/lobby")
+        self.recovery = new_recovery()  # connection-state recovery (integration/recovery.py)
         if app is not None:
             self.init_app(app)
 
@@ -123,6 +125,7 @@ class Flamigo(ConnectionsMixin):
         )
         if settings.serve_client_js:
             app.add_url_rule("/_flamigo/flamigo.js", "flamigo_client_js", _client_js)
+        configure_recovery(self.recovery, self.bus, settings)
         self.bus.bind(app)
         for listener, patterns, options in self._listeners:
             self.bus.subscribe(listener, *patterns, **options)
@@ -154,6 +157,10 @@ class Flamigo(ConnectionsMixin):
     def strategy(self, name: str, **options: Any) -> Callable[[Any], Any]:
         """Register a strategy on this app's registry (see :meth:`Registry.strategy`)."""
         return self.strategies.strategy(name, **options)
+
+    def recoverable(self, *patterns: str) -> None:
+        """Make the client events of ``patterns`` (``"rooms/*"``) recoverable: see the README."""
+        make_recoverable(self.recovery, self.bus, *patterns)
 
     def listen(
         self, *patterns: str, event_type: type[Any] | None = None, client_only: bool = False
@@ -220,6 +227,7 @@ class Flamigo(ConnectionsMixin):
             raise RuntimeError("call init_app(app) before start()")
         if self.settings.redis_url:
             _start_redis(self.bus, self.actors, self.settings)
+            start_redis_recovery(self.recovery, self.bus, self.settings)
         start_presence(self.presence, self.settings)
         self.bus.start()
         self.actors.start()
@@ -246,6 +254,7 @@ class Flamigo(ConnectionsMixin):
         if self.bus.backplane is not None:  # after the disconnected events, before the bus
             self.bus.backplane.close()
         self.bus.close()
+        close_recovery(self.recovery)
 
     # -- tools -----------------------------------------------------------------
 

@@ -57,10 +57,11 @@ import gevent
 from .engine import FlamigoActor, current_actor
 from .listener import ListenerSubscriber
 from .routing import BusStats, DeadlockError, InFlight, Router
+from .recovery import TAKEN
 from .signals import ROUTED, NoBusError, event_published, send_event
 from .subscriptions import Subscriber, Subscription, SubscriptionIndex, SyncWaiter
 from ..core.errors import FlamigoError
-from ..core.events import topics_of
+from ..core.events import push_frame_of, topics_of
 from ..core.identity import BackendIdentity, Identity
 from ..core.settings import Settings
 
@@ -71,6 +72,7 @@ __all__ = [
     "BusStats",
     "DeadlockError",
     "PushEncoder",
+    "push_frame_of",
     "Subscriber",
     "Subscription",
     "SyncWaiter",
@@ -176,6 +178,9 @@ class Bus:
         self._app: Any = None
         self.backplane: BackplaneLink | None = None
         """Set by the backplane when it starts (``backplane/streams.py``)."""
+        self.recovery: Any = None
+        """Set once a topic is made recoverable (``runtime/recovery.py``): only then
+        does a publish look its topics up in the recoverable patterns."""
 
     @property
     def encoder(self) -> PushEncoder:
@@ -293,13 +298,19 @@ class Bus:
         identity: Identity | None = None,
         waiter: SyncWaiter | None = None,
         remote: bool = False,
+        position: Any = None,
         **_: Any,
     ) -> Any:
         # The bus's only entrance: every publish, local or remote, is a send of the signal.
         topics = topics_of(event)
-        frame = push_frame_of(event, self._encode)
         if identity is None:
             identity = BACKEND
+        recovery = self.recovery  # None until a topic is made recoverable
+        if recovery is None or getattr(event, "client_message", None) is None:
+            frame = push_frame_of(event, self._encode)
+        elif (frame := recovery.frame_of(event, topics, identity, waiter, position)) is TAKEN:
+            self.stats.published += 1  # it comes back, positioned, through the backplane
+            return ROUTED
         if remote:
             self.stats.remote_received += 1
         else:
@@ -309,16 +320,24 @@ class Bus:
             self.backplane.send(event, identity)
         return ROUTED
 
-    def deliver_remote(self, event: object, identity: Identity) -> None:
+    def deliver_remote(self, event: object, identity: Identity, position: Any = None) -> None:
         """Route an event that another process published (called by the backplane).
 
         It goes through :data:`event_published` with ``remote=True``, so the
         signal's observers see it too; it is routed to local subscribers only.
+        ``position``: a recoverable topic's event (see ``runtime/recovery.py``).
 
         Raises:
             NoBusError: the bus is closed.
         """
+        if position is not None and self.recovery is not None:
+            self.recovery.deliver_positioned(self, event, identity, position)
+            return
         send_event(self._app, event, identity, remote=True)
+
+    def route(self, message: InFlight) -> None:
+        """Hand an event over to the bus actor (recovery routes this process's own events back)."""
+        self._actor().tell(message)
 
     # -- subscribing ---------------------------------------------------------
 
@@ -391,28 +410,3 @@ class Bus:
         """The URN of the running bus actor (changes when it is restarted)."""
         ref = self._ref
         return ref.actor_urn if ref is not None else None
-
-
-def push_frame_of(event: object, encode: PushEncoder) -> bytes | None:
-    """The push frame of a client event, built by ``encode`` once; None for other events.
-
-    Raises:
-        TypeError: the client message is malformed or its payload is not JSON-serialisable.
-    """
-    message = getattr(event, "client_message", None)
-    if message is None:
-        return None
-    try:
-        client_topic, payload = message
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"{type(event).__name__}.client_message must be a (client_topic, payload) pair"
-        ) from None
-    if not isinstance(client_topic, str) or not client_topic:
-        raise TypeError(f"{type(event).__name__}: the client topic must be a non-empty string")
-    try:
-        return encode(client_topic, payload)
-    except TypeError as err:
-        raise TypeError(
-            f"{type(event).__name__}: client payload is not JSON-serialisable: {err}"
-        ) from None

@@ -30,6 +30,13 @@
  *    restart), re-authenticates with the last token, calls the app's
  *    `onConnect` hook (re-join rooms there), then sends the requests queued
  *    while offline (a bounded queue: when full, the oldest is rejected);
+ *  - recovers the connection's state (`recover`, on by default; the server
+ *    must make the topics recoverable): after a reconnect it resumes its
+ *    session, so the pushes missed meanwhile arrive, in order, and none twice
+ *    (it drops any push at or below the last position it has); requests whose
+ *    reply was lost with the socket are sent again with the same `ackId`, and
+ *    the server answers each once. Listen to `"recovery"` to learn when a
+ *    stream could not be recovered (then reload what the app shows of it);
  *  - detects a dead connection within a bounded time with an application-level
  *    heartbeat (`app::websocket:ping`), because browsers answer the server's
  *    WebSocket pings without telling page scripts. Deadlines are checked
@@ -80,6 +87,8 @@ export const CLOSE_KICKED = 4000;
  * @property {number} [heartbeatTimeout=10000] No message at all for this long after a
  *   heartbeat: the connection is dead, close it and reconnect.
  * @property {number} [queueLimit=100] Requests kept while offline; when full the oldest is rejected.
+ * @property {boolean} [recover=true] Opt in to connection-state recovery (`"recover": true`
+ *   in the auth payload, then `"resume"` after a reconnect); false: today's behaviour.
  * @property {typeof WebSocket} [WebSocket] WebSocket constructor (default: the global one).
  */
 
@@ -100,6 +109,7 @@ export const DEFAULTS = Object.freeze({
   heartbeatInterval: 15000,
   heartbeatTimeout: 10000,
   queueLimit: 100,
+  recover: true,
 });
 
 /**
@@ -252,6 +262,8 @@ export class FlamigoClient {
     this._lostAt = null;
     this._attempt = 0;
     this._everConnected = false;
+    // Connection-state recovery: the session secret and the last position per stream.
+    this._recovery = { session: null, positions: new Map() };
     this._onOnline = () => this.reconnectNow();
     // The network went away: probe now rather than at the next heartbeat.
     this._onOffline = () => this._heartbeat(true);
@@ -365,8 +377,10 @@ export class FlamigoClient {
    *  - `"reconnecting"`: `{attempt, delay, code, reason}`: next attempt in `delay` ms;
    *  - `"error"`: `{kind, error, message}` with kind `"socket"`, `"auth"`,
    *    `"hook"`, `"server"` (an `error` message without ackId) or `"protocol"`;
-   *  - `"statechange"`: `{state, previous}`.
-   * @param {"open"|"close"|"reconnecting"|"error"|"statechange"} type
+   *  - `"statechange"`: `{state, previous}`;
+   *  - `"recovery"`: `{recovered, streams, reason}` after a resume (see the
+   *    README): `recovered` false means something could not be replayed.
+   * @param {"open"|"close"|"reconnecting"|"error"|"statechange"|"recovery"} type
    * @param {(detail: object) => void} listener
    * @returns {() => void} a function that removes the listener
    */
@@ -505,7 +519,7 @@ export class FlamigoClient {
       if (token) {
         let reply;
         try {
-          reply = await this._direct(this._authTopic, { token });
+          reply = await this._direct(this._authTopic, this._authPayload(token));
         } catch (error) {
           if (generation !== this._generation) return;
           if (error.code === "server" && [401, 403, 409].includes(error.status)) {
@@ -517,6 +531,7 @@ export class FlamigoClient {
           throw error;
         }
         this.user = reply && reply.user ? reply.user : null;
+        this._resumed(reply);
       }
       if (generation !== this._generation) return;
       const info = { reconnect, attempts, downtime: this._lostAt === null ? null : now() - this._lostAt };
@@ -567,10 +582,13 @@ export class FlamigoClient {
     if (this._lostAt === null) this._lostAt = now();
     // Replies to requests in flight will never come: retry the idempotent ones, reject the rest.
     const retried = [];
+    // With a recovery session the server can tell a re-sent request from a new one (same ackId).
+    const resumable = this.options.recover && this._recovery.session !== null;
     for (const entry of [...this._pending.values()].sort((a, b) => a.ackId - b.ackId)) {
       this._pending.delete(entry.ackId);
+      if (resumable && !entry.direct) entry.resumeAck = entry.ackId;
       entry.ackId = null;
-      if (entry.retry) retried.push(entry);
+      if (entry.retry || entry.resumeAck != null) retried.push(entry);
       else this._settle(entry, new FlamigoError(
         `${entry.topic}: connection lost before the reply (${code} ${reason})`,
         { code: "disconnected", topic: entry.topic }));
@@ -691,6 +709,7 @@ export class FlamigoClient {
   _direct(topic, payload, options = {}) {
     const entry = this._entry(topic, payload, options);
     entry.retry = false; // belongs to this connection only
+    entry.direct = true;
     if (!this._ws || this._ws.readyState !== 1) {
       this._settle(entry, new FlamigoError(`${topic}: not connected`, { code: "disconnected", topic }));
     } else {
@@ -701,7 +720,8 @@ export class FlamigoClient {
 
   _transmit(entry) {
     if (entry.done) return;
-    entry.ackId = ++this._nextAck;
+    entry.ackId = entry.resumeAck ?? ++this._nextAck; // a re-sent request keeps its ackId
+    entry.resumeAck = null;
     this._pending.set(entry.ackId, entry);
     // {"topic":...,"payload":...} + the ackId of this transmission.
     this._write(`${entry.body.slice(0, -1)},"ackId":${entry.ackId}}`);
@@ -765,6 +785,8 @@ export class FlamigoClient {
           topic: entry.topic,
         }));
       } else {
+        // A subscribe reply may tell where this client starts in a stream (`pos`).
+        if (payload && payload.pos && typeof payload.pos.stream === "string") this._fresh(payload.pos);
         this._settle(entry, null, payload);
       }
       return;
@@ -776,6 +798,8 @@ export class FlamigoClient {
       this._emit("error", { kind: "server", error, message: error.message });
       return;
     }
+    // A push of a recoverable stream: drop what this client already has (a replay overlap).
+    if (message.pos && typeof message.pos.stream === "string" && !this._fresh(message.pos)) return;
     for (const key of [topic, "*"]) {
       const set = this._handlers.get(key);
       if (!set) continue;
@@ -788,6 +812,51 @@ export class FlamigoClient {
         }
       }
     }
+  }
+
+  // -- connection-state recovery -------------------------------------------------
+
+  /** The auth payload: opt in, or resume the session with the last positions. */
+  _authPayload(token) {
+    const { session, positions } = this._recovery;
+    if (!this.options.recover) return { token };
+    if (session === null) return { token, recover: true };
+    return { token, resume: { session, since: Object.fromEntries(positions) } };
+  }
+
+  /** The auth reply: keep the session; start over where a stream could not be recovered. */
+  _resumed(reply) {
+    if (!this.options.recover || !reply || typeof reply.session !== "string") return;
+    const recovery = this._recovery;
+    const resumed = recovery.session !== null && reply.session === recovery.session;
+    recovery.session = reply.session;
+    if (!resumed) recovery.positions.clear();
+    for (const [stream, info] of Object.entries(reply.streams || {})) {
+      if (info && !info.recovered && info.pos) recovery.positions.set(stream, { offset: info.pos.offset, epoch: info.pos.epoch });
+    }
+    if (!resumed) {
+      // No session remembers these requests: a re-send could run them twice.
+      for (const entry of [...this._queue]) {
+        if (entry.resumeAck == null) continue;
+        entry.resumeAck = null;
+        if (entry.retry) continue;
+        this._queue.splice(this._queue.indexOf(entry), 1);
+        this._settle(entry, new FlamigoError(`${entry.topic}: connection lost before the reply`,
+          { code: "disconnected", topic: entry.topic }));
+      }
+    }
+    if ("recovered" in reply) {
+      this._emit("recovery", { recovered: reply.recovered, streams: reply.streams || {}, reason: reply.reason || null });
+    }
+  }
+
+  /** Record a stream position; false when this client already had it (at or below the last offset). */
+  _fresh(pos) {
+    const positions = this._recovery.positions;
+    const last = positions.get(pos.stream);
+    if (last && last.epoch === pos.epoch && pos.offset <= last.offset) return false;
+    positions.set(pos.stream, { offset: pos.offset, epoch: pos.epoch });
+    return true;
   }
 
   // -- events -----------------------------------------------------------------

@@ -130,6 +130,9 @@ class ActorConnection(Protocol):
     auth_required: bool
     actor: ConnectionActor | None
     instruments: Any
+    session: Any
+
+    def send_text(self, payload: bytes) -> None: ...
 
     def push(self, frame: bytes) -> None: ...
 
@@ -248,6 +251,11 @@ class ConnectionActor(FlamigoActor):
                 ack_id,
             )
             return
+        if conn.session is not None and ack_id is not NO_ACK:
+            cached = conn.session.cached(ack_id)
+            if cached is not None:  # a retried request (after a resume): it ran once already
+                conn.send_text(cached)
+                return
         hub = conn.hub
         registry = hub.strategies
         client = conn.client

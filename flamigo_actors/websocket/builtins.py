@@ -28,6 +28,7 @@ from ..core.errors import FlamigoError
 from ..core.identity import User
 from ..runtime.strategies import Registry, StrategyContext
 from .client import WebsocketClient
+from .resume import ResumePayload, check_owner, open_session
 from .protocol import HEARTBEAT_ACTION, HEARTBEAT_PAYLOAD, heartbeat_frames
 
 __all__ = [
@@ -50,9 +51,14 @@ AUTH_STRATEGY = "websocket:auth"
 
 
 class AuthPayload(pydantic.BaseModel):
-    """Payload of ``app::websocket:auth``."""
+    """Payload of ``app::websocket:auth``.
+
+    ``recover``/``resume`` opt in to connection-state recovery (``websocket/resume.py``).
+    """
 
     token: str = pydantic.Field(min_length=1)
+    recover: bool = False
+    resume: ResumePayload | None = None
 
 
 class PublicUser(pydantic.BaseModel):
@@ -97,9 +103,21 @@ def register_auth(registry: Registry, verify: TokenVerifier) -> None:
             raise FlamigoError(f"verify token: {err}", public="invalid token", status=401) from err
         if user is None:
             raise FlamigoError("verify token: refused", public="invalid token", status=401)
+        data = ctx.request.data
+        recovery = getattr(ctx.flamigo, "recovery", None)
+        # No recoverable topic: no session (nothing could ever be replayed), no store touched.
+        recovering = recovery is not None and recovery.enabled and (data.recover or data.resume is not None)
+        session = check_owner(recovery, data.resume, str(user.id)) if recovery is not None and recovering else None
         if isinstance(ctx.identity, WebsocketClient):
             ctx.identity.authenticate(user)
-        return {"success": True, "user": user.public()}
+        reply: dict[str, Any] = {"success": True, "user": user.public()}
+        if recovery is not None and recovering and isinstance(ctx.identity, WebsocketClient):
+            connection = ctx.identity._connection  # package-internal: the recovery session lives there
+            if connection.session is None:  # a token refresh keeps the session it has
+                reply.update(open_session(connection, recovery, str(user.id), data.resume, session))
+            else:
+                reply["session"] = connection.session.secret
+        return reply
 
     registry.register(
         name, authenticate, payload=AuthPayload, public=True, reply=AuthReply,

@@ -38,6 +38,7 @@ class ClientConnection(Protocol):
 
     lifecycle: Lifecycle
     subscription: Any
+    session: Any
     outbound: Any
     hub: Any
 
@@ -124,12 +125,26 @@ class WebsocketClient:
         if connection.subscription is None:
             connection.subscription = connection.hub.subscription(connection)
         connection.subscription.add(*validated)
+        if connection.session is not None:  # opted in to recovery: record recoverable topics
+            connection.session.subscribed([str(t) for t in validated])
 
     def unsubscribe(self, *patterns: str) -> None:
         """Stop receiving pushes for ``patterns``; unknown ones are ignored."""
         sub = self._connection.subscription
         if sub is not None:
             sub.remove(*patterns)
+        if self._connection.session is not None:
+            self._connection.session.unsubscribed(patterns)
+
+    def stream_position(self, topic: str) -> dict[str, Any] | None:
+        """``{"stream", "offset", "epoch"}`` of a recoverable ``topic`` this client is subscribed
+        to, when it opted in to recovery (``"recover": true``); else None.
+
+        What a subscribe strategy returns so that a client that disconnects
+        before its first push can still resume (the demo's ``app::rooms:join``).
+        """
+        session = self._connection.session
+        return session.position(topic) if session is not None else None
 
     def authenticate(self, user: User) -> None:
         """Mark the connection as ``user`` (done by ``app::websocket:auth``).

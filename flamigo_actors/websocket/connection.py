@@ -68,6 +68,8 @@ class Connection:
     client over an in-memory transport); :meth:`run` serves it until it ends.
     """
 
+    session: Any = None  # the recovery session (websocket/resume.py) once the client opted in
+
     def __init__(self, hub: Hub, transport: Transport) -> None:
         settings = hub.settings
         self.hub = hub
@@ -155,6 +157,8 @@ class Connection:
             self.subscription.cancel()
         if self.actor is not None:
             self.actor.cancel_deferred()
+        if self.session is not None:
+            self.session.closed()  # saved with the disconnect time: the recovery window starts
         hub = self.hub
         self.stats.frames_dropped += outbound.refused + outbound.dropped
         hub.unregister(self)

@@ -316,6 +316,7 @@ describe("reconnecting", () => {
     const token = await server.login("frank");
     const client = connect(server.wsUrl, {
       token,
+      recover: false, // without a recovery session an unanswered request is rejected (see "recovery")
       heartbeatInterval: 200,
       heartbeatTimeout: 400,
       connectTimeout: 500,
@@ -358,6 +359,81 @@ describe("reconnecting", () => {
       await waitFor(() => client.state === "closed", 10000, "closed state");
       assert.equal(events.filter((e) => e.type === "reconnecting").length, 0);
       assert.equal((await rejection(client.request("app::echo", 1))).code, "closed");
+    } finally {
+      client.close();
+      await server.stop();
+    }
+  });
+});
+
+describe("recovery", () => {
+  test("after a lost socket the session resumes: missed pushes once, in order; an unanswered request runs once", async () => {
+    const server = await DemoServer.start();
+    const token = await server.login("ivy");
+    const client = connect(server.wsUrl, {
+      token,
+      reconnectDelay: 300,
+      reconnectDelayMax: 300,
+      heartbeatInterval: 200,
+      heartbeatTimeout: 400,
+      onConnect: (session) => session.request("app::rooms:join", { room: "js-resume" }),
+    });
+    const texts = [];
+    client.on("chat:message", (p) => texts.push(p.text));
+    const recoveries = [];
+    client.listen("recovery", (detail) => recoveries.push(detail));
+    try {
+      await client.ready();
+      assert.equal(await server.post("js-resume", token, "one"), 202);
+      await waitFor(() => texts.length === 1, 5000, "first push");
+      // The network drops silently: the server still thinks the socket is open for a while,
+      // and messages are said meanwhile (some pushed to the dead socket, some after it).
+      server.pause();
+      const unanswered = client.request("app::rooms:send", { room: "js-resume", text: "two" }, { timeout: 60000 });
+      await waitFor(() => client.state !== "open", 10000, "heartbeat notices");
+      server.resume();
+      assert.equal(await server.post("js-resume", token, "three"), 202);
+      assert.equal(await server.post("js-resume", token, "four"), 202);
+      await client.ready();
+      assert.deepEqual(await unanswered, { room: "js-resume", sent: true });
+      await waitFor(() => texts.length >= 4, 10000, "the missed pushes");
+      await new Promise((r) => setTimeout(r, 300)); // anything twice would arrive by now
+      assert.deepEqual(texts, ["one", "two", "three", "four"]);
+      assert.equal(recoveries.at(-1).recovered, true);
+      const history = await client.request("app::rooms:history", { room: "js-resume" });
+      assert.deepEqual(history.messages.map((m) => m.text), ["one", "two", "three", "four"]);
+    } finally {
+      client.close();
+      await server.stop();
+    }
+  });
+
+  test("a restarted server (embedded store) says it could not recover; the client starts over", async () => {
+    let server = await DemoServer.start();
+    const port = server.port;
+    const token = await server.login("jay");
+    const client = connect(server.wsUrl, {
+      token,
+      reconnectDelay: 200,
+      reconnectDelayMax: 400,
+      onConnect: (session) => session.request("app::rooms:join", { room: "js-lost" }),
+    });
+    const texts = [];
+    client.on("chat:message", (p) => texts.push(p.text));
+    const recoveries = [];
+    client.listen("recovery", (detail) => recoveries.push(detail));
+    try {
+      await client.ready();
+      assert.equal(await server.post("js-lost", token, "before"), 202);
+      await waitFor(() => texts.length === 1, 5000, "first push");
+      await server.stop();
+      server = await DemoServer.start(port);
+      await waitFor(() => recoveries.length === 1, 15000, "the resume's answer");
+      assert.deepEqual(recoveries[0], { recovered: false, streams: {}, reason: "unknown_session" });
+      await client.ready();
+      assert.equal(await server.post("js-lost", token, "after"), 202);
+      await waitFor(() => texts.length === 2, 5000, "a push after the restart (offset 1 again, new epoch)");
+      assert.deepEqual(texts, ["before", "after"]);
     } finally {
       client.close();
       await server.stop();
