@@ -85,7 +85,9 @@ def test_a_resumed_client_gets_exactly_what_it_missed_in_order_then_live_pushes(
 def test_clients_that_do_not_opt_in_see_todays_frames(demo_server: LiveServer) -> None:
     plain = demo_server.client("carl")
     reply = plain.request("app::rooms:join", {"room": "r2"})
-    assert reply == {"room": "r2", "joined": True}
+    # Today's reply (with presence's members): no position for a client that did not opt in.
+    assert reply == {"room": "r2", "joined": True, "members": reply["members"]}
+    assert list(reply["members"]) == ["carl"]
     fan, _ = opted_in(demo_server, "fan")
     join(fan, "r2")
     post_message(demo_server, "bob", "r2", "hello")

@@ -92,11 +92,8 @@ class Connection:
         self.last_activity = time.monotonic()
         self.last_ping = self.last_activity
         self.reader_paused = False
-        self.rate = (
-            TokenBucket(settings.rate_limit, settings.rate_limit_burst)
-            if settings.rate_limit
-            else None
-        )
+        rate, burst = settings.rate_limit, settings.rate_limit_burst
+        self.rate = TokenBucket(rate, burst) if rate else None
         self.limited_in_a_row = 0
         self.instruments = hub.instruments  # None unless FLAMIGO_METRICS: nothing measured
         self.ref: Any = None
