@@ -123,6 +123,23 @@ class RedisLink:
 
         return redis.Redis(connection_pool=self.client.connection_pool, single_connection_client=True)
 
+    def connection(self) -> Any:
+        """A raw connection taken from the pool for one greenlet's own use (give it back with :meth:`release`).
+
+        For the remote calls' reader and sender, which write pipelines and read their
+        answers themselves (no per-command client machinery on the latency path).
+        """
+        return self.client.connection_pool.get_connection()
+
+    def release(self, connection: Any, *, broken: bool = False) -> None:
+        """Give back a connection from :meth:`connection` (``broken``: close it first)."""
+        try:
+            if broken:
+                connection.disconnect()
+            self.client.connection_pool.release(connection)
+        except Exception:  # noqa: BLE001 - the pool may be closed already
+            pass
+
     def lost(self, err: BaseException) -> None:
         """Report a link error: the link goes down and reconnection starts (idempotent)."""
         self.last_error = f"{type(err).__name__}: {err}"
