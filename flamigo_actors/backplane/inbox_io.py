@@ -87,14 +87,46 @@ class InboxWriter:
         self.in_flight = 0
         self.wake = Event()
         self.expiring: dict[str, float] = {}
+        self.conn: Any = None
+        self.unread: deque[str] = deque()  # per command written, the call its answer may fail
+        self.parked = False  # the writing greenlet waits for work (not using the connection)
+        self.writing = False  # a caller's greenlet writes on the connection right now
 
     @property
     def pending(self) -> int:
         return len(self.outbox) + self.in_flight
 
     def put(self, target: str, document: bytes, call_id: str | None) -> None:
-        self.outbox.append((target, document, call_id))
+        conn, link = self.conn, self.calls.link
+        if conn is None or not self.parked or self.outbox or self.writing or not link.connected:
+            self.outbox.append((target, document, call_id))
+            self.wake.set()
+            return
+        # Nothing ahead of it and the writer idle: written from this greenlet at once (no
+        # switch to the writer on the latency path); the writer reads Redis's answer later.
+        self.writing = True
+        try:
+            commands, ids = self.commands([(target, document, call_id)])
+            conn.send_packed_command([b"".join(commands)], check_health=False)
+        except link.redis_error as err:
+            self.calls._fail(call_id, f"cannot reach Redis ({err})")
+            self.drop(err)
+            return
+        finally:
+            self.writing = False
+        self.calls.stats["sent"] += 1
+        self.unread.extend(ids)
         self.wake.set()
+
+    def drop(self, err: BaseException) -> None:
+        """The connection failed: close it, fail the calls whose answers were not read, report."""
+        link = self.calls.link
+        if self.conn is not None:
+            link.release(self.conn, broken=True)
+            self.conn = None
+        self.fail_unread(self.unread, err)
+        if isinstance(err, link.link_errors):
+            link.lost(err)
 
     def drop_all(self) -> list[str | None]:
         """Forget what waits (its call ids, to fail them)."""
@@ -114,20 +146,21 @@ class InboxWriter:
         return due
 
     def run(self) -> None:
-        calls, outbox = self.calls, self.outbox
+        calls, outbox, unread = self.calls, self.outbox, self.unread
         link = calls.link
-        conn: Any = None
-        unread: deque[str] = deque()  # per command written, the call its answer may fail
         try:
             while True:
                 if not outbox:
                     self.wake.clear()
-                    if unread:
-                        self.wake.wait(ACK_READ_DELAY)
-                        if not outbox:
-                            conn = self.read_answers(conn, unread, block=True)
-                    else:
-                        self.wake.wait()
+                    self.parked = True
+                    try:
+                        self.wake.wait(ACK_READ_DELAY if unread else None)
+                    finally:
+                        self.parked = False
+                    while self.writing:  # a caller's greenlet is writing (its send blocked)
+                        gevent.sleep(0.001)
+                    if unread and not outbox:
+                        self.read_answers(block=not self.wake.is_set())
                     continue
                 if not link.connected:
                     calls._fail_waiting()
@@ -138,28 +171,24 @@ class InboxWriter:
                 batch = [outbox.popleft() for _ in range(min(len(outbox), calls.batch))]
                 self.in_flight = len(batch)
                 try:
-                    if conn is None:
-                        conn = link.connection()  # its own: no pool round trip per write
+                    if self.conn is None:
+                        self.conn = link.connection()  # its own: no pool round trip per write
                     commands, ids = self.commands(batch)
-                    conn.send_packed_command([b"".join(commands)], check_health=False)
+                    self.conn.send_packed_command([b"".join(commands)], check_health=False)
                 except link.redis_error as err:
                     for _target, _document, call_id in batch:
                         calls._fail(call_id, f"cannot reach Redis ({err})")
-                    if conn is not None:
-                        link.release(conn, broken=True)
-                        conn = None
-                        self.fail_unread(unread, err)
-                    if isinstance(err, link.link_errors):
-                        link.lost(err)
+                    self.drop(err)
                     continue
                 finally:
                     self.in_flight = 0
                 calls.stats["sent"] += len(batch)
                 unread.extend(ids)
-                conn = self.read_answers(conn, unread, block=False)
+                self.read_answers(block=False)
         finally:
-            if conn is not None:
-                link.release(conn, broken=bool(unread))
+            if self.conn is not None:
+                link.release(self.conn, broken=bool(unread))
+                self.conn = None
 
     def commands(self, batch: list[tuple[str, bytes, str | None]]) -> tuple[list[bytes], list[str]]:
         calls = self.calls
@@ -170,9 +199,9 @@ class InboxWriter:
             ids.append(_NO_CALL)
         return commands, ids
 
-    def read_answers(self, conn: Any, unread: deque[str], *, block: bool) -> Any:
-        """Read the answers that are there (``block``: all of them); returns the connection (None if lost)."""
-        calls, link = self.calls, self.calls.link
+    def read_answers(self, *, block: bool) -> None:
+        """Read the answers that are there (``block``: all of them)."""
+        calls, link, conn, unread = self.calls, self.calls.link, self.conn, self.unread
         try:
             while unread and (block or conn.can_read(0)):
                 try:
@@ -186,11 +215,7 @@ class InboxWriter:
                     continue
                 unread.popleft()
         except link.redis_error as err:
-            link.release(conn, broken=True)
-            self.fail_unread(unread, err)
-            link.lost(err)
-            return None
-        return conn
+            self.drop(err)
 
     def fail_unread(self, unread: deque[str], err: BaseException) -> None:
         for call_id in unread:
