@@ -35,6 +35,7 @@ from typing import Any
 
 import gevent
 from gevent.event import Event
+from greenlet import getcurrent
 
 __all__ = ["ACK_READ_DELAY", "InboxReader", "InboxWriter"]
 
@@ -91,6 +92,7 @@ class InboxWriter:
         self.unread: deque[str] = deque()  # per command written, the call its answer may fail
         self.parked = False  # the writing greenlet waits for work (not using the connection)
         self.writing = False  # a caller's greenlet writes on the connection right now
+        self.hub = gevent.get_hub()  # (a done-callback in the hub must never write: it cannot wait)
 
     @property
     def pending(self) -> int:
@@ -98,7 +100,8 @@ class InboxWriter:
 
     def put(self, target: str, document: bytes, call_id: str | None) -> None:
         conn, link = self.conn, self.calls.link
-        if conn is None or not self.parked or self.outbox or self.writing or not link.connected:
+        if (conn is None or not self.parked or self.outbox or self.writing or not link.connected
+                or getcurrent() is self.hub):
             self.outbox.append((target, document, call_id))
             self.wake.set()
             return
