@@ -9,6 +9,8 @@ HTTP endpoints (JSON):
 * ``POST /tally/<key>/bump``: like ``add(1)`` without ``persist()`` (in memory only);
 * ``POST /tally/<key>/race`` ``{"calls": 1000, "at": unix time}``: at ``at``,
   ``calls`` greenlets each ask ``add(1)`` at once; answers ``{"ok", "failed", "errors"}``;
+* ``POST /relay/<key>`` ``{"path": [key, ...]}``: ``Relay(key)`` asks ``Relay(path[0])``
+  to relay ``path[1:]`` and so on; answers the ``key@node`` of each actor on the way;
 * ``GET /space``: this process's node id and actor-space counters;
 * ``GET /healthz``.
 """
@@ -48,6 +50,19 @@ class Tally(DomainActor):
         return str(flamigo.actors.node_id)
 
 
+class Relay(DomainActor):
+    """Asks the actor named first in ``path`` to relay the rest, and waits for its answer."""
+
+    kind = "test-relay"
+    idle_timeout = None
+
+    def relay(self, path: list[str]) -> list[str]:
+        if not path:
+            return [f"{self.key}@{flamigo.actors.node_id}"]
+        rest = flamigo.actors.get(Relay, path[0]).ask("relay", path[1:]).get()
+        return [f"{self.key}@{flamigo.actors.node_id}", *rest]
+
+
 flamigo = Flamigo()
 
 
@@ -82,6 +97,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         gevent.joinall(jobs)
         errors = [f"{type(j.exception).__name__}: {j.exception}" for j in jobs if j.exception is not None]
         return jsonify({"ok": len(jobs) - len(errors), "errors": errors[:5], "failed": len(errors)})
+
+    @app.post("/relay/<key>")
+    def relay(key: str) -> Any:
+        path = (request.get_json(silent=True) or {}).get("path", [])
+        return answer(lambda: flamigo.actors.get(Relay, key).ask("relay", path).get())
 
     @app.get("/space")
     def space() -> Any:

@@ -343,8 +343,8 @@ class InProcessCalls:
     def __init__(self, spaces: dict) -> None:
         self.spaces = spaces
 
-    def call(self, owner, kind, key, method, args, kwargs, *, want_reply, timeout):
-        return self.spaces[owner].handle_remote(kind, key, method, args, kwargs, want_reply)
+    def call(self, owner, kind, key, method, args, kwargs, *, want_reply, timeout, future=None, chain=None):
+        return self.spaces[owner].handle_remote(kind, key, method, args, kwargs, want_reply, chain=chain)
 
     def serve(self, handler) -> None:
         pass

@@ -127,6 +127,23 @@ def test_two_servers_deliver_each_others_messages_exactly_once(
     eventually(lambda: connections(a) == 0 and connections(b) == 0)
 
 
+def test_a_server_whose_app_uses_no_domain_actor_holds_at_most_three_redis_connections(
+    redis_server: RedisServer, processes: list[ServerProcess]
+) -> None:
+    a = ServerProcess.demo(free_port(), "--redis", redis_server.url)
+    b = ServerProcess.demo(free_port(), "--redis", redis_server.url)
+    processes += [a, b]
+    start_servers(a, b)
+    clients = [joined(a, "alice"), joined(b, "bob")]  # joining a room uses no room actor
+    assert all(client.request("app::echo", {"n": 1}) == {"n": 1} for client in clients)
+    for server in (a, b):
+        # The backplane's (at most 3); the domain actors' Redis parts connect on first use
+        # (the next test's servers, whose rooms are used, hold at most 5).
+        assert redis_links(server.process.pid, redis_server.port) <= 3
+    say(clients[0], "the room actor starts here")
+    everyone_receives(clients, "the room actor starts here")
+
+
 def test_redis_killed_and_restarted_while_both_servers_run(
     redis_server: RedisServer, processes: list[ServerProcess]
 ) -> None:

@@ -47,19 +47,20 @@ from typing import Any
 
 import gevent
 import orjson
-from gevent.event import AsyncResult, Event
+from gevent.event import AsyncResult
 from gevent.pool import Pool
 
 from ..core.errors import FlamigoError, public_message, status_of
 from ..runtime import actor_errors
 from ..runtime.actor_errors import ActorTimeout, ActorUnavailable
+from .inbox_io import InboxReader, InboxWriter
 from .link import RedisLink
 
 __all__ = ["RedisRemoteCalls", "RemoteActorError", "inbox_of"]
 
 _log = logging.getLogger("flamigo_actors.actors.redis")
 
-Handler = Callable[[str, str, str, tuple, dict, bool], Any]
+Handler = Callable[..., Any]  # (kind, key, method, args, kwargs, want_reply[, chain=])
 
 
 def inbox_of(channel: str, node: str) -> str:
@@ -84,6 +85,38 @@ def encode_error(error: BaseException) -> list[Any]:
     flamigo = isinstance(error, FlamigoError)
     return [type(error).__name__, str(error),
             status_of(error) if flamigo else None, public_message(error) if flamigo else None]
+
+
+def reply_document(call_id: str, method: str, value: Any, error: BaseException | None) -> bytes:
+    """A reply entry: ``["r", call id, true, value]`` or ``["r", call id, false, encoded error]``."""
+    if error is None:
+        try:
+            return orjson.dumps(["r", call_id, True, value])
+        except TypeError as err:
+            error = TypeError(f"the reply of {method}() cannot cross processes ({err}): return JSON-able values")
+    return orjson.dumps(["r", call_id, False, encode_error(error)])
+
+
+def decode_error(errors: Mapping[str, type[FlamigoError]], encoded: Any, label: str,
+                 stats: dict[str, int]) -> FlamigoError:
+    """The exception a failed reply carries (ActorUnavailable when it cannot be read)."""
+    try:
+        type_name, message, status, public = encoded
+    except (TypeError, ValueError) as err:
+        stats["decode_errors"] += 1
+        return ActorUnavailable(f"{label}: unreadable reply ({err})")
+    return rebuild_error(errors, type_name, f"{message} (in {label})", public, status)
+
+
+def when_settled(future: Any, pool: Pool, callback: Callable[[Any], None]) -> None:
+    """``callback(future)`` once ``future`` settles: the runtime's ActorFuture and gevent's
+    AsyncResult call it back; any other future is waited for in a pooled greenlet."""
+    if hasattr(future, "add_done_callback"):
+        future.add_done_callback(callback)
+    elif hasattr(future, "rawlink"):
+        future.rawlink(callback)
+    else:
+        pool.spawn(callback, future)
 
 
 def rebuild_error(errors: Mapping[str, type[FlamigoError]], type_name: str, message: str,
@@ -135,31 +168,50 @@ class RedisRemoteCalls:
         self.inbox_ttl = inbox_ttl
         self.on_unreachable = on_unreachable
         self.stats = {"sent": 0, "replied": 0, "timeouts": 0, "failed": 0, "served": 0,
-                      "expired": 0, "decode_errors": 0}
+                      "expired": 0, "decode_errors": 0, "deadlocks": 0}
         self.latencies: deque[float] = deque(maxlen=4096)
         """Seconds from sending to the reply, of the latest remote asks."""
         self._ids = (f"{uuid.uuid4().hex[:8]}.{n}" for n in itertools.count(1))
         self._pending: dict[str, tuple[Any, Any, float, str]] = {}
-        self._out = _Sender(self)
+        self._out = InboxWriter(self)
         self._pool = Pool(max_serving)
         self._handler: Handler | None = None
-        self._in = _Reader(self)
+        self._in = InboxReader(self)
         self._unsettled = 0  # calls read whose reply is not written yet
         self._closed = False
-        # Both run from the start: replies to this node's calls arrive through its inbox too.
-        self._reader: gevent.Greenlet | None = gevent.spawn(self._in.run)
-        self._sender: gevent.Greenlet | None = gevent.spawn(self._out.run)
+        # Started by serve() or the first call (replies to this node's calls arrive
+        # through its inbox too): a process that never uses them holds no connection.
+        self._reader: gevent.Greenlet | None = None
+        self._sender: gevent.Greenlet | None = None
         link.when_down(self._fail_waiting)
+
+    def start(self, *, wait: bool = False) -> None:
+        """Start the inbox reader and the sender (idempotent; ``serve`` and ``call`` do it).
+
+        ``wait``: until the reader knows where the inbox ends (at most ``socket_timeout``
+        when Redis is up): an entry written from then on is read.
+        """
+        if self._reader is None and not self._closed:
+            self._reader = gevent.spawn(self._in.run)
+            self._sender = gevent.spawn(self._out.run)
+        if wait and self.link.connected:
+            self._in.positioned.wait(self.link.socket_timeout)
+
+    @property
+    def started(self) -> bool:
+        """Whether the reader and sender run (they hold a Redis connection each)."""
+        return self._reader is not None
 
     # -- the caller's side --------------------------------------------------------------
 
     def call(self, owner: str, kind: str, key: str, method: str, args: tuple, kwargs: dict,
-             *, want_reply: bool, timeout: float) -> Any:
+             *, want_reply: bool, timeout: float, future: Any = None,
+             chain: list[str] | None = None) -> Any:
         """Send ``method(*args, **kwargs)`` to actor (kind, key) on node ``owner``.
 
-        Returns a future (``want_reply``), else None. The future fails with
-        ActorUnavailable after ``timeout`` seconds without a reply, or at once
-        when Redis is unreachable.
+        Returns a future (``want_reply``: ``future``, or a new one), else None; it fails with
+        ActorUnavailable after ``timeout`` s without a reply, or at once when Redis is
+        unreachable. ``chain``: the actors waiting for the reply (the owner's cycle check).
 
         Raises:
             TypeError: an argument is not JSON-able (nothing was sent).
@@ -167,9 +219,12 @@ class RedisRemoteCalls:
         """
         label = f"{kind}:{key}.{method}() on {owner}"
         call_id = next(self._ids)
+        message = ["c", call_id, self.node_id, kind, key, method, args, kwargs,
+                   want_reply, int((time.time() + timeout) * 1000)]
+        if chain:
+            message.append(chain)
         try:
-            entry = {b"m": orjson.dumps(["c", call_id, self.node_id, kind, key, method, args, kwargs,
-                                         want_reply, int((time.time() + timeout) * 1000)])}
+            document = orjson.dumps(message)
         except TypeError as err:
             raise TypeError(f"the arguments of {label} cannot cross processes ({err}): pass "
                             "JSON-able values (lists, dicts, strings, numbers, booleans, None)") from None
@@ -179,23 +234,27 @@ class RedisRemoteCalls:
                                      if not self._closed else f"{label}: remote calls are closed")
             if not want_reply:
                 raise error
-            future = self.future_factory()
+            if future is None:
+                future = self.future_factory()
             future.set_exception(error)
             return future
-        future = None
+        if self._reader is None:
+            self.start()
         if want_reply:
-            future = self.future_factory()
+            if future is None:
+                future = self.future_factory()
             timer = gevent.get_hub().loop.timer(timeout)
             self._pending[call_id] = (future, timer, time.perf_counter(), label)
             timer.start(self._timed_out, call_id, timeout, kind, key)
-        self._out.put(inbox_of(self.channel, owner), entry, call_id if want_reply else None)
+        else:
+            future = None
+        self._out.put(inbox_of(self.channel, owner), document, call_id if want_reply else None)
         return future
 
     def _timed_out(self, call_id: str, timeout: float, kind: str, key: str) -> None:
-        entry = self._pending.pop(call_id, None)
-        if entry is None:
+        future, timer, _started, label = self._pending.pop(call_id, (None, None, 0.0, ""))
+        if future is None:
             return
-        future, timer, _started, label = entry
         timer.close()
         self.stats["timeouts"] += 1
         if self.on_unreachable is not None:
@@ -204,8 +263,8 @@ class RedisRemoteCalls:
             f"{label}: no reply within {timeout:g}s (the owner may be gone or overloaded; the call "
             "may or may not have run and is not retried)"))
 
-    def _fail(self, call_id: str | None, why: str) -> None:
-        entry = self._pending.pop(call_id, None) if call_id is not None else None
+    def _fail(self, call_id: Any, why: str) -> None:
+        entry = self._pending.pop(call_id, None) if call_id else None
         self.stats["failed"] += 1
         if entry is not None:
             future, timer, _started, label = entry
@@ -230,36 +289,31 @@ class RedisRemoteCalls:
         self.latencies.append(time.perf_counter() - started)
         if reply[2] is True:
             future.set(reply[3])
-            return
-        try:
-            type_name, message, status, public = reply[3]
-        except (TypeError, ValueError) as err:
-            self.stats["decode_errors"] += 1
-            future.set_exception(ActorUnavailable(f"{label}: unreadable reply ({err})"))
-            return
-        future.set_exception(rebuild_error(self.errors, type_name, f"{message} (in {label})", public, status))
+        else:
+            future.set_exception(decode_error(self.errors, reply[3], label, self.stats))
 
     # -- the owner's side -----------------------------------------------------------------
 
     def serve(self, handler: Handler) -> None:
         """Run the calls that other nodes send here through ``handler`` (until then they fail).
 
+        ``handler(kind, key, method, args, kwargs, want_reply)`` returns a future (or None
+        without reply); a call carrying a caller chain passes it as ``chain=``.
         Returns once the reader knows where the inbox ends (at most ``socket_timeout``
         when Redis is up): a call written before that would not be read.
         """
         if self._handler is not None:
             raise RuntimeError("already serving")
         self._handler = handler
-        if self.link.connected:
-            self._in.positioned.wait(self.link.socket_timeout)
+        self.start(wait=True)
 
-    def _receive(self, fields: dict[bytes, bytes]) -> None:
+    def _receive(self, document: bytes) -> None:
         try:
-            message = orjson.loads(fields[b"m"])
+            message = orjson.loads(document)
             if message[0] == "r":
                 self._resolve(message)
                 return
-            _c, call_id, caller, kind, key, method, args, kwargs, want_reply, deadline = message
+            _c, call_id, caller, kind, key, method, args, kwargs, want_reply, deadline = message[:10]
         except Exception as err:  # noqa: BLE001 - one bad entry must not stop the reader
             self.stats["decode_errors"] += 1
             _log.error("domain actors: unreadable entry in %s: %s: %s", self.inbox, type(err).__name__, err)
@@ -273,7 +327,10 @@ class RedisRemoteCalls:
         try:
             if self._handler is None:
                 raise ActorUnavailable(f"{kind}:{key}: {self.node_id} does not serve actor calls (yet)")
-            future = self._handler(kind, key, method, tuple(args), kwargs, want_reply)
+            if len(message) > 10:  # the chain of actors waiting for this reply
+                future = self._handler(kind, key, method, tuple(args), kwargs, want_reply, chain=message[10])
+            else:
+                future = self._handler(kind, key, method, tuple(args), kwargs, want_reply)
         except Exception as err:  # noqa: BLE001 - the caller's answer
             if reply_to is None:
                 _log.warning("domain actors: a remote tell to %s:%s failed here: %s: %s",
@@ -284,12 +341,7 @@ class RedisRemoteCalls:
         self.stats["served"] += 1
         if reply_to is None:
             return
-        if hasattr(future, "add_done_callback"):  # the runtime's ActorFuture
-            future.add_done_callback(lambda done: self._settled(reply_to, done))
-        elif hasattr(future, "rawlink"):  # a gevent AsyncResult
-            future.rawlink(lambda done: self._settled(reply_to, done))
-        else:
-            self._pool.spawn(self._settled, reply_to, future)
+        when_settled(future, self._pool, lambda done: self._settled(reply_to, done))
 
     def _settled(self, reply_to: tuple[str, str, str], future: Any) -> None:
         try:
@@ -302,14 +354,12 @@ class RedisRemoteCalls:
     def _reply(self, reply_to: tuple[str, str, str], *, value: Any = None, error: BaseException | None = None) -> None:
         self._unsettled -= 1
         caller, call_id, method = reply_to
-        if error is None:
-            try:
-                document = orjson.dumps(["r", call_id, True, value])
-            except TypeError as err:
-                error = TypeError(f"the reply of {method}() cannot cross processes ({err}): return JSON-able values")
-        if error is not None:
-            document = orjson.dumps(["r", call_id, False, encode_error(error)])
-        self._out.put(inbox_of(self.channel, caller), {b"m": document}, None)
+        document = reply_document(call_id, method, value, error)
+        target = inbox_of(self.channel, caller)
+        if self._in.collecting:  # the reader writes it with its next XREAD: one write, no answer
+            self._in.replies.append((target, document))
+        else:
+            self._out.put(target, document, None)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -323,7 +373,9 @@ class RedisRemoteCalls:
         if self._closed:
             return
         deadline = time.monotonic() + timeout
-        while self._out.pending and self.link.connected and time.monotonic() < deadline:
+        self._in.hand_over()  # replies the reader holds go out through the sender
+        while self._out.pending and self.link.connected and self._sender is not None \
+                and time.monotonic() < deadline:
             gevent.sleep(0.005)  # replies already computed still go out
         self._closed = True
         gevent.killall(self.greenlets(), block=True, timeout=max(0.1, deadline - time.monotonic()))
@@ -336,137 +388,5 @@ class RedisRemoteCalls:
         """Counters and latency of remote asks (for inspection)."""
         ordered = sorted(self.latencies)
         return {"inbox": self.inbox, "waiting": len(self._pending), "queued": self._out.pending,
-                "serving": len(self._pool), **self.stats,
+                "serving": len(self._pool), "started": self.started, **self.stats,
                 "p50_ms": _percentile_ms(ordered, 0.5), "p99_ms": _percentile_ms(ordered, 0.99)}
-
-
-class _Sender:
-    """The write side: an outbox filled without touching the network, and the greenlet
-    that writes it to the inboxes (one ``XADD`` alone, a pipeline when several wait)."""
-
-    def __init__(self, calls: RedisRemoteCalls) -> None:
-        self.calls = calls
-        self.outbox: deque[tuple[str, dict[bytes, Any], str | None]] = deque()
-        self.in_flight = 0
-        self.wake = Event()
-        self.expiring: dict[str, float] = {}
-
-    @property
-    def pending(self) -> int:
-        return len(self.outbox) + self.in_flight
-
-    def put(self, target: str, fields: dict[bytes, Any], call_id: str | None) -> None:
-        self.outbox.append((target, fields, call_id))
-        self.wake.set()
-
-    def drop_all(self) -> list[str | None]:
-        """Forget what waits (its call ids, to fail them)."""
-        ids = [call_id for _target, _fields, call_id in self.outbox]
-        self.outbox.clear()
-        return ids
-
-    def run(self) -> None:
-        calls, outbox = self.calls, self.outbox
-        link = calls.link
-        client = None
-        while True:
-            while not outbox:
-                self.wake.clear()
-                self.wake.wait()
-            if not link.connected:
-                calls._fail_waiting()
-                continue
-            if not calls._in.positioned.is_set():  # else a quick reply could land before the reader's start
-                calls._in.positioned.wait(link.socket_timeout)
-                continue
-            batch = [outbox.popleft() for _ in range(min(len(outbox), calls.batch))]
-            self.in_flight = len(batch)
-            try:
-                if client is None:
-                    client = link.dedicated()  # its own connection: no pool round trip per write
-                self.write(client, batch)
-            except link.redis_error as err:
-                for _target, _fields, call_id in batch:
-                    calls._fail(call_id, f"cannot reach Redis ({err})")
-                if isinstance(err, link.link_errors):
-                    link.lost(err)
-            else:
-                calls.stats["sent"] += len(batch)
-            finally:
-                self.in_flight = 0
-
-    def write(self, client: Any, batch: list[tuple[str, dict[bytes, Any], str | None]]) -> None:
-        calls = self.calls
-        now = time.monotonic()
-        # A gone node's inbox expires: EXPIRE NX (after the XADD that may create it) now and then.
-        expire = [t for t in {target for target, _f, _i in batch} if self.expiring.get(t, 0.0) < now]
-        if len(batch) == 1 and not expire:
-            target, fields, _id = batch[0]
-            client.xadd(target, fields, maxlen=calls.maxlen, approximate=True)
-            return
-        pipe = client.pipeline(transaction=False)
-        try:
-            for target, fields, _id in batch:
-                pipe.xadd(target, fields, maxlen=calls.maxlen, approximate=True)
-            for target in expire:
-                pipe.expire(target, int(calls.inbox_ttl), nx=True)
-                self.expiring[target] = now + calls.inbox_ttl / 4
-            if len(self.expiring) > 10_000:
-                self.expiring.clear()
-            pipe.execute()
-        finally:
-            pipe.reset()
-
-
-class _Reader:
-    """The read side: ``XREAD BLOCK`` this node's inbox from the last entry seen (on a
-    connection of its own), refresh the inbox's expiry, hand each entry to the calls."""
-
-    def __init__(self, calls: RedisRemoteCalls) -> None:
-        self.calls = calls
-        self.last_id: Any = None
-        self.positioned = Event()
-        """Set once the reader knows where the inbox ends: calls may go out (a reply written
-        before that point would never be read)."""
-
-    def run(self) -> None:
-        calls = self.calls
-        link = calls.link
-        block_ms = max(1, int(link.block * 1000))
-        refreshed = 0.0
-        client = None
-        while not calls._closed:
-            link.up.wait()
-            try:
-                if client is None:
-                    client = link.dedicated()  # its own connection: no pool round trip per read
-                if self.last_id is None:
-                    last = client.xrevrange(calls.inbox, count=1)
-                    self.last_id = last[0][0] if last else b"0-0"
-                self.positioned.set()
-                if time.monotonic() - refreshed > calls.inbox_ttl / 4:
-                    client.expire(calls.inbox, int(calls.inbox_ttl))
-                    refreshed = time.monotonic()
-                reply = client.xread({calls.inbox: self.last_id}, count=calls.batch, block=block_ms)
-            except link.link_errors as err:
-                link.lost(err)
-                continue
-            except link.redis_error as err:  # e.g. WRONGTYPE: not a stream
-                link.last_error = f"{type(err).__name__}: {err}"
-                _log.error("domain actors: reading the inbox %s failed: %s", calls.inbox, err)
-                gevent.sleep(link.reconnect_cap)
-                continue
-            if not reply:
-                continue
-            streams = reply.items() if isinstance(reply, dict) else reply
-            for _name, entries in streams:
-                for entry_id, fields in entries:
-                    self.last_id = entry_id
-                    calls._receive(fields)
-            # Let the calls just read run and their replies go out (or the callers woken by
-            # replies run) before paying for the next XREAD: it is off the latency path then.
-            # Bounded: a slow actor's reply goes out whenever it comes.
-            for _ in range(8):
-                gevent.sleep(0)
-                if not calls._unsettled and not calls._out.outbox:
-                    break

@@ -41,6 +41,8 @@ class RedisActors:
     def __init__(self, link: RedisLink, placement: RedisPlacement, store: RedisSnapshotStore,
                  remote: RedisRemoteCalls) -> None:
         self.link, self.placement, self.store, self.remote = link, placement, store, remote
+        self._handler: Callable[..., Any] | None = None
+        placement.prepare = self._first_use
 
     @classmethod
     def from_settings(cls, settings: Settings, *, future_factory: Callable[[], Any]) -> RedisActors:
@@ -68,13 +70,31 @@ class RedisActors:
     # -- the RemoteCalls protocol, for the space: passed on ---------------------------
 
     def call(self, owner: str, kind: str, key: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
-             *, want_reply: bool, timeout: float) -> Any:
+             *, want_reply: bool, timeout: float, future: Any = None, chain: list[str] | None = None) -> Any:
         """See :meth:`RedisRemoteCalls.call`."""
-        return self.remote.call(owner, kind, key, method, args, kwargs, want_reply=want_reply, timeout=timeout)
+        remote = self.remote
+        if not remote.started:
+            self._first_use()
+        return remote.call(owner, kind, key, method, args, kwargs, want_reply=want_reply, timeout=timeout,
+                           future=future, chain=chain)
 
-    def serve(self, handler: Callable[[str, str, str, tuple[Any, ...], dict[str, Any], bool], Any]) -> None:
-        """See :meth:`RedisRemoteCalls.serve`."""
-        self.remote.serve(handler)
+    def serve(self, handler: Callable[..., Any]) -> None:
+        """Serve calls from other nodes with ``handler`` from the first use on (see :meth:`_first_use`)."""
+        self._handler = handler
+        if self.remote.started:  # used before the space started
+            self.remote.serve(handler)
+
+    def _first_use(self) -> None:
+        """Start the inbox reader and sender (a connection each) on the first remote call or
+        placement: an app without domain actors holds none. Before any lease is granted,
+        so that a call sent by a node that learnt of the lease is read."""
+        remote = self.remote
+        if not remote.started:
+            if self._handler is not None:
+                remote.serve(self._handler)
+            else:
+                remote.start()
+        remote.start(wait=True)  # (at once when positioned already)
 
     def close(self) -> None:
         """Stop remote calls, lease renewal and the link (after the space stopped; idempotent)."""

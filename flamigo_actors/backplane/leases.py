@@ -129,6 +129,9 @@ class RedisPlacement:
         self._on_lost: Callable[[Lease], None] | None = None
         self._renewer: gevent.Greenlet | None = None
         self._scripts: dict[str, Any] = {}
+        self.prepare: Callable[[], None] | None = None
+        """Called before each acquire that asks Redis (e.g. to start reading this node's
+        inbox before any other node can learn that this node owns an actor)."""
 
     # -- the Placement protocol -----------------------------------------------------
 
@@ -145,6 +148,8 @@ class RedisPlacement:
             del self._owners[(kind, key)]
         if not self.link.connected:  # fail fast; the link's reconnector tells when Redis is back
             raise ActorUnavailable(f"cannot place {kind}:{key}: Redis unreachable ({self.link.last_error})")
+        if self.prepare is not None:
+            self.prepare()
         prefix = actor_keys(self.channel, kind, key)
         try:
             granted, value = self._script("acquire", _ACQUIRE)(
@@ -248,6 +253,13 @@ class RedisPlacement:
             raise RuntimeError("this placement was already started")
         self._on_lost = on_lost
         self._renewer = gevent.spawn(self._renew_loop)
+
+    def known_owner(self, kind: str, key: str) -> str | None:
+        """The other node remembered (for ``owner_cache`` seconds) as the owner of (kind, key), if any."""
+        cached = self._owners.get((kind, key))
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        return None
 
     def forget_owner(self, kind: str, key: str) -> None:
         """Drop the cached owner of (kind, key) (e.g. after a call to it failed)."""

@@ -1,4 +1,6 @@
-"""One process's link to Redis for the domain actors: a client, whether Redis is up, reconnection.
+"""One process's link to Redis: a client, whether Redis is up, reconnection with backoff.
+
+The events backplane (:mod:`.streams`) has one; the domain actors' parts share another.
 
 The actors' Redis parts (leases, snapshots, remote calls) share one
 :class:`RedisLink`: one connection pool, configured like the events
@@ -16,18 +18,72 @@ for timeouts.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import gevent
 from gevent.event import Event
 
-from .streams import RedisUnavailable, backoff, import_redis, redact
-
-__all__ = ["RedisLink"]
+__all__ = ["RedisLink", "RedisUnavailable", "backoff", "import_redis", "redact"]
 
 _log = logging.getLogger("flamigo_actors.actors.redis")
+
+
+class RedisUnavailable(RuntimeError):
+    """Redis cannot be reached at start and ``FLAMIGO_REDIS_REQUIRED`` is true."""
+
+    def __init__(self, url: str, error: BaseException | str) -> None:
+        super().__init__(
+            f"cannot reach Redis at {redact(url)} ({error}): start Redis or fix the URL "
+            "(--redis / FLAMIGO_REDIS_URL); or set FLAMIGO_REDIS_REQUIRED=false to start "
+            "local-only (events stay in this process until Redis is reachable)"
+        )
+        self.url = url
+
+
+def import_redis() -> tuple[Any, Any, Any]:
+    """redis-py, its ``NoBackoff`` and ``Retry`` (imported when Redis is configured, not before).
+
+    Raises:
+        RuntimeError: redis-py is not installed (says which extra installs it).
+    """
+    try:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+    except ImportError:
+        raise RuntimeError(
+            "FLAMIGO_REDIS_URL is set but redis-py is not installed: "
+            "pip install 'flamigo-actors[redis]'"
+        ) from None
+    return redis, NoBackoff, Retry
+
+
+def redact(url: str) -> str:
+    """``url`` without its password (for messages and inspection)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def backoff(attempt: int, base: float = 0.1, cap: float = 3.0) -> float:
+    """Seconds to wait before reconnect ``attempt`` (0, 1, 2...).
+
+    Exponential (``base * 2**attempt``, at most ``cap``) with "equal jitter":
+    half of it fixed, half random, so that many processes losing the same
+    Redis do not hammer it in lockstep when it comes back.
+    """
+    delay = min(cap, base * (2 ** min(attempt, 30)))
+    return delay / 2 + random.uniform(0, delay / 2)
 
 
 class RedisLink:
@@ -39,11 +95,16 @@ class RedisLink:
         block: longest blocking read (``XREAD BLOCK``) done through this link.
         reconnect_base / reconnect_cap: backoff of reconnection attempts (seconds).
         max_connections: connections to Redis at most (callers beyond wait for one).
+        log_changes: log losing and regaining Redis (off when the owner logs its own
+            account in :meth:`when_down` / :meth:`when_up` callbacks).
     """
 
     def __init__(self, url: str, *, socket_timeout: float = 5.0, block: float = 2.0,
                  reconnect_base: float = 0.1, reconnect_cap: float = 3.0,
-                 max_connections: int = 64) -> None:
+                 max_connections: int = 64, log_changes: bool = True) -> None:
+        self.log_changes = log_changes
+        self.last_outage: tuple[float, int] = (0.0, 0)
+        """(seconds down, reconnection attempts) of the last outage, once it ended."""
         self.url = url
         self.max_connections = max_connections
         self.socket_timeout = socket_timeout
@@ -123,6 +184,23 @@ class RedisLink:
 
         return redis.Redis(connection_pool=self.client.connection_pool, single_connection_client=True)
 
+    def connection(self) -> Any:
+        """A raw connection taken from the pool for one greenlet's own use (give it back with :meth:`release`).
+
+        For the remote calls' reader and sender, which write pipelines and read their
+        answers themselves (no per-command client machinery on the latency path).
+        """
+        return self.client.connection_pool.get_connection()
+
+    def release(self, connection: Any, *, broken: bool = False) -> None:
+        """Give back a connection from :meth:`connection` (``broken``: close it first)."""
+        try:
+            if broken:
+                connection.disconnect()
+            self.client.connection_pool.release(connection)
+        except Exception:  # noqa: BLE001 - the pool may be closed already
+            pass
+
     def lost(self, err: BaseException) -> None:
         """Report a link error: the link goes down and reconnection starts (idempotent)."""
         self.last_error = f"{type(err).__name__}: {err}"
@@ -131,8 +209,9 @@ class RedisLink:
         if self.up.is_set() or self._down_since is None:
             self.up.clear()
             self._down_since = time.monotonic()
-            _log.error("domain actors: lost Redis at %s (%s): remote calls fail at once, local "
-                       "actors go on; reconnecting with backoff", redact(self.url), err)
+            if self.log_changes:
+                _log.error("domain actors: lost Redis at %s (%s): remote calls fail at once, local "
+                           "actors go on; reconnecting with backoff", redact(self.url), err)
             for callback in list(self._on_down):
                 callback()
         if self._reconnector is None or self._reconnector.dead:
@@ -151,8 +230,10 @@ class RedisLink:
             down = time.monotonic() - (self._down_since or time.monotonic())
             self.reconnects += 1
             self._down_since = None
-            _log.warning("domain actors: Redis at %s is back after %.1fs (%d attempts)",
-                         redact(self.url), down, attempt)
+            self.last_outage = (down, attempt)
+            if self.log_changes:
+                _log.warning("domain actors: Redis at %s is back after %.1fs (%d attempts)",
+                             redact(self.url), down, attempt)
             self.up.set()
             for callback in list(self._on_up):
                 callback()

@@ -39,8 +39,9 @@ stream holds them meanwhile). Entry ids are Redis's clock: after a failover to
 a server whose clock is behind the last id read here, entries with earlier ids
 are not read; the sequence gap counts them as ``missed``.
 
-Inside: :class:`RedisBackplane` owns the link (start, close, losing and
-regaining Redis); its ``_Sender`` owns the outbox and the writing greenlet,
+Inside: :class:`RedisBackplane` owns a :class:`~.link.RedisLink` (the
+connection pool, whether Redis is up, reconnecting with backoff: the same as
+the domain actors', with the backplane's own log lines); its ``_Sender`` owns the outbox and the writing greenlet,
 its ``_Reader`` the reading greenlet and the per-origin sequence numbers.
 What an entry carries (the event document, the publisher's description) is
 defined in ``backplane/codec.py``, re-exported here. The local bus is seen
@@ -56,20 +57,19 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import random
 import socket
 import time
 import uuid
 from collections import deque
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 import gevent
 import orjson
 from gevent.event import Event
 
 from ..core.events import decode_event
+from .link import RedisLink, RedisUnavailable, backoff, import_redis, redact
 from .codec import (
     REMOTE,
     RemoteIdentity,
@@ -124,18 +124,6 @@ class LocalBus(Protocol):
         ...
 
 
-class RedisUnavailable(RuntimeError):
-    """Redis cannot be reached at start and ``FLAMIGO_REDIS_REQUIRED`` is true."""
-
-    def __init__(self, url: str, error: BaseException | str) -> None:
-        super().__init__(
-            f"cannot reach Redis at {redact(url)} ({error}): start Redis or fix the URL "
-            "(--redis / FLAMIGO_REDIS_URL); or set FLAMIGO_REDIS_REQUIRED=false to start "
-            "local-only (events stay in this process until Redis is reachable)"
-        )
-        self.url = url
-
-
 @dataclass
 class BackplaneStats:
     """Counters of the backplane (also in ``flamigo_actors.ops.inspect.stats()["backplane"]``)."""
@@ -158,48 +146,6 @@ class BackplaneStats:
     missed: int = 0
     """Entries of other processes never read: trimmed from the stream (``MAXLEN``)
     or lost by Redis before this process read them."""
-
-
-def import_redis() -> tuple[Any, Any, Any]:
-    """redis-py, its ``NoBackoff`` and ``Retry`` (imported when Redis is configured, not before).
-
-    Raises:
-        RuntimeError: redis-py is not installed (says which extra installs it).
-    """
-    try:
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-    except ImportError:
-        raise RuntimeError(
-            "FLAMIGO_REDIS_URL is set but redis-py is not installed: "
-            "pip install 'flamigo-actors[redis]'"
-        ) from None
-    return redis, NoBackoff, Retry
-
-
-def redact(url: str) -> str:
-    """``url`` without its password (for messages and inspection)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid URL>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-
-
-def backoff(attempt: int, base: float = 0.1, cap: float = 3.0) -> float:
-    """Seconds to wait before reconnect ``attempt`` (0, 1, 2...).
-
-    Exponential (``base * 2**attempt``, at most ``cap``) with "equal jitter":
-    half of it fixed, half random, so that many processes losing the same
-    Redis do not hammer it in lockstep when it comes back.
-    """
-    delay = min(cap, base * (2 ** min(attempt, 30)))
-    return delay / 2 + random.uniform(0, delay / 2)
 
 
 class _Throttle:
@@ -271,22 +217,18 @@ class RedisBackplane:
         self.stats = BackplaneStats()
         self.instruments: Instruments | None = None
         """Observes the lag of events from other processes (``FLAMIGO_METRICS``); ``None``: not measured."""
-        self.last_error: str | None = None
-        """The last Redis error seen (for inspection)."""
+        # The connection, whether Redis is up, and reconnection with backoff: a RedisLink
+        # (as the domain actors'), logging nothing itself: the backplane tells its own story.
+        self.link = RedisLink(url, socket_timeout=socket_timeout, block=block, reconnect_base=reconnect_base,
+                              reconnect_cap=reconnect_cap, log_changes=False)
         self._origin = self.origin.encode()
         self._out = _Sender(self)
         self._in = _Reader(self)
-        self._up = Event()
-        self._client: Any = None
+        self._up = self.link.up  # what the reader and sender wait for
         self._reader: gevent.Greenlet | None = None
         self._sender: gevent.Greenlet | None = None
-        self._reconnector: gevent.Greenlet | None = None
-        self._down_since: float | None = None
         self._closed = False
         self._throttle = _Throttle(10.0)
-        # redis-py's exception classes, known once it is imported (start()).
-        self._link_errors: tuple[type[BaseException], ...] = (OSError,)
-        self._redis_error: type[BaseException] = OSError
 
     @classmethod
     def from_settings(cls, bus: LocalBus, settings: Settings) -> RedisBackplane:
@@ -310,6 +252,27 @@ class RedisBackplane:
         return self._up.is_set()
 
     @property
+    def last_error(self) -> str | None:
+        """The last Redis error seen (for inspection)."""
+        return self.link.last_error
+
+    @last_error.setter
+    def last_error(self, value: str | None) -> None:
+        self.link.last_error = value
+
+    @property
+    def _client(self) -> Any:
+        return self.link.client
+
+    @property
+    def _link_errors(self) -> tuple[type[BaseException], ...]:
+        return self.link.link_errors
+
+    @property
+    def _redis_error(self) -> type[BaseException]:
+        return self.link.redis_error
+
+    @property
     def pending(self) -> int:
         """Events waiting in the outbox (or on the wire) to be written to Redis."""
         return self._out.pending
@@ -329,7 +292,8 @@ class RedisBackplane:
 
     def greenlets(self) -> list[gevent.Greenlet]:
         """The backplane's live greenlets (none once closed)."""
-        return [g for g in (self._reader, self._sender, self._reconnector) if g is not None and not g.dead]
+        own = [g for g in (self._reader, self._sender) if g is not None and not g.dead]
+        return own + self.link.greenlets()
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -341,48 +305,33 @@ class RedisBackplane:
                 the URL is not a Redis URL (whatever ``required`` says).
             RuntimeError: redis-py is not installed.
         """
-        if self._client is not None:
+        if self.link.client is not None:
             raise RuntimeError("this backplane was already started")
-        redis, NoBackoff, Retry = import_redis()
-        self._link_errors = (redis.ConnectionError, redis.TimeoutError, OSError)
-        self._redis_error = redis.RedisError
-        try:
-            self._client = redis.Redis.from_url(
-                self.url,
-                socket_timeout=self.socket_timeout + self.block,
-                socket_connect_timeout=min(2.0, self.socket_timeout),
-                socket_keepalive=True,
-                # No retries inside redis-py: a failure must surface at once so the
-                # backplane can switch to its own reconnect loop (and count it).
-                retry=Retry(NoBackoff(), 0),
-                health_check_interval=0,
-            )
-        except ValueError as err:  # refused even when Redis is optional: it can never work
-            raise RedisUnavailable(self.url, f"not a Redis URL: {err}") from None
-        try:
-            self._client.ping()
-            self._in.last_id = self._in.stream_end()
-        except redis.RedisError as err:
-            if self.required:
-                self._client.close()
-                self._client = None
-                raise RedisUnavailable(self.url, err) from None
-            self.last_error = f"{type(err).__name__}: {err}"
-            self._down_since = time.monotonic()
+        # RedisUnavailable: unreachable and required, or not a Redis URL (whatever ``required`` says).
+        self.link.start(required=self.required)
+        if self.link.connected:
+            try:
+                self._in.last_id = self._in.stream_end()
+            except self.link.redis_error as err:
+                if self.required:
+                    self.link.close()
+                    raise RedisUnavailable(self.url, err) from None
+                self.link.lost(err)
+        if not self.link.connected:
             _log.warning(
                 "!!! REDIS UNREACHABLE at %s (%s): starting LOCAL-ONLY because "
                 "FLAMIGO_REDIS_REQUIRED=false. Events published here reach only this "
                 "process's clients, and other processes' events do not arrive, until Redis "
                 "is reachable; retrying with backoff.",
-                redact(self.url), err,
+                redact(self.url), self.link.last_error,
             )
-            self._start_reconnecting()
         else:
-            self._up.set()
             _log.info(
                 "backplane: connected to Redis at %s, stream %s, reading after %s",
                 redact(self.url), self.stream, _text(self._in.last_id),
             )
+        self.link.when_down(self._on_lost)
+        self.link.when_up(self._on_back)
         self.bus.backplane = self
         self._reader = gevent.spawn(self._in.run)
         self._sender = gevent.spawn(self._out.run)
@@ -404,12 +353,7 @@ class RedisBackplane:
         if left:
             self.stats.failed += left
             _log.warning("backplane: %d events not sent to Redis at shutdown", left)
-        self._up.clear()
-        if self._client is not None:
-            try:
-                self._client.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection
-                pass
+        self.link.close()
 
     def send(self, event: object, identity: Identity, scripted: Any = None) -> None:
         """Queue ``event`` for the other processes; never blocks, never raises.
@@ -427,44 +371,26 @@ class RedisBackplane:
     # -- faults ------------------------------------------------------------------------
 
     def _lost(self, err: BaseException) -> None:
-        self.last_error = f"{type(err).__name__}: {err}"
+        self.link.lost(err)  # once per outage, the link calls _on_lost and starts reconnecting
+
+    def _on_lost(self) -> None:
         if self._closed:
             return
-        if self._up.is_set():
-            self._up.clear()
-            self._down_since = time.monotonic()
-            _log.error(
-                "backplane: lost Redis at %s (%s): local delivery goes on; events for other "
-                "processes wait in the outbox (up to %d); reconnecting with backoff",
-                redact(self.url), err, self.outbox_max,
-            )
-        self._start_reconnecting()
+        _log.error(
+            "backplane: lost Redis at %s (%s): local delivery goes on; events for other "
+            "processes wait in the outbox (up to %d); reconnecting with backoff",
+            redact(self.url), self.link.last_error, self.outbox_max,
+        )
 
-    def _start_reconnecting(self) -> None:
-        if self._reconnector is None or self._reconnector.dead:
-            self._reconnector = gevent.spawn(self._reconnect_loop)
-
-    def _reconnect_loop(self) -> None:
-        attempt = 0
-        while not self._closed:
-            gevent.sleep(backoff(attempt, self.reconnect_base, self.reconnect_cap))
-            attempt += 1
-            try:
-                self._client.ping()
-            except self._redis_error as err:
-                self.last_error = f"{type(err).__name__}: {err}"
-                continue
-            down = time.monotonic() - (self._down_since or time.monotonic())
-            self.stats.reconnects += 1
-            _log.warning(
-                "backplane: Redis at %s is back after %.1fs (%d attempts); sending %d queued "
-                "events and catching up from %s",
-                redact(self.url), down, attempt, self.pending,
-                _text(self._in.last_id) if self._in.last_id is not None else "the stream's end",
-            )
-            self._down_since = None
-            self._up.set()
-            return
+    def _on_back(self) -> None:
+        down, attempts = self.link.last_outage
+        self.stats.reconnects += 1
+        _log.warning(
+            "backplane: Redis at %s is back after %.1fs (%d attempts); sending %d queued "
+            "events and catching up from %s",
+            redact(self.url), down, attempts, self.pending,
+            _text(self._in.last_id) if self._in.last_id is not None else "the stream's end",
+        )
 
 
 class _Sender:

@@ -60,7 +60,7 @@ class Activation:
 
     __slots__ = (
         "space", "cls", "key", "instance", "mailbox", "_runner", "waiting_on", "lease",
-        "owner", "crashes", "down_until", "activated_at", "last_at", "closed", "restarts",
+        "owner", "crashes", "down_until", "activated_at", "last_at", "closed", "restarts", "serving",
     )
 
     def __init__(self, space: Any, cls: type[DomainActor], key: str) -> None:
@@ -74,11 +74,10 @@ class Activation:
         self.lease: Any = None
         self.owner: str | None = None  # another node's id when that node owns the key
         self.crashes: list[float] | None = None
-        self.down_until = 0.0
-        self.activated_at = 0.0
+        self.down_until = self.activated_at = 0.0
         self.last_at = time.monotonic()
-        self.closed = False
-        self.restarts = 0
+        self.closed, self.restarts = False, 0
+        self.serving: ActorFuture | None = None  # the future of the message being handled
 
     @property
     def name(self) -> str:
@@ -155,7 +154,7 @@ class Activation:
             elif not self.closed:
                 self.space._touch(self)
         finally:
-            self._runner = None
+            self._runner = self.serving = None  # (an idle activation keeps no future)
         # (No yield between the last emptiness check and clearing _runner.)
 
     def _handle(self, message: tuple[Any, ...]) -> None:
@@ -168,6 +167,7 @@ class Activation:
             if instance is None:  # forwarded: another node owns the key
                 self.space._forward(self, message)
                 return
+        self.serving = future
         try:
             result = getattr(instance, method)(*args, **kwargs)
         except ActorCrash as err:

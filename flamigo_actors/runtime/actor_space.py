@@ -27,9 +27,10 @@ import gevent.event
 
 from .activation import PASSIVATE, STOP, Activation
 from .actor_errors import ActorUnavailable
-from .domain import DomainActor
+from .domain import DomainActor, check_method
 from .futures import DEFAULT_TIMEOUT, ActorFuture
 from .placement import LocalPlacement, Placement, RemoteCalls
+from .remote_routing import ask_future, call_remote, handle_remote, owner_elsewhere, send_remote
 from .snapshots import MemorySnapshotStore, SnapshotStore
 
 __all__ = ["ActorRef", "ActorSpace", "ActorStats"]
@@ -106,9 +107,17 @@ class ActorRef:
         Raises at once: AttributeError (no such public method),
         :class:`ActorOverloaded` (mailbox full), :class:`ActorUnavailable` (down, or stopped).
         """
-        _check_method(self.cls, method)
+        check_method(self.cls, method)
+        act = self._act
+        if (act is None or act.closed) and self.space._owner_lookup is not None:
+            owner = owner_elsewhere(self.space, self.cls.kind, self.key)
+            if owner is not None:  # straight to the owner's inbox: no forwarder, no future chain
+                return call_remote(self.space, owner, self.cls.kind, self.key, method, args, kwargs, True)  # type: ignore[return-value]
         act = self._activation()
-        future = ActorFuture(act, self.space.call_timeout, f"{act.name}.{method}")
+        if act.lease is None:  # not placed yet: maybe elsewhere (a chain for the owner's cycle check)
+            future = ask_future(self.space, act, method)
+        else:
+            future = ActorFuture(act, self.space.call_timeout, f"{act.name}.{method}")
         act.post((method, args, kwargs, future))
         self.space.stats.asks += 1
         return future
@@ -118,7 +127,13 @@ class ActorRef:
 
         Raises at once like :meth:`ask`. An exception in the method is a crash.
         """
-        _check_method(self.cls, method)
+        check_method(self.cls, method)
+        act = self._act
+        if (act is None or act.closed) and self.space._owner_lookup is not None:
+            owner = owner_elsewhere(self.space, self.cls.kind, self.key)
+            if owner is not None:
+                call_remote(self.space, owner, self.cls.kind, self.key, method, args, kwargs, False)
+                return
         self._activation().post((method, args, kwargs, None))
         self.space.stats.tells += 1
 
@@ -134,23 +149,12 @@ class _Proxy:
         self._ref = ref
 
     def __getattr__(self, name: str) -> Any:
-        _check_method(self._ref.cls, name)
+        check_method(self._ref.cls, name)
         ref = self._ref
         return lambda *args, **kwargs: ref.ask(name, *args, **kwargs)
 
     def __repr__(self) -> str:
         return f"<proxy of {self._ref!r}>"
-
-
-def _check_method(cls: type[DomainActor], method: str) -> None:
-    if method.startswith("_") or not callable(getattr(cls, method, None)) or method in _NOT_CALLABLE:
-        raise AttributeError(
-            f"domain actor {cls.__name__} (kind {cls.kind!r}) has no callable method {method!r}: "
-            "call a public method the class defines"
-        )
-
-
-_NOT_CALLABLE = frozenset({"on_activate", "on_passivate", "persist", "crash"})
 
 
 class ActorSpace:
@@ -190,6 +194,7 @@ class ActorSpace:
         self._sweeper: gevent.Greenlet | None = None
         self._stopped = False
         self._emptied: gevent.event.Event | None = None
+        self._owner_lookup: Callable[[str, str], str | None] | None = None
 
     @property
     def node_id(self) -> str:
@@ -264,16 +269,7 @@ class ActorSpace:
             if future is not None:
                 future.set_exception(ActorUnavailable(f"{act.name}: owned by {owner}, and no remote calls here"))
             return
-        self.stats.remote_calls += 1
-        try:
-            reply = remote.call(owner, act.cls.kind, act.key, method, args, kwargs,
-                                want_reply=future is not None, timeout=self.call_timeout)
-        except Exception as err:  # noqa: BLE001 - the caller gets it
-            if future is not None:
-                future.set_exception(err)
-            return
-        if future is not None and reply is not None:
-            reply.add_done_callback(lambda done: _chain(done, future))
+        send_remote(self, remote, owner, act.cls.kind, act.key, method, args, kwargs, future)
 
     def activations(self) -> list[Activation]:
         """Every activation in this process (a copy)."""
@@ -332,6 +328,8 @@ class ActorSpace:
         """Take calls (again), and serve calls from other nodes when remote calls are configured."""
         self._stopped = False
         if self.remote is not None:
+            # A placement that remembers remote owners lets calls to them skip the forwarder.
+            self._owner_lookup = getattr(self.placement, "known_owner", None)
             self.remote.serve(self.handle_remote)
 
     def stop(self, timeout: float = 10.0) -> bool:
@@ -353,15 +351,17 @@ class ActorSpace:
         return self._count == 0
 
     def handle_remote(
-        self, kind: str, key: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], want_reply: bool
+        self, kind: str, key: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], want_reply: bool,
+        chain: list[str] | None = None,
     ) -> ActorFuture | None:
-        """Run a call that another node routed here (the RemoteCalls handler)."""
-        cls = self.class_of(kind)
-        ref = ActorRef(self, cls, key)
-        if want_reply:
-            return ref.ask(method, *args, **kwargs)
-        ref.tell(method, *args, **kwargs)
-        return None
+        """Run a call that another node routed here (the RemoteCalls handler).
+
+        ``chain``: the actors (``kind:key``) waiting for this reply, the caller last.
+
+        Raises:
+            ActorDeadlock: the target, or an actor it waits for here, is in ``chain``.
+        """
+        return handle_remote(self, kind, key, method, args, kwargs, want_reply, chain)
 
     def class_of(self, kind: str) -> type[DomainActor]:
         acts = self._by_kind.get(kind)
@@ -399,14 +399,6 @@ class ActorSpace:
         busy = [act for acts in self._by_kind.values() for act in acts.values() if act.mailbox]
         busy.sort(key=lambda act: len(act.mailbox or ()), reverse=True)
         return [{"kind": a.cls.kind, "key": a.key, "mailbox": len(a.mailbox or ())} for a in busy[:n]]
-
-
-def _chain(done: ActorFuture, future: ActorFuture) -> None:
-    error = done.exception(0)
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set(done.get(0))
 
 
 def _subclasses(cls: type[DomainActor]) -> list[type[DomainActor]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, NoReturn
 
-__all__ = ["ActorCrash", "DomainActor"]
+__all__ = ["ActorCrash", "DomainActor", "check_method"]
 
 
 class ActorCrash(BaseException):
@@ -100,3 +100,15 @@ class DomainActor:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.kind}:{getattr(self, 'key', '?')}>"
+
+
+_NOT_CALLABLE = frozenset({"on_activate", "on_passivate", "persist", "crash"})
+
+
+def check_method(cls: type[DomainActor], method: str) -> None:
+    """Raise AttributeError unless ``method`` is a public method callers may call on ``cls``."""
+    if method.startswith("_") or not callable(getattr(cls, method, None)) or method in _NOT_CALLABLE:
+        raise AttributeError(
+            f"domain actor {cls.__name__} (kind {cls.kind!r}) has no callable method {method!r}: "
+            "call a public method the class defines"
+        )

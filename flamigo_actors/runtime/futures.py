@@ -27,7 +27,7 @@ from greenlet import greenlet as RawGreenlet
 
 from .actor_errors import ActorDeadlock, ActorTimeout
 
-__all__ = ["ActorFuture", "current_activation", "get", "wait"]
+__all__ = ["ActorFuture", "RemoteCallFuture", "caller_chain", "current_activation", "get", "wait"]
 
 _log = logging.getLogger("flamigo_actors.actors")
 
@@ -164,6 +164,24 @@ class ActorFuture:
                     waiter(self)
                 except Exception:  # noqa: BLE001 - one callback's bug must not starve the others
                     _log.exception("done callback %r of %r failed", waiter, self)
+
+
+class RemoteCallFuture(ActorFuture):
+    """A future that knows which actors wait for it (``via``: ``kind:key`` names, the
+    nearest last), possibly in other processes: a call it leads to carries them on, so
+    that the owner of an actor among them refuses the call that would close the cycle."""
+
+    __slots__ = ("via",)
+
+    def __init__(self, target: Any, timeout: float, label: str, via: list[str] | None) -> None:
+        super().__init__(target, timeout, label)
+        self.via = via
+
+
+def caller_chain(activation: Any) -> list[str]:
+    """The actors waiting, through other processes, for the message ``activation`` handles now."""
+    via = getattr(activation.serving, "via", None)
+    return list(via) if via else []
 
 
 def _check_cycle(waiter: Any, target: Any) -> None:

@@ -34,7 +34,11 @@ class Lease:
 
 
 class Placement(Protocol):
-    """Decides and records which node runs each (kind, key)."""
+    """Decides and records which node runs each (kind, key).
+
+    Optional: ``known_owner(kind, key) -> str | None``, the other node remembered as the
+    owner without asking anyone (calls to it then skip the forwarding activation).
+    """
 
     node_id: str
     renew_interval: float | None
@@ -60,13 +64,19 @@ class RemoteCalls(Protocol):
 
     def call(
         self, owner: str, kind: str, key: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
-        *, want_reply: bool, timeout: float,
+        *, want_reply: bool, timeout: float, future: Any = None, chain: list[str] | None = None,
     ) -> Any:
         """Send a call to the owner node; the returned ActorFuture (or None without reply) resolves with the reply
-        or fails (ActorUnavailable on timeout / no Redis)."""
+        or fails (ActorUnavailable on timeout / no Redis).
 
-    def serve(self, handler: Callable[[str, str, str, tuple[Any, ...], dict[str, Any], bool], Any]) -> None:
-        """Start receiving calls for this node; handler(kind, key, method, args, kwargs, want_reply) runs them locally."""
+        ``future``: resolve this one (and return it) rather than a new one, if the carrier can.
+        ``chain``: the actors (``kind:key``) waiting for the reply, the caller last; the owner's
+        handler gets it (``chain=``) to refuse a call that closes an ask cycle.
+        """
+
+    def serve(self, handler: Callable[..., Any]) -> None:
+        """Receive calls for this node: ``handler(kind, key, method, args, kwargs, want_reply[, chain=])``
+        runs them locally (the actor space's ``handle_remote``)."""
 
     def close(self) -> None:
         """Stop receiving and sending."""

@@ -114,13 +114,17 @@ def serve(
         from ..ops.shell import require_loopback
 
         require_loopback(backdoor[0])  # before anything listens
-    server.start()
+    # Bound and listening now; accepting only once the app has started: a request that
+    # arrives meanwhile waits in the backlog instead of meeting a half-started app (e.g.
+    # a domain actor placed in this process alone before the Redis placement is attached).
+    server.init_socket()
     try:
         if backdoor is not None:
             from ..ops.shell import start_backdoor
 
             shell = start_backdoor(flamigo, backdoor)
         flamigo.start()
+        server.start()
     except BaseException:  # e.g. Redis unreachable, backdoor port busy: do not keep the port open
         if shell is not None:
             shell.stop()
