@@ -31,6 +31,7 @@ from tests.support import (  # noqa: E402
     CHROMIUM_ARGS,
     LiveServer,
     RedisServer,
+    ServerProcess,
     clean_flamigo_environment,
     free_port,
     need_binary,
@@ -162,3 +163,12 @@ def redis_server() -> Iterator[RedisServer]:
     yield server
     server.stop()
     shutil.rmtree(server.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[ServerProcess]]:
+    """Server processes a test starts: each is stopped (SIGTERM, then SIGKILL) whatever happens."""
+    started: list[ServerProcess] = []
+    yield started
+    for server in started:
+        server.stop()

@@ -6,7 +6,7 @@ sum over two gunicorn workers (one scrape, ten connections spread over both).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,14 +131,6 @@ def test_new_topics_and_users_add_no_series(metered: LiveServer) -> None:
     assert set(after) == set(before), sorted(set(after) ^ set(before))
     assert value(after, "flamigo_connections_opened_total") == 1003
     assert value(after, "flamigo_bus_events_total", outcome="published") >= 1003
-
-
-@pytest.fixture
-def processes() -> Iterator[list[ServerProcess]]:
-    started: list[ServerProcess] = []
-    yield started
-    for process in started:
-        process.stop()
 
 
 def test_two_workers_report_the_sum_of_their_connections_in_one_scrape(

@@ -11,7 +11,6 @@ import re
 import resource
 import shlex
 import sys
-from collections.abc import Iterator
 
 import psutil
 import pytest
@@ -39,14 +38,6 @@ def hard() -> int:
     if hard != resource.RLIM_INFINITY and hard <= LOW:
         pytest.fail(f"the hard open-files limit ({hard}) must exceed {LOW} for this test")
     return 1_048_576 if hard == resource.RLIM_INFINITY else int(hard)
-
-
-@pytest.fixture
-def processes() -> Iterator[list[ServerProcess]]:
-    started: list[ServerProcess] = []
-    yield started
-    for server in started:
-        server.stop()
 
 
 def ceilings(log: str) -> dict[int, int]:

@@ -9,23 +9,13 @@ from __future__ import annotations
 import random
 import signal
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 
 from tests.support import RedisServer, ServerProcess, WsClient, eventually, free_port
 
 DOWN_AFTER = 3.0
 ENV = {"FLAMIGO_PRESENCE_REFRESH": "0.5", "FLAMIGO_PRESENCE_DOWN_AFTER": str(DOWN_AFTER)}
-
-
-@pytest.fixture
-def processes() -> Iterator[list[ServerProcess]]:
-    started: list[ServerProcess] = []
-    yield started
-    for server in started:
-        server.stop()
 
 
 def servers(redis_server: RedisServer, processes: list[ServerProcess], count: int) -> list[ServerProcess]:

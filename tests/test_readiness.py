@@ -7,7 +7,7 @@ real redis-server killed under a server that requires it.
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import requests
@@ -52,14 +52,6 @@ def test_the_grace_is_taken_from_the_drain_timeout() -> None:
     assert grace_period(Settings(readiness_grace=5, drain_timeout=4)) == 2.0
     with pytest.raises(ValueError, match="FLAMIGO_READINESS_GRACE"):
         Settings.from_config({"FLAMIGO_READINESS_GRACE": -1}, {})
-
-
-@pytest.fixture
-def processes() -> Iterator[list[ServerProcess]]:
-    started: list[ServerProcess] = []
-    yield started
-    for process in started:
-        process.stop()
 
 
 def _serves_during_the_grace_then_drains(server: ServerProcess) -> None:

@@ -7,21 +7,10 @@ one; Redis loses its data (``FLUSHALL``) and the resume says so.
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 
-import pytest
 
 from tests.support import RedisServer, ServerProcess, eventually, free_port, nothing_arrives, post_message
 from tests.test_recovery import chat, cut, join, offsets, opted_in, resume, since
-
-
-@pytest.fixture
-def processes() -> Iterator[list[ServerProcess]]:
-    """Server processes to stop (SIGTERM, then SIGKILL) whatever happens in the test."""
-    started: list[ServerProcess] = []
-    yield started
-    for server in started:
-        server.stop()
 
 
 def servers(redis_server: RedisServer, processes: list[ServerProcess], count: int) -> list[ServerProcess]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import signal
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import psutil
@@ -34,15 +34,6 @@ _texts = itertools.count(1)
 def start_servers(*servers: ServerProcess) -> None:
     for server in servers:  # they boot concurrently; wait for each in turn
         server.wait_ready()
-
-
-@pytest.fixture
-def processes() -> Iterator[list[ServerProcess]]:
-    """Server processes to stop (SIGTERM, then SIGKILL) whatever happens in the test."""
-    started: list[ServerProcess] = []
-    yield started
-    for server in started:
-        server.stop()
 
 
 def joined(server: ServerProcess, username: str, room: str = "lobby") -> WsClient:
