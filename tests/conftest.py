@@ -104,6 +104,21 @@ def page(browser: Any) -> Iterator[Any]:
 
 
 @pytest.fixture
+def new_page(browser: Any) -> Iterator[Callable[[], Any]]:
+    """Pages in separate browser contexts (separate storage: separate users)."""
+    contexts: list[Any] = []
+
+    def make() -> Any:
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        contexts.append(context)
+        return context.new_page()
+
+    yield make
+    for context in contexts:
+        context.close()
+
+
+@pytest.fixture
 def artifacts_dir() -> str:
     """Where tests save screenshots and reports (kept by CI)."""
     os.makedirs(ARTIFACTS, exist_ok=True)

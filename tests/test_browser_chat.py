@@ -8,30 +8,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 from playwright.sync_api import expect
 
 from tests.support import LiveServer, ServerProcess, free_port, post_message
 
 WAIT = 30_000  # ms: generous upper bound for a poll, never an expected duration
-
-
-@pytest.fixture
-def new_page(browser: Any) -> Iterator[Callable[[], Any]]:
-    """Pages in separate browser contexts (separate storage: separate users)."""
-    contexts: list[Any] = []
-
-    def make() -> Any:
-        context = browser.new_context(viewport={"width": 1280, "height": 800})
-        contexts.append(context)
-        return context.new_page()
-
-    yield make
-    for context in contexts:
-        context.close()
 
 
 def log_in(page: Any, base_url: str, username: str) -> None:

@@ -5,29 +5,13 @@ Everything is polled with Playwright's waits (``expect``), never timed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 from playwright.sync_api import expect
 
 from tests.support import LiveServer, eventually
 from tests.test_browser_chat import WAIT, join, log_in
-
-
-@pytest.fixture
-def pages(browser: Any) -> Iterator[Callable[[], Any]]:
-    """Pages in separate browser contexts (separate storage: separate users)."""
-    contexts: list[Any] = []
-
-    def make() -> Any:
-        context = browser.new_context(viewport={"width": 1280, "height": 800})
-        contexts.append(context)
-        return context.new_page()
-
-    yield make
-    for context in contexts:
-        context.close()
 
 
 def members(page: Any) -> Any:
@@ -35,9 +19,9 @@ def members(page: Any) -> Any:
 
 
 def test_the_member_list_follows_joins_leaves_and_reconnects(
-    demo_server: LiveServer, pages: Callable[[], Any]
+    demo_server: LiveServer, new_page: Callable[[], Any]
 ) -> None:
-    alice, bob = pages(), pages()
+    alice, bob = new_page(), new_page()
     log_in(alice, demo_server.url, "alice")
     join(alice, "here")
     expect(members(alice)).to_have_text(["alice"], timeout=WAIT)
