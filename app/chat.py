@@ -217,6 +217,8 @@ def members(ctx: StrategyContext) -> dict[str, Any]:
     """Who is in the room, on every server: ``{"room", "members": {username: [meta, ...]}}``
     (nobody with ``DEMO_PRESENCE`` off: nothing is tracked)."""
     room = ctx.request.data.room
+    if not presence_on(ctx):  # nobody is tracked: the app does not use presence at all
+        return {"room": room, "members": {}}
     return {"room": room, "members": ctx.presence.list(room_topic(room))}
 
 
