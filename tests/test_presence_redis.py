@@ -211,7 +211,6 @@ def test_presence_opens_no_redis_connection_until_it_is_used(
 
     idle = used.client("ivy")  # authenticated, in no room: nothing tracked or listed yet
     idle.request("app::echo", 1)
-    before = redis_links(used.process.pid, redis_server.port)
     # A whole room session on the server that never tracks: rooms, messages, history.
     ann = quiet.client("ann")
     ann.request("app::rooms:join", {"room": "solo"})
@@ -220,10 +219,12 @@ def test_presence_opens_no_redis_connection_until_it_is_used(
     ann.request("app::rooms:history", {"room": "solo"})
     assert presence_keys() == []  # no heartbeat, no entry: presence never touched Redis
     # The backplane's (at most 3) and the domain actors' (inbox reader and sender): none for presence.
-    assert redis_links(quiet.process.pid, redis_server.port) <= 5
-    assert redis_links(used.process.pid, redis_server.port) == before
+    # (The room's actor may live on either server.)
+    for server in (quiet, used):
+        assert redis_links(server.process.pid, redis_server.port) <= 5
 
     # The first track starts it: heartbeat, entries, diff subscription (its own connection).
+    before = redis_links(used.process.pid, redis_server.port)
     bob = joined(used, "bob", "solo")
     eventually(lambda: any(":alive:" in k for k in presence_keys()), timeout=10)
     eventually(lambda: redis_links(used.process.pid, redis_server.port) >= before + 2, timeout=10)

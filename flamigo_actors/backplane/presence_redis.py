@@ -185,7 +185,7 @@ class RedisPresence:
         """Start the writer, heartbeat/reaper and subscriber greenlets (once, at the first use)."""
         if not self._greenlets and not self._closed:
             self._greenlets = [gevent.spawn(self._writer), gevent.spawn(self._beats),
-                               gevent.spawn(self._subscriber)]
+                               gevent.spawn(_subscriber, self)]
 
     def close(self) -> None:
         """Send what is pending (briefly), remove this process's entries, stop (idempotent)."""
@@ -296,24 +296,11 @@ class RedisPresence:
             return
         dirty, self._dirty = self._dirty, set()
         messages = list(self._outbox)
-        p, inst = self.prefix, self.instance
         pipe = self.client.pipeline(transaction=True)
-        for topic in dirty:
-            key = f"{p}:e:{inst}:{topic}"
-            entries = self.presence.local_entries(topic)
-            pipe.delete(key)
-            if entries:
-                pipe.hset(key, mapping={ref: json.dumps([k, m]) for ref, (k, m) in entries.items()})
-                pipe.expire(key, self.data_ttl)
-                pipe.sadd(f"{p}:t:{topic}", inst)
-                pipe.sadd(f"{p}:topics:{inst}", topic)
-            else:
-                pipe.srem(f"{p}:t:{topic}", inst)
-                pipe.srem(f"{p}:topics:{inst}", topic)
-        if dirty:
-            pipe.expire(f"{p}:topics:{inst}", self.data_ttl)
+        _write_entries(pipe, self.prefix, self.instance, {t: self.presence.local_entries(t) for t in dirty},
+                       self.data_ttl)
         for message in messages:
-            pipe.publish(f"{p}:diffs", message)
+            pipe.publish(f"{self.prefix}:diffs", message)
         try:
             pipe.execute()
         except BaseException:
@@ -370,39 +357,41 @@ class RedisPresence:
                 self._send(topic, [], changes)  # to the other survivors
                 self.presence.receive_remote(topic, [], changes)  # to ours
 
-    def _subscriber(self) -> None:
-        attempt = 0
-        while not self._closed:
-            pubsub = None
-            try:
-                pubsub = self.client.pubsub()
-                pubsub.subscribe(f"{self.prefix}:diffs")
-                attempt = 0
-                while not self._closed:
-                    message = pubsub.get_message(timeout=1.0)
-                    if message is None:
-                        continue
-                    if message.get("type") == "message":
-                        self._received(message.get("data"))
-                    elif message.get("type") == "subscribe":  # confirmed: a list may read now
-                        self._subscribed.set()
-            except self._errors as err:
-                self.stats["errors"] += 1
-                _log.warning("presence: diff subscription lost (%s); resubscribing", err)
-                gevent.sleep(backoff(attempt))
-                attempt += 1
-            finally:
-                if pubsub is not None:
-                    try:
-                        pubsub.close()
-                    except Exception:  # noqa: BLE001 - closing a broken connection
-                        pass
-
     def _received(self, data: Any) -> None:
         decoded = _decode_diff(data, self.instance)
         if decoded is not None:
             self.stats["received"] += 1
             self.presence.receive_remote(*decoded)
+
+def _subscriber(store: RedisPresence) -> None:
+    """Hear the other processes' diffs (resubscribing after a loss); confirms the subscription once."""
+    attempt = 0
+    while not store._closed:
+        pubsub = None
+        try:
+            pubsub = store.client.pubsub()
+            pubsub.subscribe(f"{store.prefix}:diffs")
+            attempt = 0
+            while not store._closed:
+                message = pubsub.get_message(timeout=1.0)
+                if message is None:
+                    continue
+                if message.get("type") == "message":
+                    store._received(message.get("data"))
+                elif message.get("type") == "subscribe":  # confirmed: a list may read now
+                    store._subscribed.set()
+        except store._errors as err:
+            store.stats["errors"] += 1
+            _log.warning("presence: diff subscription lost (%s); resubscribing", err)
+            gevent.sleep(backoff(attempt))
+            attempt += 1
+        finally:
+            if pubsub is not None:
+                try:
+                    pubsub.close()
+                except Exception:  # noqa: BLE001 - closing a broken connection
+                    pass
+
 
 def _decode_diff(data: Any, me: str) -> tuple[str, list[Change], list[Change]] | None:
     """``(topic, joins, leaves)`` of another process's diff message; None for ours or garbage (logged)."""
@@ -415,6 +404,23 @@ def _decode_diff(data: Any, me: str) -> tuple[str, list[Change], list[Change]] |
     except (TypeError, ValueError, KeyError) as err:
         _log.error("presence: undecodable diff skipped (%s): %.200r", err, data)
         return None
+
+
+def _write_entries(pipe: Any, p: str, inst: str, topics: dict[str, dict[str, Any]], ttl: int) -> None:
+    """Queue on ``pipe`` the whole rewrite of process ``inst``'s entries of ``topics``."""
+    for topic, entries in topics.items():
+        key = f"{p}:e:{inst}:{topic}"
+        pipe.delete(key)
+        if entries:
+            pipe.hset(key, mapping={ref: json.dumps([k, m]) for ref, (k, m) in entries.items()})
+            pipe.expire(key, ttl)
+            pipe.sadd(f"{p}:t:{topic}", inst)
+            pipe.sadd(f"{p}:topics:{inst}", topic)
+        else:
+            pipe.srem(f"{p}:t:{topic}", inst)
+            pipe.srem(f"{p}:topics:{inst}", topic)
+    if topics:
+        pipe.expire(f"{p}:topics:{inst}", ttl)
 
 
 def _remove_instance(client: Any, p: str, inst: str) -> None:
