@@ -142,7 +142,6 @@ async function rejoin(session, info) {
   }
 }
 
-/** @param {ReturnType<typeof connect>} client */
 function watchRecovery(client) {
   // After a reconnect, before the rejoin: which rooms' missed messages are replayed (flamigo.js resumes).
   client.listen("recovery", ({ recovered, streams, reason }) => {
