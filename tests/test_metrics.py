@@ -139,73 +139,6 @@ def test_new_topics_and_users_add_no_series(metered: LiveServer) -> None:
     assert value(after, "flamigo_bus_events_total", outcome="published") >= 1003
 
 
-def test_recovery_results_and_presence_entries_are_counted(metered: LiveServer) -> None:
-    flamigo = metered.flamigo
-    series = scrape(metered)
-    for outcome in ("recovered", "not_recovered", "unknown_session", "forbidden"):  # there from the start
-        assert (("flamigo_recovery_resumes_total", (("outcome", outcome),))) in series
-    ann, auth = opted_in(metered, "ann")
-    joined = join(ann, "m1")
-    bob = metered.client("bob")
-    join(bob, "m1")
-    flamigo.presence.track("teams/blue", "svc", {})  # another namespace, owned by the process
-    series = scrape(metered)
-    assert value(series, "flamigo_recovery_sessions_total") == 1
-    assert value(series, "flamigo_presence_entries", namespace="rooms") == 2
-    assert value(series, "flamigo_presence_entries", namespace="teams") == 1
-    eventually(lambda: value(scrape(metered), "flamigo_presence_diff_pushes_total") >= 1, timeout=10)
-    assert value(scrape(metered), "flamigo_presence_diffs_total") >= 1
-
-    # A retried request is answered from the cache; then a resume recovers two missed events.
-    assert ask(ann, "m-1", "app::echo", "once")["payload"] == "once"
-    cut(ann)
-    post_message(metered, "bob", "m1", "missed-1")
-    post_message(metered, "bob", "m1", "missed-2")
-    back, reply = resume(metered, "ann", auth["session"], since("m1", joined["pos"]))
-    assert reply["recovered"] is True and len(chat(back, 2)) == 2
-    assert ask(back, "m-1", "app::echo", "once")["payload"] == "once"
-    # Not recovered (a foreign epoch), unknown, and another user's session (403).
-    cut(back)
-    again, reply = resume(metered, "ann", auth["session"], {"rooms/m1": {"offset": 0, "epoch": "gone"}})
-    assert reply["streams"]["rooms/m1"]["reason"] == "epoch_mismatch"
-    lost, reply = resume(metered, "ann", "no-such-session", {})
-    assert reply["reason"] == "unknown_session"
-    with pytest.raises(ErrorReply):
-        resume(metered, "bob", auth["session"], {})
-    series = scrape(metered)
-    assert value(series, "flamigo_recovery_resumes_total", outcome="recovered") == 1
-    assert value(series, "flamigo_recovery_resumes_total", outcome="not_recovered") == 1
-    assert value(series, "flamigo_recovery_resumes_total", outcome="unknown_session") == 1
-    assert value(series, "flamigo_recovery_resumes_total", outcome="forbidden") == 1
-    assert value(series, "flamigo_recovery_streams_total", result="recovered") == 1
-    assert value(series, "flamigo_recovery_streams_total", result="epoch_mismatch") == 1
-    assert value(series, "flamigo_recovery_replayed_total") == 2
-    assert value(series, "flamigo_recovery_cached_replies_total") == 1
-    assert value(series, "flamigo_recovery_sessions_total") == 2  # ann's, and the unknown one's new session
-
-    # Entries follow the connections: bob's and ann's first ones ended (resumes do not re-track).
-    for client in (bob, again, lost):
-        client.close()
-    flamigo.presence.untrack("teams/blue", "svc")
-    eventually(lambda: value(scrape(metered), "flamigo_presence_entries", namespace="rooms") == 0, timeout=10)
-    assert value(scrape(metered), "flamigo_presence_entries", namespace="teams") == 0
-
-
-def test_presence_namespaces_beyond_the_bound_share_one_label(metered: LiveServer) -> None:
-    from flamigo_actors.ops.metrics_state import MAX_NAMESPACES
-
-    presence = metered.flamigo.presence
-    for n in range(MAX_NAMESPACES + 8):
-        presence.track(f"ns{n}/x", "k", {})
-    series = scrape(metered)
-    labels = {dict(k[1])["namespace"]: v for k, v in series.items() if k[0] == "flamigo_presence_entries"}
-    assert len(labels) == MAX_NAMESPACES + 1 and labels["other"] == 8
-    assert sum(labels.values()) == MAX_NAMESPACES + 8
-    for n in range(MAX_NAMESPACES + 8):
-        presence.untrack(f"ns{n}/x", "k")
-    assert not any(v for k, v in scrape(metered).items() if k[0] == "flamigo_presence_entries")
-
-
 @pytest.fixture
 def processes() -> Iterator[list[ServerProcess]]:
     started: list[ServerProcess] = []
@@ -274,3 +207,70 @@ def test_the_prometheus_client_internals_the_sync_uses_are_there() -> None:
         histogram.observe(value)
     assert mine.counts == [int(b.get()) for b in histogram._buckets]
     assert mine.total == histogram._sum.get()
+
+
+def test_recovery_results_and_presence_entries_are_counted(metered: LiveServer) -> None:
+    flamigo = metered.flamigo
+    series = scrape(metered)
+    for outcome in ("recovered", "not_recovered", "unknown_session", "forbidden"):  # there from the start
+        assert (("flamigo_recovery_resumes_total", (("outcome", outcome),))) in series
+    ann, auth = opted_in(metered, "ann")
+    joined = join(ann, "m1")
+    bob = metered.client("bob")
+    join(bob, "m1")
+    flamigo.presence.track("teams/blue", "svc", {})  # another namespace, owned by the process
+    series = scrape(metered)
+    assert value(series, "flamigo_recovery_sessions_total") == 1
+    assert value(series, "flamigo_presence_entries", namespace="rooms") == 2
+    assert value(series, "flamigo_presence_entries", namespace="teams") == 1
+    eventually(lambda: value(scrape(metered), "flamigo_presence_diff_pushes_total") >= 1, timeout=10)
+    assert value(scrape(metered), "flamigo_presence_diffs_total") >= 1
+
+    # A retried request is answered from the cache; then a resume recovers two missed events.
+    assert ask(ann, "m-1", "app::echo", "once")["payload"] == "once"
+    cut(ann)
+    post_message(metered, "bob", "m1", "missed-1")
+    post_message(metered, "bob", "m1", "missed-2")
+    back, reply = resume(metered, "ann", auth["session"], since("m1", joined["pos"]))
+    assert reply["recovered"] is True and len(chat(back, 2)) == 2
+    assert ask(back, "m-1", "app::echo", "once")["payload"] == "once"
+    # Not recovered (a foreign epoch), unknown, and another user's session (403).
+    cut(back)
+    again, reply = resume(metered, "ann", auth["session"], {"rooms/m1": {"offset": 0, "epoch": "gone"}})
+    assert reply["streams"]["rooms/m1"]["reason"] == "epoch_mismatch"
+    lost, reply = resume(metered, "ann", "no-such-session", {})
+    assert reply["reason"] == "unknown_session"
+    with pytest.raises(ErrorReply):
+        resume(metered, "bob", auth["session"], {})
+    series = scrape(metered)
+    assert value(series, "flamigo_recovery_resumes_total", outcome="recovered") == 1
+    assert value(series, "flamigo_recovery_resumes_total", outcome="not_recovered") == 1
+    assert value(series, "flamigo_recovery_resumes_total", outcome="unknown_session") == 1
+    assert value(series, "flamigo_recovery_resumes_total", outcome="forbidden") == 1
+    assert value(series, "flamigo_recovery_streams_total", result="recovered") == 1
+    assert value(series, "flamigo_recovery_streams_total", result="epoch_mismatch") == 1
+    assert value(series, "flamigo_recovery_replayed_total") == 2
+    assert value(series, "flamigo_recovery_cached_replies_total") == 1
+    assert value(series, "flamigo_recovery_sessions_total") == 2  # ann's, and the unknown one's new session
+
+    # Entries follow the connections: bob's and ann's first ones ended (resumes do not re-track).
+    for client in (bob, again, lost):
+        client.close()
+    flamigo.presence.untrack("teams/blue", "svc")
+    eventually(lambda: value(scrape(metered), "flamigo_presence_entries", namespace="rooms") == 0, timeout=10)
+    assert value(scrape(metered), "flamigo_presence_entries", namespace="teams") == 0
+
+
+def test_presence_namespaces_beyond_the_bound_share_one_label(metered: LiveServer) -> None:
+    from flamigo_actors.ops.metrics_state import MAX_NAMESPACES
+
+    presence = metered.flamigo.presence
+    for n in range(MAX_NAMESPACES + 8):
+        presence.track(f"ns{n}/x", "k", {})
+    series = scrape(metered)
+    labels = {dict(k[1])["namespace"]: v for k, v in series.items() if k[0] == "flamigo_presence_entries"}
+    assert len(labels) == MAX_NAMESPACES + 1 and labels["other"] == 8
+    assert sum(labels.values()) == MAX_NAMESPACES + 8
+    for n in range(MAX_NAMESPACES + 8):
+        presence.untrack(f"ns{n}/x", "k")
+    assert not any(v for k, v in scrape(metered).items() if k[0] == "flamigo_presence_entries")
