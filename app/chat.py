@@ -177,6 +177,12 @@ def list_rooms(ctx: StrategyContext) -> dict[str, list[str]]:
     return {"rooms": rooms.names()}
 
 
+def presence_on(ctx: StrategyContext) -> bool:
+    """Whether the app tracks room members (``DEMO_PRESENCE``, on unless turned off)."""
+    app = getattr(ctx.flamigo, "app", None)
+    return app is None or bool(app.config.get("DEMO_PRESENCE", True))
+
+
 @strategies.strategy("app::rooms:join", payload=RoomPayload, reply=RoomReply)
 def join(ctx: StrategyContext) -> dict[str, Any]:
     """Subscribe this connection to the room's messages."""
@@ -184,9 +190,11 @@ def join(ctx: StrategyContext) -> dict[str, Any]:
     room = ctx.request.data.room
     client.subscribe(room_topic(room))
     rooms.add(room)
-    if client.user is not None:  # presence: who is in the room (members get presence:diff pushes)
-        ctx.presence.track(room_topic(room), client.user.username, {"id": client.user.id})
-    reply: dict[str, Any] = {"room": room, "joined": True, "members": ctx.presence.list(room_topic(room))}
+    reply: dict[str, Any] = {"room": room, "joined": True}
+    if presence_on(ctx):  # presence: who is in the room (members get presence:diff pushes)
+        if client.user is not None:
+            ctx.presence.track(room_topic(room), client.user.username, {"id": client.user.id})
+        reply["members"] = ctx.presence.list(room_topic(room))
     position = client.stream_position(room_topic(room))
     if position is not None:  # opted in to recovery: where this client starts in the room's stream
         reply["pos"] = position
@@ -199,15 +207,18 @@ def leave(ctx: StrategyContext) -> dict[str, Any]:
     client = require_identity(ctx, is_websocket, kind=WebsocketClient)
     room = ctx.request.data.room
     client.unsubscribe(room_topic(room))
-    if client.user is not None:
+    if client.user is not None and presence_on(ctx):
         ctx.presence.untrack(room_topic(room), client.user.username)
     return {"room": room, "joined": False}
 
 
 @strategies.strategy("app::rooms:members", payload=RoomPayload, reply=MembersReply)
 def members(ctx: StrategyContext) -> dict[str, Any]:
-    """Who is in the room, on every server: ``{"room", "members": {username: [meta, ...]}}``."""
+    """Who is in the room, on every server: ``{"room", "members": {username: [meta, ...]}}``
+    (nobody with ``DEMO_PRESENCE`` off: nothing is tracked)."""
     room = ctx.request.data.room
+    if not presence_on(ctx):  # nobody is tracked: the app does not use presence at all
+        return {"room": room, "members": {}}
     return {"room": room, "members": ctx.presence.list(room_topic(room))}
 
 

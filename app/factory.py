@@ -17,10 +17,22 @@ from .ui import register_ui
 
 _log = logging.getLogger("app")
 
+OFF = ("0", "false", "no", "off")
+
+
+def _switch(name: str) -> bool:
+    """An on/off switch from the environment: on unless set to 0, false, no or off."""
+    return os.environ.get(name, "1").strip().lower() not in OFF
+
+
 DEFAULTS: dict[str, Any] = {
     # Every process serving the same users must share this key: set SECRET_KEY.
     "SECRET_KEY": os.environ.get("SECRET_KEY", "flamigo-demo-dev-key-change-me"),
     "TOKEN_MAX_AGE": int(os.environ.get("TOKEN_MAX_AGE", "86400")),
+    # The rooms' connection-state recovery and presence (on by default; the benchmark
+    # turns both off to compare): DEMO_RECOVERY=0 / DEMO_PRESENCE=0.
+    "DEMO_RECOVERY": _switch("DEMO_RECOVERY"),
+    "DEMO_PRESENCE": _switch("DEMO_PRESENCE"),
 }
 
 
@@ -32,8 +44,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     tokens = TokenService(app.config["SECRET_KEY"], app.config["TOKEN_MAX_AGE"])
     flamigo = Flamigo(app, strategies=strategies, auth=tokens.verify)
     app.extensions["tokens"] = tokens
-    # Rooms are recoverable: a client that opted in gets what it missed after a reconnect.
-    flamigo.recoverable("rooms/*")
+    for switch in ("DEMO_RECOVERY", "DEMO_PRESENCE"):
+        if not isinstance(app.config[switch], bool):
+            raise TypeError(f"{switch} must be True or False, got {app.config[switch]!r}")
+    if app.config["DEMO_RECOVERY"]:
+        # Rooms are recoverable: a client that opted in gets what it missed after a reconnect.
+        flamigo.recoverable("rooms/*")
 
     @flamigo.on_authenticated
     def subscribe_own_topic(client: WebsocketClient) -> None:

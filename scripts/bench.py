@@ -12,6 +12,9 @@ chart of the ratios and the raw figures as JSON under ``bench-results/``.
     python scripts/bench.py --workloads rt50x4,fanout1000 --reps 5
     python scripts/bench.py --metrics --servers flamigo --workloads rt1x1,rt50x4,fanout1000,fanout5000
                                             # the cost of FLAMIGO_METRICS: on vs off, side by side
+    python scripts/bench.py --plain --servers flamigo,raw
+                                            # the demo's rooms with recovery and presence on (flamigo)
+                                            # and off (plain), side by side
 
 Workloads (see the README's "Performance" section):
 
@@ -70,8 +73,13 @@ RESULTS = ROOT / "bench-results"
 SERVERS = ("flamigo", "raw", "socketio")
 METRICS_SERVER = "metrics"
 """flamigo_actors with FLAMIGO_METRICS=true (``--metrics``): the cost of the metrics, side by side."""
+PLAIN_SERVER = "plain"
+"""flamigo_actors with the demo's recovery and presence off (``--plain``: ``DEMO_RECOVERY=0
+DEMO_PRESENCE=0``); ``flamigo`` has both on for the rooms, as the demo ships."""
+FLAMIGO_KINDS = ("flamigo", METRICS_SERVER, PLAIN_SERVER)
 SERVER_LABELS = {"flamigo": "flamigo_actors", "raw": "raw gevent-websocket", "socketio": "Flask-SocketIO",
-                 METRICS_SERVER: "flamigo_actors + metrics"}
+                 METRICS_SERVER: "flamigo_actors + metrics",
+                 PLAIN_SERVER: "flamigo_actors, no recovery/presence"}
 SERVER_CPU, LOAD_CPU = "0", "1"
 
 
@@ -165,9 +173,11 @@ class Server:
         self.port = _free_port()
         python = sys.executable
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        if kind in ("flamigo", METRICS_SERVER):
+        if kind in FLAMIGO_KINDS:
             argv = [python, "-m", "app", "--port", str(self.port), "--log-level", "WARNING", *extra]
             env["FLAMIGO_METRICS"] = "true" if kind == METRICS_SERVER else "false"
+            on = "0" if kind == PLAIN_SERVER else "1"  # the rooms' recovery and presence (app/factory.py)
+            env["DEMO_RECOVERY"] = env["DEMO_PRESENCE"] = on
         elif kind == "raw":
             argv = [python, str(SCRIPTS / "peers" / "raw_server.py"), "--port", str(self.port)]
         elif kind == "socketio":
@@ -238,7 +248,7 @@ def ensure_loadgen() -> str:
 
 
 def run_loadgen(node: str, kind: str, workload: Workload, server: Server, timeout: float) -> dict[str, Any]:
-    protocol = "flamigo" if kind == METRICS_SERVER else kind
+    protocol = "flamigo" if kind in FLAMIGO_KINDS else kind
     config = {"mode": workload.mode, "kind": protocol, "port": server.port, "pid": server.pid,
               "timeout": timeout, **workload.config}
     budget = timeout * 4 + 30
@@ -622,6 +632,16 @@ def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
         for w, key in (("rt1x1", "rps"), ("rt50x4", "rps"), ("fanout1000", "deliveries_per_s"),
                        ("fanout5000", "deliveries_per_s")):
             check(f"{w} metrics on ÷ off", _ratio(m(w, METRICS_SERVER, key), m(w, "flamigo", key)), ">=", 0.95)
+    if any(PLAIN_SERVER in summary.get(w, {}) for w in ("rt1x1", "rt50x4", "fanout1000", "fanout5000",
+                                                         "conns10000")):
+        # --plain: the demo's recovery and presence on (flamigo) ÷ off (plain), same run: within noise.
+        for w, key in (("rt1x1", "rps"), ("rt50x4", "rps"), ("fanout1000", "deliveries_per_s"),
+                       ("fanout5000", "deliveries_per_s")):
+            check(f"{w} recovery+presence on ÷ off", _ratio(m(w, "flamigo", key), m(w, PLAIN_SERVER, key)),
+                  ">=", 0.95)
+        check("conns10000 RSS per connection, recovery+presence on ÷ off",
+              _ratio(m("conns10000", "flamigo", "rss_per_conn_kib"), m("conns10000", PLAIN_SERVER, "rss_per_conn_kib")),
+              "<=", 1.05)
     return out
 
 
@@ -775,6 +795,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     servers = args.servers.split(",")
     if args.metrics and METRICS_SERVER not in servers:
         servers.append(METRICS_SERVER)
+    if args.plain and PLAIN_SERVER not in servers:
+        servers.append(PLAIN_SERVER)
     for s in servers:
         if s not in SERVER_LABELS:
             raise SystemExit(f"error: unknown server {s!r}: use {', '.join(SERVER_LABELS)}")
@@ -851,7 +873,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", help="comma-separated subset: rt1x1,rt50x4,fanout1000,fanout5000,conns10000,"
                                             "routing; conns75000 runs only when named")
     parser.add_argument("--servers", default=",".join(SERVERS),
-                        help="comma-separated subset of flamigo,raw,socketio,metrics (flamigo with FLAMIGO_METRICS=true)")
+                        help="comma-separated subset of flamigo,raw,socketio,metrics,plain (metrics: flamigo "
+                             "with FLAMIGO_METRICS=true; plain: flamigo with the demo's recovery and presence off)")
     parser.add_argument("--reps", type=int,
                         help="repetitions of each figure (default 3; 5 with --interleave; 1 with --quick)")
     parser.add_argument("--interleave", action="store_true",
@@ -866,6 +889,11 @@ def main(argv: list[str] | None = None) -> int:
         "--metrics", action="store_true",
         help="also run flamigo_actors with FLAMIGO_METRICS=true (server 'metrics'), interleaved, "
              "and check on ÷ off >= 0.95",
+    )
+    parser.add_argument(
+        "--plain", action="store_true",
+        help="also run flamigo_actors with the demo's recovery and presence off (server 'plain'), "
+             "interleaved, and check on ÷ off >= 0.95",
     )
     args = parser.parse_args(argv)
     if sys.platform != "linux":

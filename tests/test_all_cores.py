@@ -27,7 +27,11 @@ ROOM = "everyone"
 
 @pytest.fixture
 def workers(redis_server: RedisServer) -> Iterator[ServerProcess]:
-    server = ServerProcess.demo(free_port(), "--workers", "2", "--redis", redis_server.url)
+    # The rooms' presence off (DEMO_PRESENCE=0): this is about connections and one broadcast; with
+    # it on, each join would also list the room and push a diff to every member (what presence costs
+    # with thousands of joins is measured by scripts/bench_presence.py and tests/test_presence.py).
+    server = ServerProcess.demo(free_port(), "--workers", "2", "--redis", redis_server.url,
+                                env={"DEMO_PRESENCE": "0"})
     try:
         server.wait_ready(timeout=30)
         yield server

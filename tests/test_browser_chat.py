@@ -13,7 +13,7 @@ from typing import Any
 
 from playwright.sync_api import expect
 
-from tests.support import LiveServer, ServerProcess, free_port, post_message
+from tests.support import LiveServer, ServerProcess, eventually, free_port, post_message
 
 WAIT = 30_000  # ms: generous upper bound for a poll, never an expected duration
 
@@ -312,24 +312,32 @@ def test_a_page_whose_server_is_killed_resumes_and_shows_each_message_once_in_or
     redis_server: Any, new_page: Callable[[], Any], artifacts_dir: str
 ) -> None:
     """Connection-state recovery in Chromium: the page's server dies (SIGKILL) and comes back on
-    the same port; what was said meanwhile (through another server on the same Redis) is replayed."""
+    the same port; what was said meanwhile (through another server on the same Redis) is replayed,
+    and the member list is right again (the dead server's entry for the page leaves, once)."""
     port = free_port()
-    servers = [ServerProcess.demo(port, "--redis", redis_server.url),
-               ServerProcess.demo(free_port(), "--redis", redis_server.url)]
+    # A short down-after: the killed server's presence entries are reaped within seconds.
+    env = {"FLAMIGO_PRESENCE_DOWN_AFTER": "3", "FLAMIGO_PRESENCE_REFRESH": "1"}
+    servers = [ServerProcess.demo(port, "--redis", redis_server.url, env=env),
+               ServerProcess.demo(free_port(), "--redis", redis_server.url, env=env)]
+    observer = None
     try:
         for server in servers:
             server.wait_ready()
         post_message(servers[1], "bob", "blip", "m1")  # the room's actor lives on the server that stays
-        page = new_page()
+        page, carol = new_page(), new_page()
         log_in(page, servers[0].url, "alice")
         join(page, "blip")
         expect_message(page, "bob", "m1")  # from the history
+        log_in(carol, servers[1].url, "carol")  # in the room too, on the server that stays
+        join(carol, "blip")
+        for viewer in (page, carol):
+            expect(viewer.locator("#members li")).to_have_text(["alice", "carol"], timeout=WAIT)
 
         servers[0].signal(signal.SIGKILL)  # no close frame, no goodbye: the page finds out itself
         servers[0].wait(10)
         for n in (2, 3, 4):  # said while the page has no socket
             post_message(servers[1], "bob", "blip", f"m{n}")
-        servers[0] = ServerProcess.demo(port, "--redis", redis_server.url)
+        servers[0] = ServerProcess.demo(port, "--redis", redis_server.url, env=env)
         servers[0].wait_ready()
         expect(page.locator("#conn-state")).to_have_attribute("data-state", "connected", timeout=WAIT)
         expect(page.locator("#conn-log li", has_text="resumed: missed messages replayed")).to_have_count(1, timeout=WAIT)
@@ -339,7 +347,22 @@ def test_a_page_whose_server_is_killed_resumes_and_shows_each_message_once_in_or
             expect_message(page, "bob", f"m{n}")  # each exactly once
         texts = page.locator("#messages .message .text").all_inner_texts()
         assert texts == ["m1", "m2", "m3", "m4", "m5"]
+
+        # The member list: alice once (her new connection; the killed server's entry is gone,
+        # not "2 tabs"), carol once, on both pages and as every server lists it.
+        for viewer in (page, carol):
+            expect(viewer.locator("#members li")).to_have_text(["alice", "carol"], timeout=WAIT)
+        observer = servers[1].client("dave")  # not in the room: lists without being listed
+
+        def listed() -> Any:
+            return observer.request("app::rooms:members", {"room": "blip"})["members"]
+
+        view = 'window.chat.client.presence("rooms/blip").list()'
+        eventually(lambda: {k: len(v) for k, v in listed().items()} == {"alice": 1, "carol": 1}, timeout=WAIT / 1000)
+        eventually(lambda: page.evaluate(view) == listed() == carol.evaluate(view), timeout=WAIT / 1000)
         page.screenshot(path=os.path.join(artifacts_dir, "chat-resumed.png"), full_page=True)
     finally:
+        if observer is not None:
+            observer.close()
         for server in servers:
             server.stop()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -117,3 +119,46 @@ def test_history_refuses_a_bad_room_name_and_unauthenticated_callers(demo_server
     finally:
         ann.close()
         guest.close()
+
+
+def test_the_demo_can_run_its_rooms_without_recovery_and_presence(demo_app: Any, live_server: Any) -> None:
+    # The benchmark's "plain" server: DEMO_RECOVERY=0 DEMO_PRESENCE=0 in the environment.
+    probe = "from app.factory import DEFAULTS as d; print(d['DEMO_RECOVERY'], d['DEMO_PRESENCE'])"
+    for env, seen in (({"DEMO_RECOVERY": "0", "DEMO_PRESENCE": "off"}, "False False"),
+                      ({"DEMO_PRESENCE": "no"}, "True False"), ({}, "True True")):
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("DEMO_")}
+        out = subprocess.run([sys.executable, "-c", probe], env={**environ, **env}, capture_output=True,
+                             text=True, timeout=60, check=True).stdout
+        assert out.split() == seen.split(), (env, out)
+    with pytest.raises(TypeError, match="DEMO_PRESENCE must be True or False"):
+        demo_app(DEMO_PRESENCE="0")
+
+    server = live_server(demo_app(DEMO_RECOVERY=False, DEMO_PRESENCE=False))
+    assert server.flamigo.bus.recovery is None  # the bus does not even look
+    ann, bob = WsClient(server.ws_url), server.client("bob")
+    try:
+        auth = ann.request("app::websocket:auth", {"token": server.login("ann"), "recover": True})
+        assert "session" not in auth  # nothing is recoverable
+        assert ann.request("app::rooms:join", {"room": "quiet"}) == {"room": "quiet", "joined": True}
+        assert bob.request("app::rooms:join", {"room": "quiet"}) == {"room": "quiet", "joined": True}
+        assert bob.request("app::rooms:members", {"room": "quiet"}) == {"room": "quiet", "members": {}}
+        assert server.flamigo.presence.topics() == []
+        send(bob, "quiet", "hello")
+        push = ann.pushes("chat:message")[0]
+        assert push["payload"]["text"] == "hello" and "pos" not in push
+        assert ann.pushes("presence:diff", timeout=0.5) == []  # nobody tracked: no diff
+        assert bob.request("app::rooms:leave", {"room": "quiet"}) == {"room": "quiet", "joined": False}
+    finally:
+        ann.close()
+        bob.close()
+
+
+def test_the_demo_tracks_and_recovers_its_rooms_by_default(demo_server: LiveServer) -> None:
+    ann = WsClient(demo_server.ws_url)
+    try:
+        auth = ann.request("app::websocket:auth", {"token": demo_server.login("ann"), "recover": True})
+        assert auth["session"]
+        reply = ann.request("app::rooms:join", {"room": "busy"})
+        assert set(reply["members"]) == {"ann"} and reply["pos"]["offset"] == 0
+    finally:
+        ann.close()

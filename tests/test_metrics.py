@@ -1,7 +1,9 @@
 """Prometheus metrics: a real server scraped over loopback, every scrape parsed by prometheus_client.
 
-Bounded cardinality (1,000 new topics and 1,000 users add no series) and the
-sum over two gunicorn workers (one scrape, ten connections spread over both).
+Bounded cardinality (1,000 new topics and 1,000 users, each opted in to
+recovery and tracked in a room of its own, add no series), recovery results
+and presence entries, and the sum over two gunicorn workers (one scrape, ten
+connections spread over both).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from tests.support import (
     ServerProcess,
     eventually,
     free_port,
+    post_message,
 )
+from tests.test_recovery import ask, chat, cut, join, opted_in, resume, since
 
 Series = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -118,8 +122,10 @@ def test_new_topics_and_users_add_no_series(metered: LiveServer) -> None:
         for n in range(first, first + count):
             metered.flamigo.publish(Tick((f"cardinality/topic-{n}",)))
         for start in range(first, first + count, 100):  # 100 open at a time
-            clients = [metered.client(f"user{n}") for n in range(start, min(start + 100, first + count))]
+            clients = [opted_in(metered, f"user{n}")[0] for n in range(start, min(start + 100, first + count))]
             clients[0].request("app::echo", start)
+            for n, client in enumerate(clients, start):  # tracked in presence, recoverable rooms
+                client.request("app::rooms:join", {"room": f"room-{n}"})
             for client in clients:
                 client.close()
         eventually(lambda: not metered.flamigo.connections, timeout=30)
@@ -193,3 +199,70 @@ def test_the_prometheus_client_internals_the_sync_uses_are_there() -> None:
         histogram.observe(value)
     assert mine.counts == [int(b.get()) for b in histogram._buckets]
     assert mine.total == histogram._sum.get()
+
+
+def test_recovery_results_and_presence_entries_are_counted(metered: LiveServer) -> None:
+    flamigo = metered.flamigo
+    series = scrape(metered)
+    for outcome in ("recovered", "not_recovered", "unknown_session", "forbidden"):  # there from the start
+        assert (("flamigo_recovery_resumes_total", (("outcome", outcome),))) in series
+    ann, auth = opted_in(metered, "ann")
+    joined = join(ann, "m1")
+    bob = metered.client("bob")
+    join(bob, "m1")
+    flamigo.presence.track("teams/blue", "svc", {})  # another namespace, owned by the process
+    series = scrape(metered)
+    assert value(series, "flamigo_recovery_sessions_total") == 1
+    assert value(series, "flamigo_presence_entries", namespace="rooms") == 2
+    assert value(series, "flamigo_presence_entries", namespace="teams") == 1
+    eventually(lambda: value(scrape(metered), "flamigo_presence_diff_pushes_total") >= 1, timeout=10)
+    assert value(scrape(metered), "flamigo_presence_diffs_total") >= 1
+
+    # A retried request is answered from the cache; then a resume recovers two missed events.
+    assert ask(ann, "m-1", "app::echo", "once")["payload"] == "once"
+    cut(ann)
+    post_message(metered, "bob", "m1", "missed-1")
+    post_message(metered, "bob", "m1", "missed-2")
+    back, reply = resume(metered, "ann", auth["session"], since("m1", joined["pos"]))
+    assert reply["recovered"] is True and len(chat(back, 2)) == 2
+    assert ask(back, "m-1", "app::echo", "once")["payload"] == "once"
+    # Not recovered (a foreign epoch), unknown, and another user's session (403).
+    cut(back)
+    again, reply = resume(metered, "ann", auth["session"], {"rooms/m1": {"offset": 0, "epoch": "gone"}})
+    assert reply["streams"]["rooms/m1"]["reason"] == "epoch_mismatch"
+    lost, reply = resume(metered, "ann", "no-such-session", {})
+    assert reply["reason"] == "unknown_session"
+    with pytest.raises(ErrorReply):
+        resume(metered, "bob", auth["session"], {})
+    series = scrape(metered)
+    assert value(series, "flamigo_recovery_resumes_total", outcome="recovered") == 1
+    assert value(series, "flamigo_recovery_resumes_total", outcome="not_recovered") == 1
+    assert value(series, "flamigo_recovery_resumes_total", outcome="unknown_session") == 1
+    assert value(series, "flamigo_recovery_resumes_total", outcome="forbidden") == 1
+    assert value(series, "flamigo_recovery_streams_total", result="recovered") == 1
+    assert value(series, "flamigo_recovery_streams_total", result="epoch_mismatch") == 1
+    assert value(series, "flamigo_recovery_replayed_total") == 2
+    assert value(series, "flamigo_recovery_cached_replies_total") == 1
+    assert value(series, "flamigo_recovery_sessions_total") == 2  # ann's, and the unknown one's new session
+
+    # Entries follow the connections: bob's and ann's first ones ended (resumes do not re-track).
+    for client in (bob, again, lost):
+        client.close()
+    flamigo.presence.untrack("teams/blue", "svc")
+    eventually(lambda: value(scrape(metered), "flamigo_presence_entries", namespace="rooms") == 0, timeout=10)
+    assert value(scrape(metered), "flamigo_presence_entries", namespace="teams") == 0
+
+
+def test_presence_namespaces_beyond_the_bound_share_one_label(metered: LiveServer) -> None:
+    from flamigo_actors.ops.metrics_state import MAX_NAMESPACES
+
+    presence = metered.flamigo.presence
+    for n in range(MAX_NAMESPACES + 8):
+        presence.track(f"ns{n}/x", "k", {})
+    series = scrape(metered)
+    labels = {dict(k[1])["namespace"]: v for k, v in series.items() if k[0] == "flamigo_presence_entries"}
+    assert len(labels) == MAX_NAMESPACES + 1 and labels["other"] == 8
+    assert sum(labels.values()) == MAX_NAMESPACES + 8
+    for n in range(MAX_NAMESPACES + 8):
+        presence.untrack(f"ns{n}/x", "k")
+    assert not any(v for k, v in scrape(metered).items() if k[0] == "flamigo_presence_entries")

@@ -182,3 +182,43 @@ def test_an_emptied_redis_gets_every_process_s_entries_back(
     eventually(lambda: members(ann) == {"ann": 1, "ben": 1}, timeout=5)
     ann.close()
     ben.close()
+
+
+def test_presence_opens_no_redis_connection_until_it_is_used(
+    redis_server: RedisServer, processes: list[ServerProcess]
+) -> None:
+    from tests.test_scale_out import redis_links
+
+    quiet = ServerProcess.demo(free_port(), "--redis", redis_server.url, env={**ENV, "DEMO_PRESENCE": "0"})
+    used = ServerProcess.demo(free_port(), "--redis", redis_server.url, env=ENV)
+    processes.extend([quiet, used])
+    for server in (quiet, used):
+        server.wait_ready()
+    redis = redis_server.client()
+
+    def presence_keys() -> list[str]:
+        return sorted(k.decode() if isinstance(k, bytes) else k for k in redis.keys("flamigo:presence:*"))
+
+    idle = used.client("ivy")  # authenticated, in no room: nothing tracked or listed yet
+    idle.request("app::echo", 1)
+    # A whole room session on the server that never tracks: rooms, messages, history.
+    ann = quiet.client("ann")
+    ann.request("app::rooms:join", {"room": "solo"})
+    ann.request("app::rooms:send", {"room": "solo", "text": "hi"})
+    assert ann.request("app::rooms:members", {"room": "solo"}) == {"room": "solo", "members": {}}
+    ann.request("app::rooms:history", {"room": "solo"})
+    assert presence_keys() == []  # no heartbeat, no entry: presence never touched Redis
+    # The backplane's (at most 3) and the domain actors' (inbox reader and sender): none for presence.
+    # (The room's actor may live on either server.)
+    for server in (quiet, used):
+        assert redis_links(server.process.pid, redis_server.port) <= 5
+
+    # The first track starts it: heartbeat, entries, diff subscription (its own connection).
+    before = redis_links(used.process.pid, redis_server.port)
+    bob = joined(used, "bob", "solo")
+    eventually(lambda: any(":alive:" in k for k in presence_keys()), timeout=10)
+    eventually(lambda: redis_links(used.process.pid, redis_server.port) >= before + 2, timeout=10)
+    assert members(ann, "solo") == {}  # the quiet server still does not look
+    assert members(bob, "solo") == {"bob": 1}
+    for client in (idle, ann, bob):
+        client.close()

@@ -185,7 +185,8 @@ def test_redis_killed_and_restarted_while_both_servers_run(
     eventually(lambda: connections(a) == 0 and connections(b) == 0)
     for server in (a, b):
         # The backplane's (at most 3), the domain actors' (inbox reader, and its sender once used)
-        # and presence's (at most 2, and its diff subscription).
+        # and presence's (at most 2, and its diff subscription; none until something is tracked
+        # or listed, see tests/test_presence_redis.py).
         assert redis_links(server.process.pid, redis_server.port) <= 8
         server.signal(signal.SIGTERM)
         assert server.wait(15) == 0

@@ -17,6 +17,15 @@ revives a dead one's entries):
 
 Guarantees and failure behaviour:
 
+* **Nothing until used.** :meth:`RedisPresence.start` opens no connection: the
+  first track (or the first ``list``, which reads the other processes'
+  entries) starts the heartbeat, the writer and the diff subscription, so an
+  app that never uses presence pays no Redis connection for it; then at most
+  2 pooled connections plus the subscription's own. A ``list`` waits (at most
+  :data:`SUBSCRIBE_WAIT`) for the diff subscription to be confirmed before it
+  reads, so no diff sent after its read is missed. A process that never
+  tracked nor listed does not hear the others' diffs: its connections are
+  not members of a tracked topic unless the app lists it.
 * ``list`` on any process reads the other processes' entries from Redis and
   skips a process whose heartbeat has expired, so a dead process's entries
   stop being listed as soon as it counts as dead.
@@ -60,6 +69,9 @@ __all__ = ["RedisPresence"]
 _log = logging.getLogger("flamigo_actors.presence.redis")
 
 OUTBOX_MAX = 10_000
+
+SUBSCRIBE_WAIT = 2.0
+"""Seconds the first ``list`` waits for the diff subscription (the connect timeout)."""
 
 # KEYS: none (the keys are derived: one Redis, no cluster). ARGV: prefix, instance, reaped-mark TTL.
 # Returns nil when the instance is alive or was already reaped; else a flat list
@@ -122,6 +134,8 @@ class RedisPresence:
         self._dirty: set[str] = set()
         self._outbox: deque[str] = deque()
         self._wake = Event()
+        self._booted = Event()  # the first heartbeat went through: the writer may write
+        self._subscribed = Event()  # the diff subscription is confirmed (once)
         self._greenlets: list[gevent.Greenlet] = []
         self._closed = False
         self.stats = {"written": 0, "published": 0, "received": 0, "reaped": 0, "dropped": 0,
@@ -138,10 +152,13 @@ class RedisPresence:
     # -- running ---------------------------------------------------------------
 
     def start(self, *, required: bool = True) -> None:
-        """Connect, beat once, and start the writer, heartbeat/reaper and subscriber greenlets.
+        """Become ``presence``'s store; connect only at the first use (:meth:`_run`).
+
+        ``required`` is kept for the callers' symmetry: reachability is checked by the
+        backplane's start; here Redis is used, and retried, only once presence is.
 
         Raises:
-            RedisUnavailable: Redis cannot be reached and ``required`` is true.
+            RedisUnavailable: the URL is not a Redis URL.
         """
         redis, NoBackoff, Retry = import_redis()
         self._errors = (redis.RedisError, OSError)
@@ -156,19 +173,19 @@ class RedisPresence:
             raise RedisUnavailable(self.url, f"not a Redis URL: {err}") from None
         self._reap_script = self.client.register_script(_REAP)
         self._beat_script = self.client.register_script(_HEARTBEAT)
-        try:
-            self._beat()
-        except self._errors as err:
-            if required:
-                raise RedisUnavailable(self.url, err) from None
-            _log.error("presence: Redis at %s unreachable (%s); retrying", redact(self.url), err)
         presence = self.presence
         presence.instance = self.instance
         presence.store = self
-        self._dirty.update(presence.topics())
-        self._greenlets = [gevent.spawn(self._writer), gevent.spawn(self._beats),
-                           gevent.spawn(self._subscriber)]
-        self._wake.set()
+        if presence.topics():  # tracked before the start: write them now
+            self._dirty.update(presence.topics())
+            self._wake.set()
+            self._run()
+
+    def _run(self) -> None:
+        """Start the writer, heartbeat/reaper and subscriber greenlets (once, at the first use)."""
+        if not self._greenlets and not self._closed:
+            self._greenlets = [gevent.spawn(self._writer), gevent.spawn(self._beats),
+                               gevent.spawn(_subscriber, self)]
 
     def close(self) -> None:
         """Send what is pending (briefly), remove this process's entries, stop (idempotent)."""
@@ -176,6 +193,10 @@ class RedisPresence:
             return
         self._closed = True
         self._wake.set()
+        if not self._greenlets:  # never used: nothing was written, no connection to open now
+            if self.client is not None:
+                self.client.connection_pool.disconnect()
+            return
         gevent.joinall(self._greenlets[:1], timeout=2.0)
         gevent.killall(self._greenlets, block=True, timeout=1.0)
         try:
@@ -193,12 +214,17 @@ class RedisPresence:
     def changed(self, topic: str) -> None:
         self._dirty.add(topic)
         self._wake.set()
+        self._run()
 
     def publish(self, topic: str, joins: list[Change], leaves: list[Change]) -> None:
         self._send(topic, joins, leaves)
+        self._run()
 
     def remote_entries(self, topic: str) -> list[tuple[str, Any]]:
         p = self.prefix
+        if not self._subscribed.is_set():  # the first list: hear every diff sent after this read
+            self._run()
+            self._subscribed.wait(SUBSCRIBE_WAIT)
         try:
             others = [i for i in self.client.smembers(f"{p}:t:{topic}") if i != self.instance]
             if not others:
@@ -234,7 +260,23 @@ class RedisPresence:
         self._outbox.append(json.dumps({"o": self.instance, "t": topic, "j": joins, "l": leaves}))
         self._wake.set()
 
+    def _boot(self) -> None:
+        """The first heartbeat (registers this process), retried until it goes through."""
+        attempt = 0
+        while not self._closed:
+            try:
+                self._beat()
+                self._booted.set()
+                return
+            except self._errors as err:
+                self.stats["errors"] += 1
+                log = _log.error if attempt == 0 else _log.debug
+                log("presence: Redis at %s unreachable (%s); retrying", redact(self.url), err)
+                gevent.sleep(backoff(attempt))
+                attempt += 1
+
     def _writer(self) -> None:
+        self._boot()
         attempt = 0
         while not self._closed:
             self._wake.wait()
@@ -254,24 +296,11 @@ class RedisPresence:
             return
         dirty, self._dirty = self._dirty, set()
         messages = list(self._outbox)
-        p, inst = self.prefix, self.instance
         pipe = self.client.pipeline(transaction=True)
-        for topic in dirty:
-            key = f"{p}:e:{inst}:{topic}"
-            entries = self.presence.local_entries(topic)
-            pipe.delete(key)
-            if entries:
-                pipe.hset(key, mapping={ref: json.dumps([k, m]) for ref, (k, m) in entries.items()})
-                pipe.expire(key, self.data_ttl)
-                pipe.sadd(f"{p}:t:{topic}", inst)
-                pipe.sadd(f"{p}:topics:{inst}", topic)
-            else:
-                pipe.srem(f"{p}:t:{topic}", inst)
-                pipe.srem(f"{p}:topics:{inst}", topic)
-        if dirty:
-            pipe.expire(f"{p}:topics:{inst}", self.data_ttl)
+        _write_entries(pipe, self.prefix, self.instance, {t: self.presence.local_entries(t) for t in dirty},
+                       self.data_ttl)
         for message in messages:
-            pipe.publish(f"{p}:diffs", message)
+            pipe.publish(f"{self.prefix}:diffs", message)
         try:
             pipe.execute()
         except BaseException:
@@ -288,7 +317,8 @@ class RedisPresence:
         return bool(reaped)
 
     def _beats(self) -> None:
-        next_beat = 0.0
+        self._booted.wait()
+        next_beat = time.monotonic() + self.refresh  # the writer's boot was the first beat
         while not self._closed:
             now = time.monotonic()
             try:
@@ -327,35 +357,41 @@ class RedisPresence:
                 self._send(topic, [], changes)  # to the other survivors
                 self.presence.receive_remote(topic, [], changes)  # to ours
 
-    def _subscriber(self) -> None:
-        attempt = 0
-        while not self._closed:
-            pubsub = None
-            try:
-                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(f"{self.prefix}:diffs")
-                attempt = 0
-                while not self._closed:
-                    message = pubsub.get_message(timeout=1.0)
-                    if message is not None:
-                        self._received(message.get("data"))
-            except self._errors as err:
-                self.stats["errors"] += 1
-                _log.warning("presence: diff subscription lost (%s); resubscribing", err)
-                gevent.sleep(backoff(attempt))
-                attempt += 1
-            finally:
-                if pubsub is not None:
-                    try:
-                        pubsub.close()
-                    except Exception:  # noqa: BLE001 - closing a broken connection
-                        pass
-
     def _received(self, data: Any) -> None:
         decoded = _decode_diff(data, self.instance)
         if decoded is not None:
             self.stats["received"] += 1
             self.presence.receive_remote(*decoded)
+
+def _subscriber(store: RedisPresence) -> None:
+    """Hear the other processes' diffs (resubscribing after a loss); confirms the subscription once."""
+    attempt = 0
+    while not store._closed:
+        pubsub = None
+        try:
+            pubsub = store.client.pubsub()
+            pubsub.subscribe(f"{store.prefix}:diffs")
+            attempt = 0
+            while not store._closed:
+                message = pubsub.get_message(timeout=1.0)
+                if message is None:
+                    continue
+                if message.get("type") == "message":
+                    store._received(message.get("data"))
+                elif message.get("type") == "subscribe":  # confirmed: a list may read now
+                    store._subscribed.set()
+        except store._errors as err:
+            store.stats["errors"] += 1
+            _log.warning("presence: diff subscription lost (%s); resubscribing", err)
+            gevent.sleep(backoff(attempt))
+            attempt += 1
+        finally:
+            if pubsub is not None:
+                try:
+                    pubsub.close()
+                except Exception:  # noqa: BLE001 - closing a broken connection
+                    pass
+
 
 def _decode_diff(data: Any, me: str) -> tuple[str, list[Change], list[Change]] | None:
     """``(topic, joins, leaves)`` of another process's diff message; None for ours or garbage (logged)."""
@@ -368,6 +404,23 @@ def _decode_diff(data: Any, me: str) -> tuple[str, list[Change], list[Change]] |
     except (TypeError, ValueError, KeyError) as err:
         _log.error("presence: undecodable diff skipped (%s): %.200r", err, data)
         return None
+
+
+def _write_entries(pipe: Any, p: str, inst: str, topics: dict[str, dict[str, Any]], ttl: int) -> None:
+    """Queue on ``pipe`` the whole rewrite of process ``inst``'s entries of ``topics``."""
+    for topic, entries in topics.items():
+        key = f"{p}:e:{inst}:{topic}"
+        pipe.delete(key)
+        if entries:
+            pipe.hset(key, mapping={ref: json.dumps([k, m]) for ref, (k, m) in entries.items()})
+            pipe.expire(key, ttl)
+            pipe.sadd(f"{p}:t:{topic}", inst)
+            pipe.sadd(f"{p}:topics:{inst}", topic)
+        else:
+            pipe.srem(f"{p}:t:{topic}", inst)
+            pipe.srem(f"{p}:topics:{inst}", topic)
+    if topics:
+        pipe.expire(f"{p}:topics:{inst}", ttl)
 
 
 def _remove_instance(client: Any, p: str, inst: str) -> None:

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from ..core.settings import Settings
     from ..runtime.actor_space import ActorSpace
     from ..runtime.bus import Bus
+    from ..runtime.presence import Presence
+    from ..runtime.recovery import Recovery
     from ..websocket.hub import Hub
 
 __all__ = ["Counters", "Host"]
@@ -74,6 +76,12 @@ class Host(Protocol):
 
     @property
     def actors(self) -> ActorSpace: ...
+
+    @property
+    def recovery(self) -> Recovery: ...
+
+    @property
+    def presence(self) -> Presence: ...
 
     def call(
         self, name: str, payload: Any = None, *, identity: Identity | None = None,

@@ -7,7 +7,9 @@ status) and their duration, the wait of requests in connection mailboxes,
 bus events published, delivered and refused, slow-consumer disconnects and
 other refusals (by reason), the Redis backplane (sent, received, failed,
 missed, connected, lag), domain actors (activations, passivations, restarts,
-active by kind) and ``flamigo_build_info``.
+active by kind), connection-state recovery (resumes by outcome, streams by
+result...) and presence (entries by topic namespace, diffs; see
+:mod:`flamigo_actors.ops.metrics_state`) and ``flamigo_build_info``.
 
 Guarantees:
 
@@ -48,6 +50,7 @@ from flask import Flask, Response, jsonify, request
 
 from .dashboard import access_refusal
 from .meter import LAG_BUCKETS, STRATEGY_BUCKETS, WAIT_BUCKETS, Buckets, Meter
+from .metrics_state import StateMetrics
 
 if TYPE_CHECKING:
     from .host import Host
@@ -134,6 +137,7 @@ class Metrics:
         self.backplane_up = gauge("backplane_connected", "Workers whose link to Redis is up.")
         self.domain = counter(
             "domain_actor_events", "Domain actor lifecycle events (activation, passivation, restart).", ("event",))
+        self.state = StateMetrics(registry)  # recovery and presence
 
     # -- syncing -------------------------------------------------------------------
 
@@ -206,6 +210,7 @@ class Metrics:
             for outcome in ("sent", "received", "failed", "missed"):
                 advance(self.backplane.labels(outcome), ("backplane", outcome), getattr(counts, outcome))
             self.backplane_up.set(1 if backplane.connected else 0)
+        self.state.sync(flamigo, advance)
         self._sync_actors()
 
     def _sync_actors(self) -> None:

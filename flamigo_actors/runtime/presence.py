@@ -256,6 +256,14 @@ class Presence:
         """The topics this process tracks entries in."""
         return sorted(self._entries)
 
+    def entries_by_namespace(self) -> dict[str, int]:
+        """This process's entries per topic namespace (the first segment: ``rooms`` of ``rooms/lobby``)."""
+        counts: dict[str, int] = {}
+        for topic, entries in self._entries.items():
+            namespace = topic.split("/", 1)[0]
+            counts[namespace] = counts.get(namespace, 0) + len(entries)
+        return counts
+
     def local_entries(self, topic: str) -> dict[str, tuple[str, Any]]:
         """This process's entries of ``topic`` as ``ref -> (key, meta)`` (what the store writes)."""
         return dict(self._entries.get(topic, {}))

@@ -47,6 +47,7 @@ __all__ = [
     "OffsetFrame",
     "PositionedFrame",
     "Recovery",
+    "RecoveryStats",
     "SessionData",
     "StreamStore",
     "new_epoch",
@@ -224,6 +225,48 @@ class StreamStore(Protocol):
         ...
 
 
+RESUME_OUTCOMES = ("recovered", "not_recovered", "unknown_session", "forbidden")
+"""How a resume ended: every stream recovered; some not (see :data:`STREAM_RESULTS`); the
+session unknown or past its window; refused (403, another user's session)."""
+
+STREAM_RESULTS = ("recovered", "epoch_mismatch", "too_many", "expired", "unavailable")
+"""How one stream of a resume ended (``unavailable``: its store could not be read)."""
+
+
+class RecoveryStats:
+    """Counters of one application's recovery (``flamigo.recovery.stats``), plain integers
+    updated once per session, resume or retried request (never per push, except a dropped
+    duplicate). The metrics copy them (``flamigo_recovery_*``)."""
+
+    __slots__ = ("sessions", "resumes", "streams", "replayed", "duplicates", "cached_replies")
+
+    def __init__(self) -> None:
+        self.sessions = 0
+        """Sessions opened (a client opted in, or its resume found no session)."""
+        self.resumes: dict[str, int] = dict.fromkeys(RESUME_OUTCOMES, 0)
+        self.streams: dict[str, int] = dict.fromkeys(STREAM_RESULTS, 0)
+        self.replayed = 0
+        """Missed events sent after resumes."""
+        self.duplicates = 0
+        """Pushes dropped because the client already had them (a replay and live pushes overlapping)."""
+        self.cached_replies = 0
+        """Retried requests answered from a session's reply cache (their strategy did not run again)."""
+
+    def resumed(self, outcome: str, streams: dict[str, Any], replayed: int) -> None:
+        """Count one resume: ``outcome`` (see :data:`RESUME_OUTCOMES`), the ``streams`` of its answer."""
+        self.resumes[outcome] = self.resumes.get(outcome, 0) + 1
+        for answer in streams.values():
+            result = "recovered" if answer.get("recovered") else str(answer.get("reason"))
+            if result in self.streams:  # a closed set: an unknown reason is not a new label
+                self.streams[result] += 1
+        self.replayed += replayed
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters as plain data."""
+        return {"sessions": self.sessions, "resumes": dict(self.resumes), "streams": dict(self.streams),
+                "replayed": self.replayed, "duplicates": self.duplicates, "cached_replies": self.cached_replies}
+
+
 class Recovery:
     """The recovery configuration and store of one application (``flamigo.recovery``).
 
@@ -243,6 +286,7 @@ class Recovery:
         self.history = 1000
         self.pending_redis: Any = None
         """The settings of a Redis store to start with the first recoverable pattern."""
+        self.stats = RecoveryStats()
         self._patterns: TopicTrie[str] = TopicTrie()
         self._count = 0
         self._cache: dict[str, bool] = {}

@@ -126,6 +126,7 @@ class SessionState:
                 last = sent.get(frame.stream)
                 if last is not None and last[1] == frame.epoch and frame.offset <= last[0]:
                     self.duplicates += 1
+                    self.recovery.stats.duplicates += 1
                     return
                 sent[frame.stream] = (frame.offset, frame.epoch)
             push(connection, frame)
@@ -195,7 +196,10 @@ class SessionState:
 
     def cached(self, ack_id: Any) -> bytes | None:
         """The cached reply to a retried request, if this session answered it already."""
-        return self.data.replies.get(_ack_key(ack_id))
+        cached = self.data.replies.get(_ack_key(ack_id))
+        if cached is not None:
+            self.recovery.stats.cached_replies += 1
+        return cached
 
     def replied(self, ack_id: Any, reply: bytes, strategy: str | None) -> None:
         """A reply went out: cache a strategy's answer (result or its own error) to a request
@@ -257,6 +261,7 @@ def check_owner(recovery: Recovery, resume: ResumePayload | None, user_id: str) 
         _log.warning("recovery: cannot load a session (%s): answered as unknown", err)
         return None
     if data is not None and data.user_id != user_id:
+        recovery.stats.resumed("forbidden", {}, 0)
         raise FlamigoError(
             "resume: the session belongs to another user",
             public="this recovery session belongs to another user: connect without 'resume'",
@@ -278,8 +283,10 @@ def open_session(
         secret = new_session_secret()
         state = SessionState(connection, recovery, SessionData(session_key(secret), user_id), secret)
         state.save()
+        recovery.stats.sessions += 1
         if resume is None:
             return {"session": secret}
+        recovery.stats.resumed("unknown_session", {}, 0)
         return {"session": secret, "recovered": False, "streams": {}, "reason": "unknown_session"}
     data.disconnected_at = None
     state = SessionState(connection, recovery, data, resume.session)
@@ -312,4 +319,5 @@ def open_session(
     state.replay = replay
     state.save()
     recovered = all(s["recovered"] for s in streams.values())
+    recovery.stats.resumed("recovered" if recovered else "not_recovered", streams, len(replay))
     return {"session": resume.session, "recovered": recovered, "streams": streams}
