@@ -168,7 +168,8 @@ def uptime() -> str:
 class Server:
     """One server under test, started fresh and pinned to the server CPU."""
 
-    def __init__(self, kind: str, log_dir: Path, extra: tuple[str, ...] = (), pin: bool = True) -> None:
+    def __init__(self, kind: str, log_dir: Path, extra: tuple[str, ...] = (), pin: bool = True,
+                 env_extra: dict[str, str] | None = None) -> None:
         self.kind = kind
         self.port = _free_port()
         python = sys.executable
@@ -178,6 +179,7 @@ class Server:
             env["FLAMIGO_METRICS"] = "true" if kind == METRICS_SERVER else "false"
             on = "0" if kind == PLAIN_SERVER else "1"  # the rooms' recovery and presence (app/factory.py)
             env["DEMO_RECOVERY"] = env["DEMO_PRESENCE"] = on
+            env.update(env_extra or {})
         elif kind == "raw":
             argv = [python, str(SCRIPTS / "peers" / "raw_server.py"), "--port", str(self.port)]
         elif kind == "socketio":
@@ -365,8 +367,10 @@ def run_crowd(node: str, workload: Workload, log_dir: Path, timeout: float, rep:
     server: Server | None = None
     gens: list[subprocess.Popen[str]] = []
     try:
+        # Presence off: in one room of N members every member hears of every join, O(N²) bytes
+        # (README, Presence); this workload is about connections and one broadcast.
         server = Server("flamigo", log_dir, ("--workers", str(cfg["workers"]), "--redis", redis.url,
-                                             "--log-level", "INFO"), pin=False)
+                                             "--log-level", "INFO"), pin=False, env_extra={"DEMO_PRESENCE": "0"})
         # Every worker up: each logs its open-files ceiling once started.
         deadline = time.monotonic() + 60
         while (len(_children(server.pid)) < cfg["workers"]
