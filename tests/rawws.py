@@ -185,37 +185,21 @@ class RawWs:
         head, _, self._buffer = self._buffer.partition(marker)
         return head
 
-    def _take(self, n: int, deadline: float) -> bytes | None:
-        while len(self._buffer) < n:
+    def read_frame(self, timeout: float | None = None) -> tuple[int, bytes] | None:
+        """The next server frame as ``(opcode, payload)``; None at EOF.
+
+        A frame is taken from the buffer only once it is whole: a ``TimeoutError`` in the
+        middle of one leaves it there for the next read (the stream stays in step).
+        """
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            parsed = _parse_frame(self._buffer)
+            if parsed is not None:
+                opcode, payload, used = parsed
+                self._buffer = self._buffer[used:]
+                return opcode, payload
             if not self._fill(deadline):
                 return None
-        data, self._buffer = self._buffer[:n], self._buffer[n:]
-        return data
-
-    def read_frame(self, timeout: float | None = None) -> tuple[int, bytes] | None:
-        """The next server frame as ``(opcode, payload)``; None at EOF."""
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        head = self._take(2, deadline)
-        if head is None:
-            return None
-        b0, b1 = head
-        assert not b1 & 0x80, "server frames must not be masked"
-        assert b0 & 0x80, "server frames are never fragmented"
-        length = b1 & 0x7F
-        if length == 126:
-            extra = self._take(2, deadline)
-            if extra is None:
-                return None
-            (length,) = struct.unpack("!H", extra)
-        elif length == 127:
-            extra = self._take(8, deadline)
-            if extra is None:
-                return None
-            (length,) = struct.unpack("!Q", extra)
-        payload = self._take(length, deadline)
-        if payload is None:
-            return None
-        return b0 & 0x0F, payload
 
     def recv_json(self, timeout: float | None = None) -> dict[str, Any]:
         """The next text message, decoded (pings are answered, as a browser would)."""
@@ -273,3 +257,25 @@ class Ending:
             f"Ending(code={self.code}, reason={self.reason!r}, messages={self.messages[:5]!r}"
             f"{'...' if len(self.messages) > 5 else ''} ({len(self.messages)}), pongs={len(self.pongs)})"
         )
+
+
+def _parse_frame(buffer: bytes) -> tuple[int, bytes, int] | None:
+    """``(opcode, payload, bytes used)`` of the whole server frame at the start of ``buffer``,
+    or None while it is incomplete."""
+    if len(buffer) < 2:
+        return None
+    b0, b1 = buffer[0], buffer[1]
+    assert not b1 & 0x80, "server frames must not be masked"
+    assert b0 & 0x80, "server frames are never fragmented"
+    length, start = b1 & 0x7F, 2
+    if length == 126:
+        if len(buffer) < 4:
+            return None
+        (length,), start = struct.unpack("!H", buffer[2:4]), 4
+    elif length == 127:
+        if len(buffer) < 10:
+            return None
+        (length,), start = struct.unpack("!Q", buffer[2:10]), 10
+    if len(buffer) < start + length:
+        return None
+    return b0 & 0x0F, buffer[start:start + length], start + length
