@@ -433,6 +433,19 @@ class ServerProcess:
                 self.process.wait()
 
 
+def worker_holding(workers: list[Any], sock: socket.socket) -> int:
+    """The pid of the worker process (a ``psutil.Process``) holding the server end of ``sock``.
+
+    Matched on the client's (address, port): a port number alone may also be another
+    connection's remote port (Redis's, say).
+    """
+    end = sock.getsockname()[:2]
+    for worker in workers:
+        if any(c.raddr and (c.raddr.ip, c.raddr.port) == end for c in worker.net_connections("tcp")):
+            return int(worker.pid)
+    raise AssertionError(f"no worker holds the connection from {end[0]}:{end[1]}")
+
+
 def die_with_parent() -> None:
     """``preexec_fn``: the child gets SIGKILL when the test process dies (a killed or
     timed-out pytest would otherwise leave its redis-servers running for good)."""

@@ -27,6 +27,7 @@ from tests.support import (
     eventually,
     free_port,
     post_message,
+    worker_holding,
 )
 from tests.test_recovery import ask, chat, cut, join, opted_in, resume, since
 
@@ -152,11 +153,7 @@ def test_two_workers_report_the_sum_of_their_connections_in_one_scrape(
     workers = arbiter.children()
 
     def worker_of(client: Any) -> int:
-        port = client.ws.sock.getsockname()[1]
-        for worker in workers:
-            if any(c.raddr and c.raddr.port == port for c in worker.net_connections("tcp")):
-                return int(worker.pid)
-        raise AssertionError(f"no worker holds the connection from port {port}")
+        return worker_holding(workers, client.ws.sock)
 
     # Connect until both workers serve some (the kernel spreads the accepts), then keep 10.
     clients: list[Any] = []

@@ -26,6 +26,7 @@ from tests.support import (
     eventually,
     free_port,
     nothing_arrives,
+    worker_holding,
 )
 
 _texts = itertools.count(1)
@@ -214,11 +215,7 @@ def test_two_workers_on_one_port_share_every_message(
     workers = arbiter.children()
 
     def worker_of(client: WsClient) -> int:
-        port = client.ws.sock.getsockname()[1]
-        for worker in workers:
-            if any(c.raddr and c.raddr.port == port for c in worker.net_connections("tcp")):
-                return int(worker.pid)
-        raise AssertionError(f"no worker holds the connection from port {port}")
+        return worker_holding(workers, client.ws.sock)
 
     # Open clients until both workers serve some (the kernel spreads the accepts).
     members: list[WsClient] = []
