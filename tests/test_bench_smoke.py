@@ -146,3 +146,42 @@ def test_the_reconnect_storm_runs_and_recovery_misses_nothing(tmp_path: Path) ->
         assert result["duplicates"] == 0, result
         if result["recover"]:
             assert result["missing"] == 0 and result["not_recovered"] == 0, result
+
+
+def test_the_capacity_benchmark_measures_backplane_and_workers_with_every_delivery(tmp_path: Path) -> None:
+    """``scripts/bench_capacity.py --quick`` at a tiny scale: every figure produced, every delivery made once."""
+    need_binary("node")
+    need_binary("npm")
+    need_binary("redis-server")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_capacity.py"), "--quick", "--procs", "1,2",
+         "--worker-counts", "1,2", "--conns", "120", "--bp-events", "100", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=400, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    assert proc.returncode == 0, f"bench_capacity.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    [report] = tmp_path.glob("capacity-*-quick.json")
+    results = json.loads(report.read_text())
+    runs = {(r["mode"], r["procs"]): r for r in results["backplane"]}
+    assert set(runs) == {("stream", 1), ("stream", 2), ("interest", 1), ("interest", 2)}
+    for (mode, procs), run in runs.items():
+        if not run["available"]:  # a mode this version lacks or the server refuses: said, never measured
+            assert mode != "stream" and run["why"], run
+            continue
+        assert run["failed"] == 0, run["errors"]
+        assert run["delivered"] == run["expected"] > 0 and run["missing"] == 0 and run["duplicates"] == 0, run
+        assert run["redis_commands_per_event"] > 0 and run["redis_by_command_per_event"], run
+        for key in ("events_per_s", "deliveries_per_s", "published_per_s", "redis_cpu_us_per_event",
+                    "server_cpu_us_per_event"):
+            assert run[key] is not None, (key, run)
+    assert [w["workers"] for w in results["workers"]] == [1, 2]
+    for run in results["workers"]:
+        assert run["failed"] == 0, run["errors"]
+        assert run["held"] == 120 and run["missing"] == 0 and run["duplicates"] == 0, run
+        assert run["delivered"] == 120 * run["events"]
+        assert len(run["per_worker"]) == run["workers"] and sum(w["connections"] for w in run["per_worker"]) >= 120
+        assert run["deliveries_per_s"] is not None and run["redis_commands_per_event"] > 0
+        assert len(run["loadgen_cpu_pct"]) == 2 and run["saturates_first"]
+    assert [p["workers"] for p in results["predictions"]] == [1, 2]
+    assert all(p["predicted_deliveries_per_s"] > 0 for p in results["predictions"])
+    table = (tmp_path / report.name.replace(".json", ".md")).read_text()
+    assert "Redis commands / event" in table and "predicted deliveries/s" in table

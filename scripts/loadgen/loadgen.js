@@ -12,7 +12,8 @@
 //       "crowd"       `clients` authenticated connections from one `source` address, all in one
 //                     room, for a multi-process run that scripts/bench.py coordinates over stdio:
 //                     prints {"phase": "ready", ...} once connected, waits for a "go" line on
-//                     stdin, then counts `events` pushes per connection and prints the result.
+//                     stdin, then counts `events` pushes per connection and prints the result
+//                     (with `linger`: keeps the connections open until a "close" line).
 //
 // The generator measures the server too (it gets the server's pid): CPU time
 // from /proc/<pid>/stat and RSS from /proc/<pid>/status. Its own CPU use is
@@ -627,7 +628,8 @@ function waitForLine() {
       }
     };
     process.stdin.on('data', onData);
-    process.stdin.on('end', () => resolve(text.trim()));
+    process.stdin.once('end', () => resolve(text.trim()));
+    process.stdin.resume(); // paused by the previous line's read
   });
 }
 
@@ -671,8 +673,7 @@ async function crowd() {
   while (total() < cfg.clients * cfg.events && now() < deadline) await sleep(20);
   const held = clients.filter((c) => !c.closed).length;
   const delivered = total();
-  for (const c of clients) c.close();
-  return Object.assign(meter(), {
+  const report = Object.assign(meter(), {
     phase: 'done',
     source: cfg.source || null,
     connections: cfg.clients,
@@ -688,6 +689,16 @@ async function crowd() {
     received: Array.from(received),
     last_ms: Array.from(last, (t, k) => (received[k] ? t : null)),
   });
+  if (cfg.linger) {
+    // The caller reads the servers' CPU before the connections close (closing costs server CPU too).
+    process.stdout.write(JSON.stringify(Object.assign({ mode: cfg.mode, kind: cfg.kind }, report)) + '\n');
+    const closing = await waitForLine();
+    if (closing !== 'close') throw new Error(`expected "close" on stdin, got ${JSON.stringify(closing)}`);
+    for (const c of clients) c.close();
+    return { phase: 'closed' };
+  }
+  for (const c of clients) c.close();
+  return report;
 }
 
 const modes = { roundtrip, fanout, connections, crowd };
