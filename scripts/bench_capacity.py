@@ -12,9 +12,12 @@ Run from the repository root. Two parts, one run, side by side:
   the topics a process's subscribers match) and each count of ``--procs``
   (1, 2, 4), a fresh redis-server and that many server processes
   (``scripts/peers/backplane_app.py``: the demo with ``POST /bench/fire``,
-  which publishes straight onto the bus). Every process has ``--members``
-  subscribers in room ``all`` (a topic everyone listens to) and as many in
-  its own room ``p<i>`` (a topic one process listens to); every process
+  which publishes straight onto the bus). Room ``all`` (a topic everyone
+  listens to) has ``--members`` subscribers spread over the processes, and
+  each process's own room ``p<i>`` (a topic one process listens to) has
+  ``--members`` on that process: every event has ``--members`` deliveries
+  whatever the count of processes, so what grows with it is the backplane's
+  cost. Every process
   publishes its share of the events to ``all``, and the events of ``p<i>``
   are published by the next process along. Reported: events/s published and
   delivered end to end, deliveries (missing and duplicates: 0), Redis
@@ -27,8 +30,8 @@ Run from the repository root. Two parts, one run, side by side:
   ``--workers W --redis`` (recovery on, presence off, as in ``conns75000``),
   ``--conns`` authenticated connections in one room from one Node generator
   process per source address (127.0.0.2, ...), held ``--hold`` s, then
-  ``--events`` broadcasts posted back to back (``POST
-  /api/rooms/bench/messages``). Reported per worker: connections held, RSS
+  ``--events`` broadcasts posted all at once (``POST
+  /api/rooms/bench/messages``: the room actor takes them one by one). Reported per worker: connections held, RSS
   per connection, CPU during the broadcast; deliveries/s (all deliveries
   over the span from the first publish to the last delivery); Redis
   commands/s idle and during the broadcast, Redis CPU; every generator's CPU;
@@ -118,6 +121,18 @@ class RedisMeter:
         cpu = redis_info(self.port, "cpu")
         return {"commands": commands, "cpu_s": float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])}
 
+    def settle(self, quiet: float = 0.5, limit: float = 10.0) -> None:
+        """Wait until no ``XADD`` arrived for ``quiet`` s (at most ``limit`` s): every process's
+        backplane has written what it queued (its sender may lag the local deliveries)."""
+        deadline = time.monotonic() + limit
+        last = self.read()["commands"].get("xadd", 0)
+        while time.monotonic() < deadline:
+            time.sleep(quiet)
+            now = self.read()["commands"].get("xadd", 0)
+            if now == last:
+                return
+            last = now
+
     @staticmethod
     def delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         names = set(before["commands"]) | set(after["commands"])
@@ -145,13 +160,14 @@ class CpuMeter:
                 if total > self.machine[1] else None}
 
 
-def post_all(requests: list[tuple[int, str, Any]]) -> list[int]:
+def post_all(requests: list[tuple[int, str, Any]], token: str | None = None) -> list[int]:
     """Send every ``(port, path, body)`` POST at once (one socket each), then read every status."""
     socks = []
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
     for port, path, body in requests:
         data = json.dumps(body).encode()
         sock = socket.create_connection(("127.0.0.1", port), timeout=60)
-        sock.sendall(f"POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        sock.sendall(f"POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{auth}"
                      f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
         socks.append(sock)
     statuses = []
@@ -287,7 +303,9 @@ def backplane_run(node: str, mode: str, procs: int, members: int, events: int, t
                 return {"mode": mode, "procs": procs, "available": False, "why": refused}
         shared = events // 2 // procs * procs  # to room "all", split evenly over the publishers
         own = (events - shared) // procs  # to each room "p<i>", published by process i+1
-        gens = [start_generator(node, app.port, "all", members, shared, timeout) for app in apps]
+        # Deliveries per event stay `members` whatever the count of processes: room "all" has its
+        # members spread over the processes, each room "p<i>" all of its own on process i.
+        gens = [start_generator(node, app.port, "all", members // procs, shared, timeout) for app in apps]
         gens += [start_generator(node, app.port, f"p{i}", members, own, timeout) for i, app in enumerate(apps)]
         for gen in gens:
             bench._line(gen, "ready")
@@ -307,6 +325,7 @@ def backplane_run(node: str, mode: str, procs: int, members: int, events: int, t
         if any(s != 202 for s in statuses):
             raise RuntimeError(f"POST /bench/fire answered {statuses}; see {log_dir}")
         done = [bench._line(gen, "done") for gen in gens]
+        meter.settle()
         used = cpu.read()
         after = meter.read()
     finally:
@@ -315,7 +334,7 @@ def backplane_run(node: str, mode: str, procs: int, members: int, events: int, t
             app.stop()
         redis.stop()
     published = shared + own * procs
-    expected = (shared + own) * members * procs
+    expected = (shared + own * procs) * members
     delivered = sum(d["delivered"] for d in done)
     lasts = [t for d in done for t in d["last_ms"] if t is not None]
     span_s = (max(lasts) - t0 * 1000) / 1000 if lasts else None
@@ -323,6 +342,7 @@ def backplane_run(node: str, mode: str, procs: int, members: int, events: int, t
     server_cpu = sum(v for k, v in used["cpu_s"].items() if k.startswith("server"))
     return {
         "mode": mode, "procs": procs, "available": True, "members_per_room": members,
+        "deliveries_per_event": members,
         "published": published, "expected": expected, "delivered": delivered,
         "missing": sum(d["missing"] for d in done), "duplicates": sum(d["duplicates"] for d in done),
         "failed": sum(d["failed"] for d in done), "errors": [e for d in done for e in d["errors"]][:5],
@@ -409,10 +429,14 @@ def workers_run(node: str, workers: int, conns: int, sources: list[str], events:
                        | {f"gen{i}": gen.pid for i, gen in enumerate(gens)} | {"bench": os.getpid()})
         tell(gens, "go")
         first = time.monotonic() * 1000
-        for k in range(events):
-            bench._http_json(server.port, "/api/rooms/bench/messages", {"text": f"e{k}"}, token)
+        # All at once: the room takes them one by one, the workers deliver as fast as they can.
+        statuses = post_all([(server.port, "/api/rooms/bench/messages", {"text": f"e{k}"}) for k in range(events)],
+                            token)
         posted_s = time.monotonic() - first / 1000
+        if any(s != 202 for s in statuses):
+            raise RuntimeError(f"POST /api/rooms/bench/messages answered {statuses}; see {server.log_path}")
         done = [bench._line(gen, "done") for gen in gens]
+        meter.settle()
         used = cpu.read()
         after = meter.read()
     finally:
@@ -462,6 +486,8 @@ def workers_run(node: str, workers: int, conns: int, sources: list[str], events:
                                         / delivered if delivered else None),
         "bench_cpu_pct": 100 * used["cpu_s"]["bench"] / wall,
         "machine_busy_pct": machine_pct, "cores": cores, "window_s": wall,
+        "other_jobs_cores": max(0.0, (used["machine_busy_cores"] or 0.0) - sum(components.values()) / 100
+                                - used["cpu_s"]["bench"] / wall),
         "components_cpu_pct": components, "saturates_first": saturated,
         "connect_loadgen_cpu_pct": max(r["loadgen_cpu_pct"] for r in ready),
     }
@@ -493,7 +519,8 @@ def predict(runs: list[dict[str, Any]], backplane: list[dict[str, Any]]) -> list
     further worker reads the event from the stream: the backplane part's server
     CPU per event and process); everything shares the machine's cores with the
     generators (g per delivery) and Redis (r per event). Predicted deliveries/s:
-    min(W / (c_d + (W-1) c_e / N), cores / (c_d + g + (r + (W-1) c_e) / N)).
+    min(W / (c_d + (W-1) c_e / N), cores / (c_d + g + (r + (W-1) c_e) / N)), and
+    the same with the cores other jobs left during that run (a shared machine).
     """
     one = next((r for r in runs if r["workers"] == 1 and r.get("server_cpu_us_per_delivery")), None)
     if one is None:
@@ -507,14 +534,21 @@ def predict(runs: list[dict[str, Any]], backplane: list[dict[str, Any]]) -> list
         w, n = run["workers"], run["held_by_workers"] or run["connections"]
         cores = run["cores"]
         workers_bound = w / (c_d + (w - 1) * c_e / n)
-        machine_bound = cores / (c_d + g + (r + (w - 1) * c_e) / n)
+        per_delivery = c_d + g + (r + (w - 1) * c_e) / n
+        machine_bound = cores / per_delivery
         predicted = min(workers_bound, machine_bound)
+        # On a shared machine: the cores the other jobs left us during this very run.
+        left = max(0.05, cores - run["other_jobs_cores"])
+        predicted_left = min(workers_bound, left / per_delivery)
         out.append({"workers": w, "predicted_deliveries_per_s": predicted, "c_d_us": c_d * 1e6,
                     "c_e_us": c_e * 1e6, "g_us": g * 1e6, "r_us": r * 1e6,
                     "bound": "workers" if workers_bound < machine_bound else "machine cores",
                     "measured_deliveries_per_s": run["deliveries_per_s"],
                     "measured_over_predicted": (run["deliveries_per_s"] / predicted
-                                                if run["deliveries_per_s"] else None)})
+                                                if run["deliveries_per_s"] else None),
+                    "cores_left": left, "predicted_with_cores_left": predicted_left,
+                    "measured_over_predicted_left": (run["deliveries_per_s"] / predicted_left
+                                                     if run["deliveries_per_s"] else None)})
     return out
 
 
@@ -529,7 +563,7 @@ def per_process_event_cost(backplane: list[dict[str, Any]], c_delivery_us: float
     if len(runs) < 2:
         return 0.0
     low, high = runs[0], runs[-1]
-    extra_deliveries = high["delivered"] / high["published"] - low["delivered"] / low["published"]
+    extra_deliveries = high["delivered"] / high["published"] - low["delivered"] / low["published"]  # 0 by design
     grown = high["server_cpu_us_per_event"] - low["server_cpu_us_per_event"] - extra_deliveries * c_delivery_us
     return max(0.0, grown / (high["procs"] - low["procs"]))
 
@@ -601,7 +635,14 @@ def workers_table(runs: list[dict[str, Any]], predictions: list[dict[str, Any]])
             [_f(pred[w]["predicted_deliveries_per_s"]) if w in pred else "n/a" for w in ws]),
         row("measured ÷ predicted", [_f(pred[w]["measured_over_predicted"], 2) + "×"
                                      if w in pred and pred[w]["measured_over_predicted"] else "n/a" for w in ws]),
+        row("predicted with the cores other jobs left (cores)",
+            [f"{_f(pred[w]['predicted_with_cores_left'])} ({pred[w]['cores_left']:.1f})" if w in pred else "n/a"
+             for w in ws]),
+        row("measured ÷ predicted with the cores left",
+            [_f(pred[w]["measured_over_predicted_left"], 2) + "×"
+             if w in pred and pred[w]["measured_over_predicted_left"] else "n/a" for w in ws]),
         row("server CPU µs per delivery", [_f(r["server_cpu_us_per_delivery"], 1) for r in runs]),
+        row("generator CPU µs per delivery", [_f(r["loadgen_cpu_us_per_delivery"], 1) for r in runs]),
         row("worker CPU % during the burst", [", ".join(f"{w['cpu_pct']:.0f}" for w in r["per_worker"]) for r in runs]),
         row("Redis commands/s idle / burst", [f"{_f(r['redis_ops_per_s_idle'])} / {_f(r['redis_ops_per_s'])}"
                                               for r in runs]),
@@ -625,12 +666,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--parts", default="backplane,workers", help="backplane, workers or both")
     parser.add_argument("--modes", default="stream,interest", help="backplane modes (FLAMIGO_REDIS_BACKPLANE)")
     parser.add_argument("--procs", default="1,2,4", help="server processes of the backplane part")
-    parser.add_argument("--members", type=int, help="subscribers per room and process (backplane part)")
+    parser.add_argument("--members", type=int, help="subscribers per room (backplane part): room 'all' has them "
+                        "spread over the processes, each room 'p<i>' all on process i")
     parser.add_argument("--bp-events", type=int, help="events published per backplane run")
     parser.add_argument("--worker-counts", default="1,2,4", help="--workers of the workers part")
     parser.add_argument("--conns", type=int, help="connections in the room (workers part)")
     parser.add_argument("--generators", type=int, help="generator processes, one source address each")
-    parser.add_argument("--events", type=int, help="broadcasts posted back to back (workers part)")
+    parser.add_argument("--events", type=int, help="broadcasts posted at once (workers part)")
     parser.add_argument("--hold", type=float, help="seconds the connections are held before the burst")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds a generator waits for deliveries")
     parser.add_argument("--out", type=Path, default=bench.RESULTS, help="where the JSON and Markdown go")
@@ -643,7 +685,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.modes = [m for m in args.modes.split(",") if m]
     args.procs = [int(p) for p in args.procs.split(",")]
     args.worker_counts = [int(w) for w in args.worker_counts.split(",")]
-    args.members = args.members or (2 if q else 20)
+    args.members = args.members or (4 if q else 20)
     args.bp_events = args.bp_events or (400 if q else 4000)
     args.generators = args.generators or (2 if q else 4)
     args.conns = args.conns or (300 if q else 16000)
@@ -652,6 +694,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if min(args.procs + args.worker_counts) < 1 or args.members < 1 or args.bp_events < 2 * max(args.procs):
         parser.error("--procs and --worker-counts must be at least 1, --members at least 1, "
                      "--bp-events at least twice the largest --procs")
+    if any(args.members % p for p in args.procs):
+        parser.error(f"--members ({args.members}) must be a multiple of every --procs count (spread evenly)")
     return args
 
 
@@ -683,7 +727,7 @@ def main(argv: list[str] | None = None) -> int:
         md += ["", "Backplane throughput (events/s, Redis cost per event):", "",
                backplane_table(report["backplane"])]
     if report["workers"]:
-        md += ["", f"{args.conns:,} connections in one room, {args.events} broadcasts back to back:", "",
+        md += ["", f"{args.conns:,} connections in one room, {args.events} broadcasts posted at once:", "",
                workers_table(report["workers"], report["predictions"])]
     text = "\n".join(md)
     print(text)
