@@ -634,6 +634,8 @@ def workers_table(runs: list[dict[str, Any]], predictions: list[dict[str, Any]])
         row("connections held (of)", [f"{r['held']:,} ({r['connections']:,})" for r in runs]),
         row("sockets per worker", [", ".join(f"{w['connections']:,}" for w in r["per_worker"]) for r in runs]),
         row("RSS per connection, KiB", [_f(r["rss_per_conn_kib"], 1) for r in runs]),
+        row("RSS per connection per worker, KiB", [", ".join(_f(w["rss_per_conn_kib"], 1) for w in r["per_worker"])
+                                                   for r in runs]),
         row("connected per second", [_f(r["connects_per_s"]) for r in runs]),
         row("deliveries/s (broadcast burst)", [_f(r["deliveries_per_s"]) for r in runs]),
         row("posts acknowledged / last delivery, s", [f"{r['posted_s']:.1f} / {_f(r['span_s'], 1)}" for r in runs]),
