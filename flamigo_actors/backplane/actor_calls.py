@@ -122,6 +122,14 @@ def when_settled(future: Any, pool: Pool, callback: Callable[[Any], None]) -> No
         pool.spawn(callback, future)
 
 
+def outcome(future: Any) -> tuple[Any, BaseException | None]:
+    """(value, None) or (None, error) of a settled future (``get`` returns at once)."""
+    try:
+        return future.get(), None
+    except Exception as err:  # noqa: BLE001 - the caller's answer
+        return None, err
+
+
 def rebuild_error(errors: Mapping[str, type[FlamigoError]], type_name: str, message: str,
                   public: str | None, status: int | None) -> FlamigoError:
     """The caller's side of :func:`encode_error`: the same class when ``errors`` knows it."""
@@ -286,18 +294,6 @@ class RedisRemoteCalls:
         for call_id in list(self._pending):
             self._fail(call_id, why)
 
-    def _receive_reply(self, document: bytes) -> None:
-        try:
-            reply = orjson.loads(document)
-            if reply[0] != "r":
-                raise ValueError(f"not a reply: {reply[0]!r}")
-        except Exception as err:  # noqa: BLE001 - one bad message must not stop the subscriber
-            self.stats["decode_errors"] += 1
-            _log.error("domain actors: unreadable reply on %s: %s: %s", self._replies.channel,
-                       type(err).__name__, err)
-            return
-        self._resolve(reply)
-
     def _resolve(self, reply: list[Any]) -> None:
         entry = self._pending.pop(reply[1], None)
         if entry is None:
@@ -360,17 +356,9 @@ class RedisRemoteCalls:
         self.stats["served"] += 1
         if reply_to is None:
             return
-        when_settled(future, self._pool, lambda done: self._settled(reply_to, done))
+        when_settled(future, self._pool, lambda done: self._reply(reply_to, *outcome(done)))
 
-    def _settled(self, reply_to: tuple[str, str, str], future: Any) -> None:
-        try:
-            value = future.get()  # settled already (in a callback): returns at once
-        except Exception as err:  # noqa: BLE001 - the caller's answer
-            self._reply(reply_to, error=err)
-        else:
-            self._reply(reply_to, value=value)
-
-    def _reply(self, reply_to: tuple[str, str, str], *, value: Any = None, error: BaseException | None = None) -> None:
+    def _reply(self, reply_to: tuple[str, str, str], value: Any = None, error: BaseException | None = None) -> None:
         self._unsettled -= 1
         caller, call_id, method = reply_to
         document = reply_document(call_id, method, value, error)

@@ -32,6 +32,7 @@ import socket
 from typing import Any
 
 import gevent
+import orjson
 from gevent.event import Event
 
 __all__ = ["ReplySubscriber", "replies_of"]
@@ -48,7 +49,7 @@ class ReplySubscriber:
     """The caller's side: subscribe to this node's reply channel, resolve each reply.
 
     ``calls`` is the :class:`~.actor_calls.RedisRemoteCalls` (its ``link``, ``channel``,
-    ``node_id``, ``_closed`` and ``_receive_reply(document)``).
+    ``node_id``, ``stats``, ``_closed`` and ``_resolve(reply)``).
     """
 
     def __init__(self, calls: Any) -> None:
@@ -70,6 +71,18 @@ class ReplySubscriber:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+    def receive(self, document: bytes) -> None:
+        """Resolve the waiting call a reply (``["r", call id, ok, value or error]``) is for."""
+        try:
+            reply = orjson.loads(document)
+            if reply[0] != "r":
+                raise ValueError(f"not a reply: {reply[0]!r}")
+        except Exception as err:  # noqa: BLE001 - one bad message must not stop the subscriber
+            self.calls.stats["decode_errors"] += 1
+            _log.error("domain actors: unreadable reply on %s: %s: %s", self.channel, type(err).__name__, err)
+            return
+        self.calls._resolve(reply)
 
     def run(self) -> None:
         calls = self.calls
@@ -106,7 +119,7 @@ class ReplySubscriber:
                     continue  # PONG
                 kind = message[0]
                 if kind == b"message":
-                    calls._receive_reply(message[2])
+                    self.receive(message[2])
                     gevent.sleep(0)  # the caller it woke runs first (before this reads on)
                 elif kind == b"subscribe":
                     self.subscribed.set()
