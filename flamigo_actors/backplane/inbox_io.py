@@ -106,6 +106,9 @@ class InboxWriter:
         self.parked = False  # the writing greenlet waits for work (not using the connection)
         self.writing = False  # a caller's greenlet writes on the connection right now
         self.hub = gevent.get_hub()  # (a done-callback in the hub must never write: it cannot wait)
+        # Wakes the parked writer to read the answers to direct writes, ACK_READ_DELAY later
+        # (not at once: nothing to switch to on the caller's side while its call is out).
+        self.ack_timer = self.hub.loop.timer(ACK_READ_DELAY)
 
     @property
     def pending(self) -> int:
@@ -133,7 +136,8 @@ class InboxWriter:
             self.writing = False
         self.calls.stats["sent"] += 1
         self.unread.extend(ids)
-        self.wake.set()
+        if not self.ack_timer.active:
+            self.ack_timer.start(self.wake.set)
 
     def drop(self, err: BaseException) -> None:
         """The connection failed: close it, fail the calls whose answers were not read, report."""
@@ -206,6 +210,7 @@ class InboxWriter:
                 unread.extend(ids)
                 self.read_answers(block=False)
         finally:
+            self.ack_timer.stop()
             if self.conn is not None:
                 link.release(self.conn, broken=bool(unread))
                 self.conn = None
