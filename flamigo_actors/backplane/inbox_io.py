@@ -39,7 +39,7 @@ import gevent
 from gevent.event import Event
 from greenlet import getcurrent
 
-__all__ = ["ACK_READ_DELAY", "InboxReader", "InboxWriter"]
+__all__ = ["ACK_READ_DELAY", "InboxReader", "InboxWriter", "write"]
 
 _log = logging.getLogger("flamigo_actors.actors.redis")
 
@@ -62,6 +62,23 @@ def _command(*args: Any) -> bytes:
             arg = b"%d" % arg
         out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
     return b"".join(out)
+
+
+def write(conn: Any, data: bytes) -> None:
+    """Write ``data`` on a raw redis-py connection: one ``send`` when it all fits (gevent's
+    ``sendall``, which redis-py uses, asks the kernel for ``SO_SNDBUF`` on every call: a
+    syscall more per message); redis-py writes what is left, and reports a failure its way
+    (its ``ConnectionError``, the connection closed)."""
+    sock = conn._sock
+    if sock is not None:
+        try:
+            sent = sock.send(data)
+        except OSError:
+            sent = 0  # (redis-py's write below fails the same way, as redis-py's error)
+        if sent == len(data):
+            return
+        data = data[sent:]
+    conn.send_packed_command([data], check_health=False)
 
 
 _SKIP_REPLY = _command("CLIENT", "REPLY", "SKIP")
@@ -127,7 +144,7 @@ class InboxWriter:
         self.writing = True
         try:
             commands, ids = self.commands([(target, document, call_id, publish)])
-            conn.send_packed_command([b"".join(commands)], check_health=False)
+            write(conn, b"".join(commands))
         except link.redis_error as err:
             self.calls._fail(call_id, f"cannot reach Redis ({err})")
             self.drop(err)
@@ -198,7 +215,7 @@ class InboxWriter:
                     if self.conn is None:
                         self.conn = link.connection()  # its own: no pool round trip per write
                     commands, ids = self.commands(batch)
-                    self.conn.send_packed_command([b"".join(commands)], check_health=False)
+                    write(self.conn, b"".join(commands))
                 except link.redis_error as err:
                     for entry in batch:
                         calls._fail(entry[2], f"cannot reach Redis ({err})")
@@ -304,7 +321,7 @@ class InboxReader:
                         refreshed = time.monotonic()
                     commands.append(_command("XREAD", "COUNT", calls.batch, "BLOCK", block_ms,
                                              "STREAMS", calls.inbox, self.last_id))
-                    conn.send_packed_command([b"".join(commands)], check_health=False)
+                    write(conn, b"".join(commands))
                     reply = conn.read_response()
                 except link.link_errors as err:
                     if conn is not None:
