@@ -24,6 +24,7 @@ from gevent.event import AsyncResult
 from flamigo_actors.backplane.actor_calls import RedisRemoteCalls, RemoteActorError, inbox_of
 from flamigo_actors.backplane.leases import RedisPlacement, actor_keys
 from flamigo_actors.backplane.link import RedisLink
+from flamigo_actors.backplane.reply_io import replies_of
 from flamigo_actors.backplane.snapshots import RedisSnapshotStore
 from flamigo_actors.core.errors import FlamigoError, status_of
 from flamigo_actors.runtime.actor_errors import ActorTimeout, ActorUnavailable, StaleOwner
@@ -315,6 +316,30 @@ def test_a_remote_ask_runs_on_the_owner_and_the_reply_comes_back(two_nodes) -> N
     assert log[0] == ("counter", "c1", "add", (2,), {"times": 3}, True)
     assert log[1][-1] is False and len(log) == 202
     assert caller.stats["replied"] == 201 and caller.snapshot()["p50_ms"] is not None
+
+
+def test_replies_come_back_by_pub_sub_and_a_gone_callers_reply_leaves_nothing(  # type: ignore[no-untyped-def]
+    two_nodes, redis_server: RedisServer
+) -> None:
+    caller, owner, _log = two_nodes
+    client = redis_server.client()
+    channel = replies_of("flamigo", "host:1")
+    assert channel == "{flamigo:node:host:1}:replies"  # the caller's inbox's hash tag
+    futures = [caller.call("host:2", "counter", "c", "add", (1,), {}, want_reply=True, timeout=5) for _ in range(50)]
+    assert [f.get(timeout=10) for f in futures] == list(range(1, 51))
+    assert client.pubsub_numsub(channel) == [(channel.encode(), 1)]  # the caller's subscriber
+    assert client.exists(inbox_of("flamigo", "host:1")) == 0  # no reply went through a stream
+    assert owner._subscriber is None and owner._replies.conn is None  # serving only: no subscription
+
+    # The caller goes away while its call runs: the call fails there, the late reply is dropped.
+    slow = caller.call("host:2", "room", "r", "slow", (0.5,), {}, want_reply=True, timeout=5)
+    gevent.sleep(0.1)
+    caller.close()
+    with pytest.raises(ActorUnavailable, match="remote calls closed"):
+        slow.get(timeout=1)
+    eventually(lambda: client.pubsub_numsub(channel) == [(channel.encode(), 0)], timeout=5)
+    gevent.sleep(0.8)  # the reply was published to nobody
+    assert owner.stats["served"] == 51 and client.exists(inbox_of("flamigo", "host:1")) == 0
 
 
 def test_remote_errors_cross_with_their_type_status_and_public_message(two_nodes) -> None:  # type: ignore[no-untyped-def]

@@ -152,6 +152,32 @@ def test_an_ask_cycle_across_processes_fails_at_once_naming_the_cycle(servers: A
     assert relay(b, "y", "x").json() == [f"y@{node_b}", f"x@{node_a}"]
 
 
+def test_a_cycle_through_a_local_ask_between_placed_actors_fails_at_once(servers: Any) -> None:
+    a, b = servers(2, FLAMIGO_ACTOR_CALL_TIMEOUT="30")
+    node_a, node_b = space(a)["node"], space(b)["node"]
+    for server, key in ((a, "x"), (a, "w"), (b, "y"), (b, "z")):  # placed: x and w on a, y and z on b
+        assert relay(server, key).json() == [f"{key}@{space(server)['node']}"]
+    assert relay(a, "x", "y", "z", "w").json() == [f"x@{node_a}", f"y@{node_b}", f"z@{node_b}", f"w@{node_a}"]
+
+    # x (a) asks y (b), y asks z locally (both placed on b), z asks x: the chain flows
+    # through the local ask, so the cycle is refused at once instead of at the call timeout.
+    response = relay(a, "x", "y", "z", "x")
+    assert response.status_code == 500 and response.json()["error"] == "ActorDeadlock", response.text
+    assert "test-relay:x -> test-relay:y -> test-relay:z -> test-relay:x" in response.json()["message"]
+    # The local ask closing the cycle on the first process: x (a) -> y (b) -> w (a) -> x (a).
+    response = relay(a, "x", "y", "w", "x")
+    assert response.status_code == 500 and response.json()["error"] == "ActorDeadlock", response.text
+    assert "test-relay:x -> test-relay:y -> test-relay:w -> test-relay:x" in response.json()["message"]
+    # A longer one with two local asks: x (a) -> w (a) -> y (b) -> z (b) -> w (a).
+    response = relay(a, "x", "w", "y", "z", "w")
+    assert response.status_code == 500 and response.json()["error"] == "ActorDeadlock", response.text
+    assert "test-relay:w -> test-relay:y -> test-relay:z -> test-relay:w" in response.json()["message"]
+    assert space(a)["deadlocks"] + space(b)["deadlocks"] == 3
+    # Nobody was left waiting, and a chain without a cycle still goes through.
+    assert relay(a, "x", "y", "z", "w").json() == [f"x@{node_a}", f"y@{node_b}", f"z@{node_b}", f"w@{node_a}"]
+    assert relay(b, "z", "y", "w", "x").json() == [f"z@{node_b}", f"y@{node_b}", f"w@{node_a}", f"x@{node_a}"]
+
+
 def _post_async(url: str, body: dict[str, Any]) -> Any:
     import gevent
 

@@ -5,12 +5,14 @@ Each process reads one **inbox** stream, ``{<channel>:node:<node id>}:inbox``:
 * An entry has one field, ``m``, a JSON array (one field: less to pack and
   parse than one field per item). A call, appended to the *owner's* inbox:
   ``["c", call id, caller node, kind, key, method, args, kwargs, want reply,
-  deadline (Unix ms)]``. Its reply, appended to the *caller's* inbox, where it
+  deadline (Unix ms)]``. Its reply is *published* on the caller's reply channel
+  (:mod:`.reply_io`: a reply needs no durability, the caller is waiting), where it
   resolves the caller's future: ``["r", call id, true, value]`` or
-  ``["r", call id, false, [type name, message, status, public message]]``.
+  ``["r", call id, false, [type name, message, status, public message]]`` (a reply
+  found in an inbox, from a process of an earlier version, is taken too).
 * Writes go through a per-process outbox and one sender greenlet (``XADD ...
   MAXLEN ~``, pipelined when several wait); one reader greenlet per process
-  ``XREAD BLOCK``s the inbox, resolves replies, and hands calls to the local
+  ``XREAD BLOCK``s the inbox and hands calls to the local
   runtime's handler, which returns at once with a future; the reply is sent
   when that future settles (no greenlet per call).
 * An inbox lives while its process refreshes its expiry; the inbox of a
@@ -55,6 +57,7 @@ from ..runtime import actor_errors
 from ..runtime.actor_errors import ActorTimeout, ActorUnavailable
 from .inbox_io import InboxReader, InboxWriter
 from .link import RedisLink
+from .reply_io import ReplySubscriber, replies_of
 
 __all__ = ["RedisRemoteCalls", "RemoteActorError", "inbox_of"]
 
@@ -119,6 +122,14 @@ def when_settled(future: Any, pool: Pool, callback: Callable[[Any], None]) -> No
         pool.spawn(callback, future)
 
 
+def outcome(future: Any) -> tuple[Any, BaseException | None]:
+    """(value, None) or (None, error) of a settled future (``get`` returns at once)."""
+    try:
+        return future.get(), None
+    except Exception as err:  # noqa: BLE001 - the caller's answer
+        return None, err
+
+
 def rebuild_error(errors: Mapping[str, type[FlamigoError]], type_name: str, message: str,
                   public: str | None, status: int | None) -> FlamigoError:
     """The caller's side of :func:`encode_error`: the same class when ``errors`` knows it."""
@@ -177,6 +188,8 @@ class RedisRemoteCalls:
         self._pool = Pool(max_serving)
         self._handler: Handler | None = None
         self._in = InboxReader(self)
+        self._replies = ReplySubscriber(self)
+        self._subscriber: gevent.Greenlet | None = None  # from the first ask on
         self._unsettled = 0  # calls read whose reply is not written yet
         self._closed = False
         # Started by serve() or the first call (replies to this node's calls arrive
@@ -241,6 +254,8 @@ class RedisRemoteCalls:
         if self._reader is None:
             self.start()
         if want_reply:
+            if self._subscriber is None:  # (the writer waits for the subscription)
+                self._subscriber = gevent.spawn(self._replies.run)
             if future is None:
                 future = self.future_factory()
             timer = gevent.get_hub().loop.timer(timeout)
@@ -341,31 +356,23 @@ class RedisRemoteCalls:
         self.stats["served"] += 1
         if reply_to is None:
             return
-        when_settled(future, self._pool, lambda done: self._settled(reply_to, done))
+        when_settled(future, self._pool, lambda done: self._reply(reply_to, *outcome(done)))
 
-    def _settled(self, reply_to: tuple[str, str, str], future: Any) -> None:
-        try:
-            value = future.get()  # settled already (in a callback): returns at once
-        except Exception as err:  # noqa: BLE001 - the caller's answer
-            self._reply(reply_to, error=err)
-        else:
-            self._reply(reply_to, value=value)
-
-    def _reply(self, reply_to: tuple[str, str, str], *, value: Any = None, error: BaseException | None = None) -> None:
+    def _reply(self, reply_to: tuple[str, str, str], value: Any = None, error: BaseException | None = None) -> None:
         self._unsettled -= 1
         caller, call_id, method = reply_to
         document = reply_document(call_id, method, value, error)
-        target = inbox_of(self.channel, caller)
+        target = replies_of(self.channel, caller)
         if self._in.collecting:  # the reader writes it with its next XREAD: one write, no answer
             self._in.replies.append((target, document))
         else:
-            self._out.put(target, document, None)
+            self._out.put(target, document, None, publish=True)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     def greenlets(self) -> list[gevent.Greenlet]:
         """Live greenlets: reader, sender and calls being served."""
-        own = [g for g in (self._reader, self._sender) if g is not None and not g.dead]
+        own = [g for g in (self._reader, self._sender, self._subscriber) if g is not None and not g.dead]
         return own + [g for g in self._pool if not g.dead]
 
     def close(self, timeout: float = 1.0) -> None:

@@ -1,6 +1,7 @@
 """The reading and writing greenlets of the domain actors' inbox streams (wire level).
 
-:class:`InboxWriter` writes entries (calls, replies) to other nodes' inboxes;
+:class:`InboxWriter` writes calls to other nodes' inboxes and publishes replies on their
+reply channels (:mod:`.reply_io`);
 :class:`InboxReader` reads this node's inbox. They serve one
 :class:`~.actor_calls.RedisRemoteCalls` (``calls``: its counters, its waiting calls, what
 it does with an entry read), each on a raw connection of its own taken from the link's
@@ -10,15 +11,16 @@ with redis-py's parser: no per-command client machinery on the latency path.
 Guarantees and costs:
 
 * **One write per batch**: whatever waits in the outbox goes out in one ``send``
-  (``XADD ... MAXLEN ~`` each, ``EXPIRE NX`` on the target inboxes now and then).
+  (``XADD ... MAXLEN ~`` per call, ``EXPIRE NX`` on the target inboxes now and then,
+  ``PUBLISH`` per reply). A call with a reply to wait for goes out only once this
+  node's reply subscription holds (the writer waits for it).
   Redis's answers (entry ids, or an error that fails that call with
   ``ActorUnavailable``) are read when they are there, never waited for right after a
   write (:data:`ACK_READ_DELAY`).
 * **Replies ride on the next read**: replies settled while the reader handles what it
-  read go out in the same write as its next ``XREAD``, each behind ``CLIENT REPLY
-  SKIP``: one write, and no answer to wake this process. A reply Redis refuses (the
-  caller's inbox is not a stream) is lost like a reply to a gone caller: the caller
-  times out.
+  read go out in the same write as its next ``XREAD``, each a ``PUBLISH`` behind
+  ``CLIENT REPLY SKIP``: one write, and no answer to wake this process. A reply
+  nobody hears (its caller gone) is dropped.
 * **Faults**: a link error drops the connection (``link.lost``: the link reconnects
   with backoff and the calls waiting fail at once); the calls whose writes were not
   acknowledged fail with ``ActorUnavailable`` (they may or may not have run: never
@@ -37,7 +39,7 @@ import gevent
 from gevent.event import Event
 from greenlet import getcurrent
 
-__all__ = ["ACK_READ_DELAY", "InboxReader", "InboxWriter"]
+__all__ = ["ACK_READ_DELAY", "InboxReader", "InboxWriter", "write"]
 
 _log = logging.getLogger("flamigo_actors.actors.redis")
 
@@ -62,7 +64,35 @@ def _command(*args: Any) -> bytes:
     return b"".join(out)
 
 
+def write(conn: Any, data: bytes) -> None:
+    """Write ``data`` on a raw redis-py connection: one ``send`` when it all fits (gevent's
+    ``sendall``, which redis-py uses, asks the kernel for ``SO_SNDBUF`` on every call: a
+    syscall more per message); redis-py writes what is left, and reports a failure its way
+    (its ``ConnectionError``, the connection closed)."""
+    sock = conn._sock
+    if sock is not None:
+        try:
+            sent = sock.send(data)
+        except OSError:
+            sent = 0  # (redis-py's write below fails the same way, as redis-py's error)
+        if sent == len(data):
+            return
+        data = data[sent:]
+    conn.send_packed_command([data], check_health=False)
+
+
 _SKIP_REPLY = _command("CLIENT", "REPLY", "SKIP")
+_PUBLISH_HEADS: dict[str, bytes] = {}
+
+
+def _publish(target: str, document: bytes) -> bytes:
+    """``PUBLISH target document`` (a reply), its constant head made once per channel."""
+    head = _PUBLISH_HEADS.get(target)
+    if head is None:
+        if len(_PUBLISH_HEADS) > 10_000:
+            _PUBLISH_HEADS.clear()
+        head = _PUBLISH_HEADS[target] = _command("PUBLISH", target, "")[:-6]
+    return b"%s$%d\r\n%s\r\n" % (head, len(document), document)
 _XADD_HEADS: dict[tuple[str, int], bytes] = {}
 
 
@@ -84,7 +114,7 @@ class InboxWriter:
 
     def __init__(self, calls: Any) -> None:
         self.calls = calls
-        self.outbox: deque[tuple[str, bytes, str | None]] = deque()
+        self.outbox: deque[tuple[str, bytes, str | None, bool]] = deque()  # (.., publish: a reply)
         self.in_flight = 0
         self.wake = Event()
         self.expiring: dict[str, float] = {}
@@ -93,24 +123,28 @@ class InboxWriter:
         self.parked = False  # the writing greenlet waits for work (not using the connection)
         self.writing = False  # a caller's greenlet writes on the connection right now
         self.hub = gevent.get_hub()  # (a done-callback in the hub must never write: it cannot wait)
+        # Wakes the parked writer to read the answers to direct writes, ACK_READ_DELAY later
+        # (not at once: nothing to switch to on the caller's side while its call is out).
+        self.ack_timer = self.hub.loop.timer(ACK_READ_DELAY)
 
     @property
     def pending(self) -> int:
         return len(self.outbox) + self.in_flight
 
-    def put(self, target: str, document: bytes, call_id: str | None) -> None:
+    def put(self, target: str, document: bytes, call_id: str | None, *, publish: bool = False) -> None:
+        """Queue (or write at once) an ``XADD`` to inbox ``target``, or (``publish``) a reply."""
         conn, link = self.conn, self.calls.link
         if (conn is None or not self.parked or self.outbox or self.writing or not link.connected
-                or getcurrent() is self.hub):
-            self.outbox.append((target, document, call_id))
+                or getcurrent() is self.hub or (call_id and not self.calls._replies.subscribed.is_set())):
+            self.outbox.append((target, document, call_id, publish))
             self.wake.set()
             return
         # Nothing ahead of it and the writer idle: written from this greenlet at once (no
         # switch to the writer on the latency path); the writer reads Redis's answer later.
         self.writing = True
         try:
-            commands, ids = self.commands([(target, document, call_id)])
-            conn.send_packed_command([b"".join(commands)], check_health=False)
+            commands, ids = self.commands([(target, document, call_id, publish)])
+            write(conn, b"".join(commands))
         except link.redis_error as err:
             self.calls._fail(call_id, f"cannot reach Redis ({err})")
             self.drop(err)
@@ -119,7 +153,8 @@ class InboxWriter:
             self.writing = False
         self.calls.stats["sent"] += 1
         self.unread.extend(ids)
-        self.wake.set()
+        if not self.ack_timer.active:
+            self.ack_timer.start(self.wake.set)
 
     def drop(self, err: BaseException) -> None:
         """The connection failed: close it, fail the calls whose answers were not read, report."""
@@ -133,7 +168,7 @@ class InboxWriter:
 
     def drop_all(self) -> list[str | None]:
         """Forget what waits (its call ids, to fail them)."""
-        ids = [call_id for _target, _document, call_id in self.outbox]
+        ids = [entry[2] for entry in self.outbox]
         self.outbox.clear()
         return ids
 
@@ -171,16 +206,19 @@ class InboxWriter:
                 if not calls._in.positioned.is_set():  # else a quick reply could land before the reader's start
                     calls._in.positioned.wait(link.socket_timeout)
                     continue
+                if calls._subscriber is not None and not calls._replies.subscribed.is_set():
+                    calls._replies.subscribed.wait(link.socket_timeout)  # else its reply could be missed
+                    continue
                 batch = [outbox.popleft() for _ in range(min(len(outbox), calls.batch))]
                 self.in_flight = len(batch)
                 try:
                     if self.conn is None:
                         self.conn = link.connection()  # its own: no pool round trip per write
                     commands, ids = self.commands(batch)
-                    self.conn.send_packed_command([b"".join(commands)], check_health=False)
+                    write(self.conn, b"".join(commands))
                 except link.redis_error as err:
-                    for _target, _document, call_id in batch:
-                        calls._fail(call_id, f"cannot reach Redis ({err})")
+                    for entry in batch:
+                        calls._fail(entry[2], f"cannot reach Redis ({err})")
                     self.drop(err)
                     continue
                 finally:
@@ -189,15 +227,18 @@ class InboxWriter:
                 unread.extend(ids)
                 self.read_answers(block=False)
         finally:
+            self.ack_timer.stop()
             if self.conn is not None:
                 link.release(self.conn, broken=bool(unread))
                 self.conn = None
 
-    def commands(self, batch: list[tuple[str, bytes, str | None]]) -> tuple[list[bytes], list[str]]:
+    def commands(self, batch: list[tuple[str, bytes, str | None, bool]]) -> tuple[list[bytes], list[str]]:
         calls = self.calls
-        commands = [_xadd(target, document, calls.maxlen) for target, document, _id in batch]
-        ids = [call_id or _NO_CALL for _target, _document, call_id in batch]
-        for target in self.expire_due({target for target, _d, _i in batch}, time.monotonic()):
+        commands = [_publish(target, document) if publish else _xadd(target, document, calls.maxlen)
+                    for target, document, _id, publish in batch]
+        ids = [call_id or _NO_CALL for _target, _document, call_id, _p in batch]
+        for target in self.expire_due({target for target, _d, _i, publish in batch if not publish},
+                                      time.monotonic()):
             commands.append(_command("EXPIRE", target, int(calls.inbox_ttl), "NX"))
             ids.append(_NO_CALL)
         return commands, ids
@@ -232,10 +273,8 @@ class InboxReader:
     connection of its own), refresh the inbox's expiry, hand each entry to the calls.
 
     Replies settled while the reader handles what it read go out in the same write as
-    its next ``XREAD``, each behind ``CLIENT REPLY SKIP`` (Redis answers only the read):
-    no extra write, no answer to wake this process. Such a reply that Redis refuses (the
-    caller's inbox is not a stream) is lost like a reply to a gone caller: the caller
-    times out.
+    its next ``XREAD``, each a ``PUBLISH`` behind ``CLIENT REPLY SKIP`` (Redis answers
+    only the read): no extra write, no answer to wake this process.
     """
 
     def __init__(self, calls: Any) -> None:
@@ -254,7 +293,7 @@ class InboxReader:
         self.collecting = False
         replies, self.replies = self.replies, []
         for target, document in replies:
-            self.calls._out.put(target, document, None)
+            self.calls._out.put(target, document, None, publish=True)
 
     def run(self) -> None:
         calls = self.calls
@@ -282,7 +321,7 @@ class InboxReader:
                         refreshed = time.monotonic()
                     commands.append(_command("XREAD", "COUNT", calls.batch, "BLOCK", block_ms,
                                              "STREAMS", calls.inbox, self.last_id))
-                    conn.send_packed_command([b"".join(commands)], check_health=False)
+                    write(conn, b"".join(commands))
                     reply = conn.read_response()
                 except link.link_errors as err:
                     if conn is not None:
@@ -323,10 +362,8 @@ class InboxReader:
         calls = self.calls
         commands: list[bytes] = []
         for target, document in replies:
-            commands += [_SKIP_REPLY, _xadd(target, document, calls.maxlen)]
+            commands += [_SKIP_REPLY, _publish(target, document)]
         calls.stats["sent"] += len(replies)
-        for target in calls._out.expire_due({target for target, _d in replies}, time.monotonic()):
-            commands += [_SKIP_REPLY, _command("EXPIRE", target, int(calls.inbox_ttl), "NX")]
         return commands
 
 

@@ -30,7 +30,8 @@ from .actor_errors import ActorUnavailable
 from .domain import DomainActor, check_method
 from .futures import DEFAULT_TIMEOUT, ActorFuture
 from .placement import LocalPlacement, Placement, RemoteCalls
-from .remote_routing import ask_future, call_remote, handle_remote, owner_elsewhere, send_remote
+from .remote_routing import (ask_future, call_remote, handle_remote, owner_elsewhere, refused_cycle,
+                             remote_chained, send_remote)
 from .snapshots import MemorySnapshotStore, SnapshotStore
 
 __all__ = ["ActorRef", "ActorSpace", "ActorStats"]
@@ -114,8 +115,12 @@ class ActorRef:
             if owner is not None:  # straight to the owner's inbox: no forwarder, no future chain
                 return call_remote(self.space, owner, self.cls.kind, self.key, method, args, kwargs, True)  # type: ignore[return-value]
         act = self._activation()
-        if act.lease is None:  # not placed yet: maybe elsewhere (a chain for the owner's cycle check)
+        # Not placed yet (maybe elsewhere), or asked by an actor that a remote caller waits
+        # for: the future carries the chain on (the owner's cycle check across processes).
+        if act.lease is None or remote_chained():
             future = ask_future(self.space, act, method)
+            if refused_cycle(self.space, act, future):
+                return future
         else:
             future = ActorFuture(act, self.space.call_timeout, f"{act.name}.{method}")
         act.post((method, args, kwargs, future))

@@ -15,14 +15,17 @@ Guarantees:
   last. The owner refuses at once with :class:`~.actor_errors.ActorDeadlock`, naming the
   cycle, a call whose target, or an actor that target waits for in the owner's process,
   is in the chain: A (process 1) asks B (process 2), B asks A → B's ask fails at once and
-  A gets the error. A chain crosses a local ask only while the asked actor is not placed
-  yet; a cycle that passes a local ask between placed actors *in the middle* of a remote
-  chain is not seen and ends at the call timeout (``FLAMIGO_ACTOR_CALL_TIMEOUT``).
+  A gets the error. The chain flows through local asks too, from an actor handling a
+  message that a chain came with (or towards a key not placed here): A (process 1) asks
+  B (process 2), B asks C (placed in process 2), C asks A → refused at once. A local ask
+  whose target, or an actor that target waits for, is in the chain is refused at once
+  the same way (its future fails; the message is not posted).
 * Failures: a remote call that cannot be sent fails the caller's future (an ask) or is
   dropped (a tell), as for the forwarder; a refused cycle is counted in ``deadlocks``.
 
 Costs: the chain exists only for asks made from inside a domain actor towards a key not
-placed here; local asks between placed actors pay one attribute test.
+placed here, or from an actor whose current message came with a chain; other local asks
+between placed actors pay one context-variable read and one attribute test.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from .actor_errors import ActorDeadlock
 from .domain import check_method
 from .futures import ActorFuture, RemoteCallFuture, caller_chain, current_activation
 
-__all__ = ["ask_future", "call_remote", "handle_remote", "owner_elsewhere", "send_remote"]
+__all__ = ["ask_future", "call_remote", "handle_remote", "owner_elsewhere", "refused_cycle", "remote_chained", "send_remote"]
 
 
 def ask_future(space: Any, act: Any, method: str) -> ActorFuture:
@@ -43,6 +46,27 @@ def ask_future(space: Any, act: Any, method: str) -> ActorFuture:
     if caller is None or space.remote is None:
         return ActorFuture(act, space.call_timeout, f"{act.name}.{method}")
     return RemoteCallFuture(act, space.call_timeout, f"{act.name}.{method}", [*caller_chain(caller), caller.name])
+
+
+def remote_chained() -> bool:
+    """Whether this greenlet handles a domain actor's message that actors in other
+    processes wait for (its chain must flow on through the local asks it makes)."""
+    caller = current_activation()
+    return caller is not None and getattr(caller.serving, "via", None) is not None
+
+
+def refused_cycle(space: Any, act: Any, future: ActorFuture) -> bool:
+    """Fail ``future`` with ActorDeadlock (True: post nothing) if the asked actor, or an
+    actor it waits for here, is among the actors that wait for the reply (its chain)."""
+    chain = getattr(future, "via", None)
+    if not chain:
+        return False
+    try:
+        refuse_cycle(space, act.cls.kind, act.key, chain)
+    except ActorDeadlock as err:
+        future.set_exception(err)
+        return True
+    return False
 
 
 def owner_elsewhere(space: Any, kind: str, key: str) -> str | None:
