@@ -53,7 +53,7 @@ from gevent.pool import Pool
 from ..core.errors import FlamigoError, public_message, status_of
 from ..runtime import actor_errors
 from ..runtime.actor_errors import ActorTimeout, ActorUnavailable
-from .inbox_io import InboxReader, InboxWriter
+from .inbox_io import InboxReader, InboxWriter, NodeWriters
 from .link import RedisLink
 
 __all__ = ["RedisRemoteCalls", "RemoteActorError", "inbox_of"]
@@ -173,7 +173,7 @@ class RedisRemoteCalls:
         """Seconds from sending to the reply, of the latest remote asks."""
         self._ids = (f"{uuid.uuid4().hex[:8]}.{n}" for n in itertools.count(1))
         self._pending: dict[str, tuple[Any, Any, float, str]] = {}
-        self._out = InboxWriter(self)
+        self._out: Any = NodeWriters(self) if link.cluster else InboxWriter(self)
         self._pool = Pool(max_serving)
         self._handler: Handler | None = None
         self._in = InboxReader(self)
@@ -356,7 +356,7 @@ class RedisRemoteCalls:
         caller, call_id, method = reply_to
         document = reply_document(call_id, method, value, error)
         target = inbox_of(self.channel, caller)
-        if self._in.collecting:  # the reader writes it with its next XREAD: one write, no answer
+        if self._in.collecting and self.link.same_node(target, self.inbox):  # the reader writes it with its next XREAD: one write, no answer
             self._in.replies.append((target, document))
         else:
             self._out.put(target, document, None)

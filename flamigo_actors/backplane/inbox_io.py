@@ -19,6 +19,11 @@ Guarantees and costs:
   SKIP``: one write, and no answer to wake this process. A reply Redis refuses (the
   caller's inbox is not a stream) is lost like a reply to a gone caller: the caller
   times out.
+* **Redis Cluster**: inboxes are hash-tagged by node (``{<channel>:node:<id>}``), so
+  they spread over the masters; :class:`NodeWriters` keeps one :class:`InboxWriter`
+  (one connection, one greenlet) per master written to, and the reader carries along
+  only the replies to inboxes on its own master. A ``MOVED``/``ASK`` answer (a stale
+  slot map after a failover) counts as a link error, as below: the map is refreshed.
 * **Faults**: a link error drops the connection (``link.lost``: the link reconnects
   with backoff and the calls waiting fail at once); the calls whose writes were not
   acknowledged fail with ``ActorUnavailable`` (they may or may not have run: never
@@ -37,7 +42,7 @@ import gevent
 from gevent.event import Event
 from greenlet import getcurrent
 
-__all__ = ["ACK_READ_DELAY", "InboxReader", "InboxWriter"]
+__all__ = ["ACK_READ_DELAY", "InboxReader", "InboxWriter", "NodeWriters"]
 
 _log = logging.getLogger("flamigo_actors.actors.redis")
 
@@ -82,12 +87,13 @@ class InboxWriter:
     own). Redis's answers (entry ids, or an error that fails that call) are read when
     they are there, never waited for right after a write (see :data:`ACK_READ_DELAY`)."""
 
-    def __init__(self, calls: Any) -> None:
+    def __init__(self, calls: Any, key: str = "", expiring: dict[str, float] | None = None) -> None:
         self.calls = calls
+        self.key = key  # on a Redis Cluster: an inbox on the master this writer writes to
         self.outbox: deque[tuple[str, bytes, str | None]] = deque()
         self.in_flight = 0
         self.wake = Event()
-        self.expiring: dict[str, float] = {}
+        self.expiring: dict[str, float] = {} if expiring is None else expiring
         self.conn: Any = None
         self.unread: deque[str] = deque()  # per command written, the call its answer may fail
         self.parked = False  # the writing greenlet waits for work (not using the connection)
@@ -175,7 +181,7 @@ class InboxWriter:
                 self.in_flight = len(batch)
                 try:
                     if self.conn is None:
-                        self.conn = link.connection()  # its own: no pool round trip per write
+                        self.conn = link.connection_for(self.key)  # its own: no pool round trip per write
                     commands, ids = self.commands(batch)
                     self.conn.send_packed_command([b"".join(commands)], check_health=False)
                 except link.redis_error as err:
@@ -227,6 +233,55 @@ class InboxWriter:
         unread.clear()
 
 
+class NodeWriters:
+    """On a Redis Cluster: one :class:`InboxWriter` per master written to (a raw connection
+    writes to one node only), with :class:`InboxWriter`'s interface for the calls.
+
+    Each writer runs in a greenlet of its own, started at its first write; :meth:`run`
+    (the calls' sender greenlet) stops them all when it is killed. After a failover the
+    inboxes of the dead master's slots go to a new writer (for the promoted replica).
+    """
+
+    def __init__(self, calls: Any) -> None:
+        self.calls = calls
+        self.writers: dict[str, InboxWriter] = {}
+        self.expiring: dict[str, float] = {}
+        self._greenlets: list[gevent.Greenlet] = []
+
+    @property
+    def pending(self) -> int:
+        return sum(writer.pending for writer in self.writers.values())
+
+    def writer_for(self, target: str) -> InboxWriter:
+        client = self.calls.link.client
+        node = client.get_node_from_key(target).name
+        writer = self.writers.get(node)
+        if writer is None:
+            writer = self.writers[node] = InboxWriter(self.calls, target, self.expiring)
+            self._greenlets.append(gevent.spawn(writer.run))
+        return writer
+
+    def put(self, target: str, document: bytes, call_id: str | None) -> None:
+        try:
+            writer = self.writer_for(target)
+        except Exception as err:  # noqa: BLE001 - no master serves the inbox's slot right now
+            self.calls._fail(call_id, f"no Redis Cluster node serves {target} ({err})")
+            return
+        writer.put(target, document, call_id)
+
+    def drop_all(self) -> list[str | None]:
+        return [call_id for writer in self.writers.values() for call_id in writer.drop_all()]
+
+    def expire_due(self, targets: Any, now: float) -> list[str]:
+        return InboxWriter.expire_due(self, targets, now)  # type: ignore[arg-type]
+
+    def run(self) -> None:
+        try:
+            Event().wait()  # the writers do the work; this greenlet owns them until killed
+        finally:
+            gevent.killall(self._greenlets, block=True, timeout=1.0)
+
+
 class InboxReader:
     """The read side: ``XREAD BLOCK`` this node's inbox from the last entry seen (on a
     connection of its own), refresh the inbox's expiry, hand each entry to the calls.
@@ -269,7 +324,7 @@ class InboxReader:
                     link.up.wait()
                 try:
                     if conn is None:
-                        conn = link.connection()  # its own: no pool round trip per read
+                        conn = link.connection_for(calls.inbox)  # its own: no pool round trip per read
                     if self.last_id is None:
                         conn.send_packed_command([_command("XREVRANGE", calls.inbox, "+", "-", "COUNT", 1)],
                                                  check_health=False)
@@ -322,7 +377,7 @@ class InboxReader:
         self.replies = []
         calls = self.calls
         commands: list[bytes] = []
-        for target, document in replies:
+        for target, document in replies:  # (on a cluster: inboxes on the reader's master only)
             commands += [_SKIP_REPLY, _xadd(target, document, calls.maxlen)]
         calls.stats["sent"] += len(replies)
         for target in calls._out.expire_due({target for target, _d in replies}, time.monotonic()):
