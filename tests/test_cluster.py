@@ -8,10 +8,12 @@ Failover is real too: a master is SIGKILLed and its replica promoted by the clus
 
 from __future__ import annotations
 
+import signal
 import time
 from typing import Any
 
 import gevent
+import psutil
 import requests
 
 from tests.support import (
@@ -22,17 +24,21 @@ from tests.support import (
     free_port,
     join_room,
 )
+from tests import test_presence_redis as presence_test
 from tests.test_actors_across_processes import _post_async
-from tests.test_scale_out import everyone_receives, joined, next_text, nothing_else_before, post, say, start_servers
+from tests.test_scale_out import (
+    everyone_receives, joined, next_text, nothing_else_before, post, said, say, start_servers,
+)
 
 APP = "tests.actors_redis_app:create_app"
 
 
-def demo(cluster: RedisClusterServers, processes: list[ServerProcess], n: int = 2) -> list[ServerProcess]:
+def demo(cluster: RedisClusterServers, processes: list[ServerProcess], n: int = 2,
+         **env: str) -> list[ServerProcess]:
     """``n`` demo servers on the cluster; the rooms not recoverable (the whole-stream backplane
     cannot carry recovery on a cluster: see the last test)."""
     servers = [ServerProcess.demo(free_port(), "--redis", cluster.url, "--redis-cluster",
-                                  env={"FLAMIGO_INSPECT_ENABLED": "true", "DEMO_RECOVERY": "0"})
+                                  env={"FLAMIGO_INSPECT_ENABLED": "true", "DEMO_RECOVERY": "0", **env})
                for _ in range(n)]
     processes += servers
     start_servers(*servers)
@@ -42,6 +48,22 @@ def demo(cluster: RedisClusterServers, processes: list[ServerProcess], n: int = 
 def backplane(server: ServerProcess) -> dict[str, Any]:
     doc = requests.get(f"{server.url}/_flamigo/inspect?limit=0", timeout=5).json()
     return dict(doc["stats"]["backplane"])
+
+
+def cluster_links(server: ServerProcess, cluster: RedisClusterServers) -> dict[int, int]:
+    """Established TCP connections from ``server`` to each node of the cluster."""
+    ports = set(cluster.ports)
+    links: dict[int, int] = {}
+    for c in psutil.Process(server.process.pid).net_connections("tcp"):
+        if c.raddr and c.raddr.port in ports and c.status == psutil.CONN_ESTABLISHED:
+            links[c.raddr.port] = links.get(c.raddr.port, 0) + 1
+    return links
+
+
+def cluster_client(cluster: RedisClusterServers) -> Any:
+    from redis.cluster import RedisCluster
+
+    return RedisCluster.from_url(cluster.url, socket_timeout=2)
 
 
 def drain(client: Any) -> list[str]:
@@ -79,9 +101,43 @@ def test_two_demo_servers_on_a_cluster_share_events_presence_and_rooms(
     assert redis_cluster.node(redis_cluster.master_of("flamigo:events")).xlen("flamigo:events") >= 5
     assert redis_cluster.node(redis_cluster.master_of("{rooms/lobby}")).exists("flamigo:presence:t:{rooms/lobby}")
     for server in (a, b):
+        # Bounded: the backplane's, the actors' and presence's pools, each per master (none to replicas).
+        links = cluster_links(server, redis_cluster)
+        assert set(links) <= redis_cluster.master_ports() and max(links.values()) <= 8, links
         stats = backplane(server)
         assert stats["connected"] and stats["missed"] == 0 and stats["failed"] == 0, stats
     for client in members:
+        client.close()
+
+
+def test_presence_on_a_cluster_a_killed_server_s_members_leave_once_each(
+    redis_cluster: RedisClusterServers, processes: list[ServerProcess]
+) -> None:
+    a, b, c = demo(redis_cluster, processes, 3, **presence_test.ENV)
+    doomed = [presence_test.joined(a, name) for name in ("ann", "ben")]
+    on_b, on_c = presence_test.joined(b, "wat"), presence_test.joined(c, "vic")
+    everyone = {"ann": 1, "ben": 1, "wat": 1, "vic": 1}
+    for watcher in (on_b, on_c):
+        eventually(lambda w=watcher: presence_test.members(w) == everyone)
+        presence_test.diffs(watcher, 0.3)  # the joins so far
+    registered = cluster_client(redis_cluster).smembers("flamigo:presence:instances")
+    assert len(registered) == 3
+    a.signal(signal.SIGKILL)
+    a.wait(10)
+    down_after = float(presence_test.ENV["FLAMIGO_PRESENCE_DOWN_AFTER"])
+    for watcher in (on_b, on_c):
+        eventually(lambda w=watcher: presence_test.members(w) == {"wat": 1, "vic": 1}, timeout=down_after + 5)
+    for watcher in (on_b, on_c):  # one leave per entry on each survivor's members: one reaper did it
+        found = presence_test.diffs(watcher, down_after * 2)
+        assert presence_test.changes(found, "leaves") == {"ann": 1, "ben": 1}
+        assert presence_test.changes(found, "joins") == {}
+    alive = {k.rsplit(b":", 1)[1].strip(b"{}") for port in redis_cluster.master_ports()
+             for k in redis_cluster.node(port).keys("flamigo:presence:alive:*")}
+    (dead,) = registered - alive
+    left = [k for port in redis_cluster.master_ports()
+            for k in redis_cluster.node(port).keys("flamigo:presence:*") if dead in k]
+    assert all(k == b"flamigo:presence:reaped:{" + dead + b"}" for k in left), left  # the reaper's mark at most
+    for client in (*doomed, on_b, on_c):
         client.close()
 
 
@@ -159,7 +215,7 @@ def test_the_backplane_stream_s_master_killed_delivery_resumes_and_the_gap_is_co
     assert len(lost) <= stats_a["failed"] + stats_b["missed"], (sorted(lost), stats_a, stats_b)
     assert stats_a["reconnects"] >= 1 or stats_b["reconnects"] >= 1, (stats_a, stats_b)
     # After the failover, delivery works both ways, once.
-    say(bob, "after, from B")
+    eventually(lambda: said(bob, "after, from B"), timeout=30, interval=0.2)  # 503 until B's actor link is back
     everyone_receives([alice, bob], "after, from B")
     nothing_else_before([alice, bob], alice)
     alice.close()
