@@ -8,12 +8,14 @@ Failover is real too: a master is SIGKILLed and its replica promoted by the clus
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from typing import Any
 
 import gevent
 import psutil
+import pytest
 import requests
 
 from tests.support import (
@@ -230,3 +232,52 @@ def test_recovery_on_the_whole_stream_backplane_refuses_to_start_on_a_cluster_na
     assert server.wait(30) != 0
     assert "cannot run on a Redis Cluster with the whole-stream backplane" in server.log
     assert "FLAMIGO_REDIS_BACKPLANE=interest" in server.log
+
+
+def test_the_cluster_setting_is_validated_and_set_by_the_cli_flag() -> None:
+    from flamigo_actors.core.settings import Settings
+    from flamigo_actors.serving.cli import _parser, _set_env
+
+    def load(config: dict[str, Any]) -> Settings:
+        return Settings.from_config(config, {}, environ={})
+
+    assert load({"FLAMIGO_REDIS_URL": "redis://127.0.0.1:7000", "FLAMIGO_REDIS_CLUSTER": "yes"}).redis_cluster
+    assert not load({"FLAMIGO_REDIS_URL": "redis://127.0.0.1:7000"}).redis_cluster
+    with pytest.raises(ValueError, match="FLAMIGO_REDIS_CLUSTER is true but FLAMIGO_REDIS_URL is not set"):
+        load({"FLAMIGO_REDIS_CLUSTER": True})
+    with pytest.raises(ValueError, match="FLAMIGO_REDIS_CLUSTER must be true or false"):
+        load({"FLAMIGO_REDIS_URL": "redis://127.0.0.1:7000", "FLAMIGO_REDIS_CLUSTER": "maybe"})
+    args = _parser().parse_args(["run", "app:create_app", "--redis", "redis://127.0.0.1:7000", "--redis-cluster"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("FLAMIGO_REDIS_CLUSTER", raising=False)
+        patch.delenv("FLAMIGO_REDIS_URL", raising=False)
+        _set_env(args)
+        assert os.environ["FLAMIGO_REDIS_CLUSTER"] == "true"
+
+
+def test_an_actor_s_lease_master_killed_calls_fail_then_work_with_one_activation(
+    redis_cluster: RedisClusterServers, processes: list[ServerProcess]
+) -> None:
+    servers = [ServerProcess(["-m", "flamigo_actors.serving.cli", "run", APP, "--port", str(port := free_port()),
+                              "--redis", redis_cluster.url, "--redis-cluster"], port) for _ in range(2)]
+    processes += servers
+    start_servers(*servers)
+    a, b = servers
+    assert requests.post(f"{a.url}/tally/k0/add", json={"n": 1}, timeout=15).json()["total"] == 1
+    assert requests.post(f"{b.url}/tally/k0/add", json={"n": 1}, timeout=15).json()["total"] == 2  # remote
+    lease = "{flamigo:actor:test-tally:k0}:lease"
+    owner = redis_cluster.node(redis_cluster.master_of(lease)).get(lease)
+    redis_cluster.kill_master_of(lease)
+
+    def added(server: ServerProcess) -> int | None:
+        response = requests.post(f"{server.url}/tally/k0/add", json={"n": 1}, timeout=15)
+        assert response.status_code in (200, 503, 504), response.text  # refused while the link is down
+        return int(response.json()["total"]) if response.status_code == 200 else None
+
+    totals: list[int] = []
+    eventually(lambda: (t := added(b)) is not None and not totals.append(t), timeout=30, interval=0.2)
+    eventually(lambda: (t := added(a)) is not None and not totals.append(t), timeout=30, interval=0.2)
+    assert totals == sorted(totals) and totals[-1] - totals[0] == 1 and totals[0] >= 3, totals
+    spaces = [requests.get(f"{s.url}/space", timeout=5).json() for s in servers]
+    assert sum(s["activations"] for s in spaces) == 1, spaces  # the owner kept it through the failover
+    assert redis_cluster.node(redis_cluster.master_of(lease)).get(lease) == owner  # renewed on the new master

@@ -2,16 +2,22 @@
 
 Keys (``P`` = ``<FLAMIGO_REDIS_CHANNEL>:presence``; ``I`` = this process's
 instance id, random and new at every start, so a restarted process never
-revives a dead one's entries):
+revives a dead one's entries). A process's own keys carry the hash tag ``{I}``,
+a topic's ``{<topic>}``: on a Redis Cluster each script runs on one slot.
 
-* ``P:alive:I``: the heartbeat, ``EX FLAMIGO_PRESENCE_DOWN_AFTER``, renewed
+* ``P:alive:{I}``: the heartbeat, ``EX FLAMIGO_PRESENCE_DOWN_AFTER``, renewed
   every ``FLAMIGO_PRESENCE_REFRESH``; ``P:instances``: the ids of every
-  process with entries.
-* ``P:e:I:<topic>``: a hash of I's entries of the topic (``ref -> [key,
-  meta]``), rewritten whole when they change; ``P:t:<topic>``: the ids of the
-  processes with entries in the topic; ``P:topics:I``: I's topics. Entry keys
+  process with entries; ``P:reaped:{I}``: the reaper's mark.
+* ``P:e:I:{<topic>}``: a hash of I's entries of the topic (``ref -> [key,
+  meta]``), rewritten whole when they change; ``P:t:{<topic>}``: the ids of the
+  processes with entries in the topic; ``P:topics:{I}``: I's topics. Entry keys
   carry a TTL of three times the down-after, renewed with the heartbeat, so
   nothing outlives a cluster that died entirely.
+* With one Redis a process's writes and diffs go in one transaction; on a
+  Redis Cluster (``cluster=True``) per slot: I's topic list first (topics
+  joined), each topic's entries by one script, the topics left last, then the
+  diffs (a ``PUBLISH`` pipeline to one master, which relays them to every
+  node).
 * ``P:diffs``: the pub/sub channel of diffs ``{"o": I, "t": topic, "j": [...],
   "l": [...]}``; each process skips its own.
 
@@ -31,10 +37,13 @@ Guarantees and failure behaviour:
   stop being listed as soon as it counts as dead.
 * **A dead process** (kill -9, a lost host): once its heartbeat expired, the
   survivors' reaper (every ``min(refresh, down_after / 4)`` seconds) runs one
-  Lua script that checks it is still dead and still registered, removes all
-  its entries and returns them: exactly one survivor gets them (the script is
-  atomic: a second one finds nothing) and publishes one leave per entry, so
-  within ``down_after`` + that interval every member has its leave, once.
+  Lua script in its slot that checks it is still dead and not reaped yet,
+  marks it reaped and takes its topic list: exactly one survivor gets it (the
+  script is atomic: a second one finds the mark); that one takes its entries
+  topic by topic (a script each, in the topic's slot) and publishes one leave
+  per entry, so within ``down_after`` + that interval every member has its
+  leave, once. A reaper killed between the two steps leaves those entries to
+  their TTL (``list`` skips them: their process is dead) without their leaves.
 * **A process that was only cut off** for longer than ``down_after`` and was
   reaped meanwhile notices it at its next heartbeat (the reaper leaves a
   mark), writes its entries again and sends them as joins; so does a process

@@ -39,6 +39,13 @@ stream holds them meanwhile). Entry ids are Redis's clock: after a failover to
 a server whose clock is behind the last id read here, entries with earlier ids
 are not read; the sequence gap counts them as ``missed``.
 
+Redis Cluster (``FLAMIGO_REDIS_CLUSTER``): the stream is one key, so one slot
+on one master; the link (:class:`~.link.RedisLink`) sends each command there.
+When that master dies the link goes down as above until its replica is
+promoted (the reconnector pings every master); entries it had acknowledged
+but not replicated are lost with it and counted as ``missed`` (a sequence
+gap) by the readers.
+
 Inside: :class:`RedisBackplane` owns a :class:`~.link.RedisLink` (the
 connection pool, whether Redis is up, reconnecting with backoff: the same as
 the domain actors', with the backplane's own log lines); its ``_Sender`` owns the outbox and the writing greenlet,
