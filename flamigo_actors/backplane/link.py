@@ -133,8 +133,8 @@ class RedisLink:
         self.last_error: str | None = None
         self.link_errors: tuple[type[BaseException], ...] = (OSError,)
         """Exceptions meaning "Redis is unreachable" (redis-py's, once started)."""
-        self.redis_error: type[BaseException] = OSError
-        """Any error from Redis, an error reply included."""
+        self.redis_error: Any = OSError
+        """Any error from Redis, an error reply included (a class, or a tuple of them on a cluster)."""
         self._on_up: list[Callable[[], None]] = []
         self._on_down: list[Callable[[], None]] = []
         self._reconnector: gevent.Greenlet | None = None
@@ -200,6 +200,7 @@ class RedisLink:
     def _start_cluster(self, redis: Any, NoBackoff: Any, Retry: Any, required: bool) -> None:
         try:
             self.client, self.link_errors = _cluster_client(self, redis, NoBackoff, Retry)
+            self.redis_error = (redis.RedisError, self.link_errors[-1])  # + RedisClusterException
         except ValueError as err:
             raise RedisUnavailable(self.url, f"not a Redis URL: {err}") from None
         except redis.RedisError as err:  # no node answers, or not a cluster
@@ -223,6 +224,8 @@ class RedisLink:
         """A client holding one connection of the pool for itself (a reading or writing greenlet's)."""
         import redis
 
+        if self.cluster:
+            raise RuntimeError("on a Redis Cluster a connection belongs to one node: use connection_for(key)")
         return redis.Redis(connection_pool=self.client.connection_pool, single_connection_client=True)
 
     def connection(self) -> Any:

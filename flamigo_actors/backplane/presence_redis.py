@@ -210,7 +210,9 @@ class RedisPresence:
             RedisUnavailable: the URL is not a Redis URL.
         """
         redis = import_redis()[0]
-        self._errors = (redis.RedisError, OSError)
+        from redis.exceptions import RedisClusterException  # (not a RedisError: no slot map, no master)
+
+        self._errors = (redis.RedisError, RedisClusterException, OSError)
         self.client = _make_client(self.url, self.cluster)
         presence = self.presence
         presence.instance = self.instance
