@@ -30,6 +30,7 @@ from tests.support import (  # noqa: E402
     CHROMIUM,
     CHROMIUM_ARGS,
     LiveServer,
+    RedisClusterServers,
     RedisServer,
     ServerProcess,
     clean_flamigo_environment,
@@ -50,6 +51,7 @@ _FIXTURE_MARKERS = {
     "browser": "browser",
     "page": "browser",
     "redis_server": "redis",
+    "redis_cluster": "redis",
 }
 
 
@@ -178,6 +180,16 @@ def redis_server() -> Iterator[RedisServer]:
     yield server
     server.stop()
     shutil.rmtree(server.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A real Redis Cluster (3 masters, 3 replicas) on free ports, for this test only (killed afterwards)."""
+    cluster = RedisClusterServers(need_binary("redis-server"), need_binary("redis-cli"))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

@@ -70,6 +70,14 @@ SUBPROCESS: dict[str, str | set[str]] = {
     "test_presence_redis": "*",
     "test_open_files": "*",
     "test_recovery_redis": "*",
+    "test_cluster": {
+        "test_two_demo_servers_on_a_cluster_share_events_presence_and_rooms",
+        "test_presence_on_a_cluster_a_killed_server_s_members_leave_once_each",
+        "test_domain_actors_on_a_cluster_one_activation_per_key_spread_over_the_masters",
+        "test_the_backplane_stream_s_master_killed_delivery_resumes_and_the_gap_is_counted",
+        "test_recovery_on_the_whole_stream_backplane_refuses_to_start_on_a_cluster_naming_the_fix",
+        "test_an_actor_s_lease_master_killed_calls_fail_then_work_with_one_activation",
+    },
     "test_scale_out": "*",
     "test_server": "*",
     "test_shell": "*",
@@ -126,6 +134,14 @@ SLOW: dict[str, str | set[str]] = {
         "test_workers_at_their_ceiling_leave_new_connections_to_the_others",
     },
     "test_recovery_redis": "*",
+    "test_cluster": {
+        "test_two_demo_servers_on_a_cluster_share_events_presence_and_rooms",
+        "test_presence_on_a_cluster_a_killed_server_s_members_leave_once_each",
+        "test_domain_actors_on_a_cluster_one_activation_per_key_spread_over_the_masters",
+        "test_the_backplane_stream_s_master_killed_delivery_resumes_and_the_gap_is_counted",
+        "test_recovery_on_the_whole_stream_backplane_refuses_to_start_on_a_cluster_naming_the_fix",
+        "test_an_actor_s_lease_master_killed_calls_fail_then_work_with_one_activation",
+    },
     "test_scale_out": "*",
     "test_server": {"test_python_m_app_serves_healthz_and_drains_on_sigterm"},
     "test_shell": {
@@ -547,3 +563,154 @@ def join_room(client: WsClient, room: str, username: str, timeout: float = 10.0)
             if own & {meta["ref"] for meta in push["payload"]["joins"].get(username, [])}:
                 return reply  # type: ignore[no-any-return]
     raise AssertionError(f"no presence:diff announced {username}'s join of {room}")
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster-bus port (+10000) is free too (a Redis Cluster node needs both)."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair (port, port + 10000) for a Redis Cluster node")
+
+
+class RedisClusterServers:
+    """A real Redis Cluster on 127.0.0.1: ``masters`` masters with ``replicas`` replicas each.
+
+    Every node is a redis-server child process (``--cluster-enabled yes``, no
+    persistence, a short ``--cluster-node-timeout`` so a killed master's replica is
+    promoted within seconds), joined by ``redis-cli --cluster create``. The
+    processes die with the test process (``PR_SET_PDEATHSIG``). :attr:`url` names
+    the first node (any one will do for a cluster client).
+    """
+
+    def __init__(self, server: str, cli: str, *, masters: int = 3, replicas: int = 1,
+                 node_timeout_ms: int = 1000) -> None:
+        self.server, self.cli = server, cli
+        self.ports = [free_cluster_port() for _ in range(masters * (1 + replicas))]
+        self.masters, self.replicas, self.node_timeout_ms = masters, replicas, node_timeout_ms
+        self.dir = tempfile.mkdtemp(prefix="flamigo-redis-cluster-")
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        self.url = f"redis://127.0.0.1:{self.ports[0]}"
+
+    def start(self, timeout: float = 30.0) -> RedisClusterServers:
+        for port in self.ports:
+            node_dir = os.path.join(self.dir, str(port))
+            os.makedirs(node_dir)
+            self.processes[port] = subprocess.Popen(
+                [self.server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", node_dir, "--loglevel", "warning",
+                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                 "--cluster-node-timeout", str(self.node_timeout_ms)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent,
+            )
+        deadline = time.monotonic() + timeout
+        for port in self.ports:
+            while True:
+                try:
+                    if self.node(port).ping():
+                        break
+                except Exception:  # noqa: BLE001 - not listening yet
+                    if time.monotonic() > deadline or self.processes[port].poll() is not None:
+                        raise RuntimeError(f"redis-server (cluster node {port}) did not start") from None
+                gevent.sleep(0.05)
+        created = subprocess.run(
+            [self.cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
+        )
+        if created.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout.decode()[-2000:]}")
+        self.wait_until(lambda: all(self.state_ok(p) for p in self.alive_ports()), timeout,
+                        "cluster_state:ok on every node")
+        self.wait_until(lambda: len(self.master_ports()) == self.masters, timeout, "every master known")
+        # A replica that has not synced with its master yet cannot take over from it.
+        self.wait_until(lambda: all(self.replica_synced(p) for p in self.ports if p not in self.master_ports()),
+                        timeout, "replica in sync with its master")
+        return self
+
+    def replica_synced(self, port: int) -> bool:
+        try:
+            info = self.node(port).info("replication")
+        except Exception:  # noqa: BLE001 - not answering: not synced
+            return False
+        return info.get("role") == "slave" and info.get("master_link_status") == "up"
+
+    def node(self, port: int) -> Any:
+        """A plain (non-cluster) client of one node."""
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=1)
+
+    def alive_ports(self) -> list[int]:
+        return [p for p, proc in self.processes.items() if proc.poll() is None]
+
+    def state_ok(self, port: int) -> bool:
+        try:
+            return b"cluster_state:ok" in self.node(port).execute_command("CLUSTER", "INFO")
+        except Exception:  # noqa: BLE001 - not answering: not ok
+            return False
+
+    def wait_until(self, check: Any, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Redis Cluster: no {what} within {timeout:g}s")
+            gevent.sleep(0.1)
+
+    def slots(self) -> list[tuple[int, int, int]]:
+        """(first slot, last slot, master port) per slot range, as a live node sees them."""
+        for port in self.alive_ports():
+            try:
+                ranges = self.node(port).execute_command("CLUSTER", "SLOTS")
+            except Exception:  # noqa: BLE001 - ask another node
+                continue
+            return [(int(r[0]), int(r[1]), int(r[2][1])) for r in ranges]
+        raise RuntimeError("no live Redis Cluster node answers CLUSTER SLOTS")
+
+    def master_ports(self) -> set[int]:
+        try:
+            return {port for _first, _last, port in self.slots()}
+        except Exception:  # noqa: BLE001 - none answers yet
+            return set()
+
+    def slot_of(self, key: str) -> int:
+        return int(self.node(self.alive_ports()[0]).execute_command("CLUSTER", "KEYSLOT", key))
+
+    def master_of(self, key: str) -> int:
+        """The port of the master serving ``key``'s slot."""
+        slot = self.slot_of(key)
+        for first, last, port in self.slots():
+            if first <= slot <= last:
+                return port
+        raise RuntimeError(f"no master serves slot {slot} of {key!r}")
+
+    def keys_per_master(self, pattern: str = "*") -> dict[int, int]:
+        """Keys matching ``pattern`` held by each master (SCAN on each)."""
+        return {port: sum(1 for _ in self.node(port).scan_iter(match=pattern, count=1000))
+                for port in sorted(self.master_ports())}
+
+    def kill_master_of(self, key: str, timeout: float = 30.0) -> int:
+        """SIGKILL the master of ``key``'s slot and wait until a replica serves the slot and
+        every live node reports ``cluster_state:ok``; the killed port."""
+        port = self.master_of(key)
+        process = self.processes[port]
+        process.kill()
+        process.wait()
+        self.wait_until(lambda: self.master_of(key) != port, timeout, f"replica of {port} promoted")
+        self.wait_until(lambda: all(self.state_ok(p) for p in self.alive_ports()), timeout,
+                        "cluster_state:ok after the failover")
+        return port
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -55,7 +55,7 @@ from gevent.pool import Pool
 from ..core.errors import FlamigoError, public_message, status_of
 from ..runtime import actor_errors
 from ..runtime.actor_errors import ActorTimeout, ActorUnavailable
-from .inbox_io import InboxReader, InboxWriter
+from .inbox_io import InboxReader, InboxWriter, NodeWriters
 from .link import RedisLink
 from .reply_io import ReplySubscriber, replies_of
 
@@ -184,7 +184,7 @@ class RedisRemoteCalls:
         """Seconds from sending to the reply, of the latest remote asks."""
         self._ids = (f"{uuid.uuid4().hex[:8]}.{n}" for n in itertools.count(1))
         self._pending: dict[str, tuple[Any, Any, float, str]] = {}
-        self._out = InboxWriter(self)
+        self._out: Any = NodeWriters(self) if link.cluster else InboxWriter(self)
         self._pool = Pool(max_serving)
         self._handler: Handler | None = None
         self._in = InboxReader(self)

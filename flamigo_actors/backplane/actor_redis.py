@@ -52,7 +52,7 @@ class RedisActors:
         """
         if not settings.redis_url:
             raise ValueError("FLAMIGO_REDIS_URL is not set: domain actors stay in this process")
-        link = RedisLink(settings.redis_url)
+        link = RedisLink(settings.redis_url, cluster=settings.redis_cluster)
         link.start(required=settings.redis_required)
         placement = RedisPlacement(link, channel=settings.redis_channel, lease=settings.actor_lease)
         return cls(

@@ -21,6 +21,12 @@ Guarantees and costs:
   read go out in the same write as its next ``XREAD``, each a ``PUBLISH`` behind
   ``CLIENT REPLY SKIP``: one write, and no answer to wake this process. A reply
   nobody hears (its caller gone) is dropped.
+* **Redis Cluster**: inboxes are hash-tagged by node (``{<channel>:node:<id>}``), so
+  they spread over the masters; :class:`NodeWriters` keeps one :class:`InboxWriter`
+  (one connection, one greenlet) per master written to. Replies are ``PUBLISH``es,
+  which a cluster forwards to every node: the reader carries them all, whatever
+  master it is on. A ``MOVED``/``ASK`` answer (a stale slot map after a failover)
+  counts as a link error, as below: the map is refreshed.
 * **Faults**: a link error drops the connection (``link.lost``: the link reconnects
   with backoff and the calls waiting fail at once); the calls whose writes were not
   acknowledged fail with ``ActorUnavailable`` (they may or may not have run: never
@@ -39,7 +45,7 @@ import gevent
 from gevent.event import Event
 from greenlet import getcurrent
 
-__all__ = ["ACK_READ_DELAY", "InboxReader", "InboxWriter", "write"]
+__all__ = ["ACK_READ_DELAY", "InboxReader", "InboxWriter", "NodeWriters", "write"]
 
 _log = logging.getLogger("flamigo_actors.actors.redis")
 
@@ -112,12 +118,13 @@ class InboxWriter:
     own). Redis's answers (entry ids, or an error that fails that call) are read when
     they are there, never waited for right after a write (see :data:`ACK_READ_DELAY`)."""
 
-    def __init__(self, calls: Any) -> None:
+    def __init__(self, calls: Any, key: str = "", expiring: dict[str, float] | None = None) -> None:
         self.calls = calls
+        self.key = key  # on a Redis Cluster: an inbox on the master this writer writes to
         self.outbox: deque[tuple[str, bytes, str | None, bool]] = deque()  # (.., publish: a reply)
         self.in_flight = 0
         self.wake = Event()
-        self.expiring: dict[str, float] = {}
+        self.expiring: dict[str, float] = {} if expiring is None else expiring
         self.conn: Any = None
         self.unread: deque[str] = deque()  # per command written, the call its answer may fail
         self.parked = False  # the writing greenlet waits for work (not using the connection)
@@ -213,7 +220,7 @@ class InboxWriter:
                 self.in_flight = len(batch)
                 try:
                     if self.conn is None:
-                        self.conn = link.connection()  # its own: no pool round trip per write
+                        self.conn = link.connection_for(self.key)  # its own: no pool round trip per write
                     commands, ids = self.commands(batch)
                     write(self.conn, b"".join(commands))
                 except link.redis_error as err:
@@ -268,6 +275,55 @@ class InboxWriter:
         unread.clear()
 
 
+class NodeWriters:
+    """On a Redis Cluster: one :class:`InboxWriter` per master written to (a raw connection
+    writes to one node only), with :class:`InboxWriter`'s interface for the calls.
+
+    Each writer runs in a greenlet of its own, started at its first write; :meth:`run`
+    (the calls' sender greenlet) stops them all when it is killed. After a failover the
+    inboxes of the dead master's slots go to a new writer (for the promoted replica).
+    """
+
+    def __init__(self, calls: Any) -> None:
+        self.calls = calls
+        self.writers: dict[str, InboxWriter] = {}
+        self.expiring: dict[str, float] = {}
+        self._greenlets: list[gevent.Greenlet] = []
+
+    @property
+    def pending(self) -> int:
+        return sum(writer.pending for writer in self.writers.values())
+
+    def writer_for(self, target: str) -> InboxWriter:
+        client = self.calls.link.client
+        node = client.get_node_from_key(target).name
+        writer = self.writers.get(node)
+        if writer is None:
+            writer = self.writers[node] = InboxWriter(self.calls, target, self.expiring)
+            self._greenlets.append(gevent.spawn(writer.run))
+        return writer
+
+    def put(self, target: str, document: bytes, call_id: str | None, *, publish: bool = False) -> None:
+        try:
+            writer = self.writer_for(target)
+        except Exception as err:  # noqa: BLE001 - no master serves the inbox's slot right now
+            self.calls._fail(call_id, f"no Redis Cluster node serves {target} ({err})")
+            return
+        writer.put(target, document, call_id, publish=publish)
+
+    def drop_all(self) -> list[str | None]:
+        return [call_id for writer in self.writers.values() for call_id in writer.drop_all()]
+
+    def expire_due(self, targets: Any, now: float) -> list[str]:
+        return InboxWriter.expire_due(self, targets, now)  # type: ignore[arg-type]
+
+    def run(self) -> None:
+        try:
+            Event().wait()  # the writers do the work; this greenlet owns them until killed
+        finally:
+            gevent.killall(self._greenlets, block=True, timeout=1.0)
+
+
 class InboxReader:
     """The read side: ``XREAD BLOCK`` this node's inbox from the last entry seen (on a
     connection of its own), refresh the inbox's expiry, hand each entry to the calls.
@@ -308,7 +364,7 @@ class InboxReader:
                     link.up.wait()
                 try:
                     if conn is None:
-                        conn = link.connection()  # its own: no pool round trip per read
+                        conn = link.connection_for(calls.inbox)  # its own: no pool round trip per read
                     if self.last_id is None:
                         conn.send_packed_command([_command("XREVRANGE", calls.inbox, "+", "-", "COUNT", 1)],
                                                  check_health=False)

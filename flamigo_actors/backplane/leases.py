@@ -183,6 +183,10 @@ class RedisPlacement:
         pipe = self.link.client.pipeline(transaction=False)
         for lease in leases:
             prefix = actor_keys(self.channel, lease.kind, lease.key)
+            if self.link.cluster:  # EVAL: a master (a promoted replica) may not know the script's sha
+                pipe.execute_command("EVAL", _RENEW, 2, prefix + ":lease", prefix + ":fence",
+                          f"{lease.fence}:{lease.owner}", lease.fence, self._lease_ms)
+                continue
             script(keys=[prefix + ":lease", prefix + ":fence"],
                    args=[f"{lease.fence}:{lease.owner}", lease.fence, self._lease_ms], client=pipe)
         try:

@@ -2,16 +2,22 @@
 
 Keys (``P`` = ``<FLAMIGO_REDIS_CHANNEL>:presence``; ``I`` = this process's
 instance id, random and new at every start, so a restarted process never
-revives a dead one's entries):
+revives a dead one's entries). A process's own keys carry the hash tag ``{I}``,
+a topic's ``{<topic>}``: on a Redis Cluster each script runs on one slot.
 
-* ``P:alive:I``: the heartbeat, ``EX FLAMIGO_PRESENCE_DOWN_AFTER``, renewed
+* ``P:alive:{I}``: the heartbeat, ``EX FLAMIGO_PRESENCE_DOWN_AFTER``, renewed
   every ``FLAMIGO_PRESENCE_REFRESH``; ``P:instances``: the ids of every
-  process with entries.
-* ``P:e:I:<topic>``: a hash of I's entries of the topic (``ref -> [key,
-  meta]``), rewritten whole when they change; ``P:t:<topic>``: the ids of the
-  processes with entries in the topic; ``P:topics:I``: I's topics. Entry keys
+  process with entries; ``P:reaped:{I}``: the reaper's mark.
+* ``P:e:I:{<topic>}``: a hash of I's entries of the topic (``ref -> [key,
+  meta]``), rewritten whole when they change; ``P:t:{<topic>}``: the ids of the
+  processes with entries in the topic; ``P:topics:{I}``: I's topics. Entry keys
   carry a TTL of three times the down-after, renewed with the heartbeat, so
   nothing outlives a cluster that died entirely.
+* With one Redis a process's writes and diffs go in one transaction; on a
+  Redis Cluster (``cluster=True``) per slot: I's topic list first (topics
+  joined), each topic's entries by one script, the topics left last, then the
+  diffs (a ``PUBLISH`` pipeline to one master, which relays them to every
+  node).
 * ``P:diffs``: the pub/sub channel of diffs ``{"o": I, "t": topic, "j": [...],
   "l": [...]}``; each process skips its own.
 
@@ -31,10 +37,13 @@ Guarantees and failure behaviour:
   stop being listed as soon as it counts as dead.
 * **A dead process** (kill -9, a lost host): once its heartbeat expired, the
   survivors' reaper (every ``min(refresh, down_after / 4)`` seconds) runs one
-  Lua script that checks it is still dead and still registered, removes all
-  its entries and returns them: exactly one survivor gets them (the script is
-  atomic: a second one finds nothing) and publishes one leave per entry, so
-  within ``down_after`` + that interval every member has its leave, once.
+  Lua script in its slot that checks it is still dead and not reaped yet,
+  marks it reaped and takes its topic list: exactly one survivor gets it (the
+  script is atomic: a second one finds the mark); that one takes its entries
+  topic by topic (a script each, in the topic's slot) and publishes one leave
+  per entry, so within ``down_after`` + that interval every member has its
+  leave, once. A reaper killed between the two steps leaves those entries to
+  their TTL (``list`` skips them: their process is dead) without their leaves.
 * **A process that was only cut off** for longer than ``down_after`` and was
   reaped meanwhile notices it at its next heartbeat (the reaper leaves a
   mark), writes its entries again and sends them as joins; so does a process
@@ -52,8 +61,10 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 import uuid
+from urllib.parse import urlsplit
 from collections import deque
 from typing import Any
 
@@ -73,40 +84,75 @@ OUTBOX_MAX = 10_000
 SUBSCRIBE_WAIT = 2.0
 """Seconds the first ``list`` waits for the diff subscription (the connect timeout)."""
 
-# KEYS: none (the keys are derived: one Redis, no cluster). ARGV: prefix, instance, reaped-mark TTL.
-# Returns nil when the instance is alive or was already reaped; else a flat list
-# topic, field, value, topic, field, value...
-_REAP = """
-local p, inst = ARGV[1], ARGV[2]
-if redis.call('EXISTS', p .. ':alive:' .. inst) == 1 then return nil end
-if redis.call('SREM', p .. ':instances', inst) == 0 then return nil end
-local out = {}
-for _, topic in ipairs(redis.call('SMEMBERS', p .. ':topics:' .. inst)) do
-  local key = p .. ':e:' .. inst .. ':' .. topic
-  local fields = redis.call('HGETALL', key)
-  for i = 1, #fields, 2 do
-    out[#out + 1] = topic; out[#out + 1] = fields[i]; out[#out + 1] = fields[i + 1]
-  end
-  redis.call('DEL', key)
-  redis.call('SREM', p .. ':t:' .. topic, inst)
-end
-redis.call('DEL', p .. ':topics:' .. inst)
-redis.call('SET', p .. ':reaped:' .. inst, '1', 'EX', ARGV[3])
-return out
+# Keys: a process's own in the slot of its instance id ``{I}``, a topic's in the slot of
+# ``{T}`` (a Redis Cluster runs a script on one slot only): see the module docstring.
+
+
+def _alive(p: str, inst: str) -> str:
+    return f"{p}:alive:{{{inst}}}"
+
+
+def _topics(p: str, inst: str) -> str:
+    return f"{p}:topics:{{{inst}}}"
+
+
+def _reaped(p: str, inst: str) -> str:
+    return f"{p}:reaped:{{{inst}}}"
+
+
+def _members(p: str, topic: str) -> str:
+    return f"{p}:t:{{{topic}}}"
+
+
+def _entries(p: str, inst: str, topic: str) -> str:
+    return f"{p}:e:{inst}:{{{topic}}}"
+
+
+# KEYS: alive, topics, reaped (one instance's slot). ARGV: reaped-mark TTL.
+# nil: alive; 0: reaped already (by another survivor); else the topics it had entries in
+# (its topics set deleted: of several reapers exactly one gets them).
+_CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return nil end
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+redis.call('SET', KEYS[3], '1', 'EX', ARGV[1])
+local topics = redis.call('SMEMBERS', KEYS[2])
+redis.call('DEL', KEYS[2])
+return topics
 """
 
-# ARGV: prefix, instance, heartbeat TTL, data TTL. Returns non-zero when this instance's entries
-# may be missing: it had been reaped, or its heartbeat was gone (an expiry, a flushed or new Redis).
-_HEARTBEAT = """
-local p, inst = ARGV[1], ARGV[2]
-local missing = 1 - redis.call('EXISTS', p .. ':alive:' .. inst)
-redis.call('SET', p .. ':alive:' .. inst, '1', 'EX', ARGV[3])
-redis.call('SADD', p .. ':instances', inst)
-for _, topic in ipairs(redis.call('SMEMBERS', p .. ':topics:' .. inst)) do
-  redis.call('EXPIRE', p .. ':e:' .. inst .. ':' .. topic, ARGV[4])
+# KEYS: entries of I in T, members of T (T's slot). ARGV: instance. Returns the entries, removed.
+_TAKE = """
+local fields = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+return fields
+"""
+
+# KEYS: entries of I in T, members of T (T's slot). ARGV: instance, TTL, field, value, ...
+# The whole rewrite of I's entries of T at once (none left: I leaves T's members).
+_WRITE = """
+redis.call('DEL', KEYS[1])
+if #ARGV > 2 then
+  for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  redis.call('SADD', KEYS[2], ARGV[1])
+else
+  redis.call('SREM', KEYS[2], ARGV[1])
 end
-redis.call('EXPIRE', p .. ':topics:' .. inst, ARGV[4])
-return redis.call('DEL', p .. ':reaped:' .. inst) + missing
+return 1
+"""
+
+# KEYS: alive, topics, reaped (one instance's slot). ARGV: heartbeat TTL, data TTL.
+# Returns {missing, topic, topic...}: missing is non-zero when this instance's entries may be
+# missing (it had been reaped, or its heartbeat was gone: an expiry, a flushed or new Redis);
+# the caller renews the topics' entry keys and the instance's registration.
+_HEARTBEAT = """
+local missing = 1 - redis.call('EXISTS', KEYS[1])
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+local out = {redis.call('DEL', KEYS[3]) + missing}
+for _, topic in ipairs(redis.call('SMEMBERS', KEYS[2])) do out[#out + 1] = topic end
+return out
 """
 
 
@@ -116,12 +162,14 @@ class RedisPresence:
     Args:
         presence: this process's presence (its ``store`` is set on :meth:`start`).
         url: ``FLAMIGO_REDIS_URL``; channel: ``FLAMIGO_REDIS_CHANNEL``.
+        cluster: ``url`` names one node of a Redis Cluster (``FLAMIGO_REDIS_CLUSTER``).
         refresh / down_after: ``FLAMIGO_PRESENCE_REFRESH`` / ``_DOWN_AFTER`` (seconds).
     """
 
     def __init__(self, presence: Presence, url: str, *, channel: str = "flamigo",
-                 refresh: float = 10.0, down_after: float = 30.0) -> None:
+                 refresh: float = 10.0, down_after: float = 30.0, cluster: bool = False) -> None:
         self.presence = presence
+        self.cluster = cluster
         self.url = url
         self.prefix = f"{channel}:presence"
         self.refresh = refresh
@@ -147,7 +195,8 @@ class RedisPresence:
         if not settings.redis_url:
             raise ValueError("RedisPresence needs FLAMIGO_REDIS_URL")
         return cls(presence, settings.redis_url, channel=settings.redis_channel,
-                   refresh=settings.presence_refresh, down_after=settings.presence_down_after)
+                   refresh=settings.presence_refresh, down_after=settings.presence_down_after,
+                   cluster=settings.redis_cluster)
 
     # -- running ---------------------------------------------------------------
 
@@ -160,19 +209,11 @@ class RedisPresence:
         Raises:
             RedisUnavailable: the URL is not a Redis URL.
         """
-        redis, NoBackoff, Retry = import_redis()
-        self._errors = (redis.RedisError, OSError)
-        try:
-            # At most 2 connections (the writer, the heartbeat/reaper and `list` share them; a
-            # caller beyond waits for one) plus the diff subscription's own: 3 links per process.
-            pool = redis.BlockingConnectionPool.from_url(
-                self.url, max_connections=2, timeout=None, socket_timeout=5.0,
-                socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0), decode_responses=True)
-            self.client = redis.Redis(connection_pool=pool)
-        except ValueError as err:
-            raise RedisUnavailable(self.url, f"not a Redis URL: {err}") from None
-        self._reap_script = self.client.register_script(_REAP)
-        self._beat_script = self.client.register_script(_HEARTBEAT)
+        redis = import_redis()[0]
+        from redis.exceptions import RedisClusterException  # (not a RedisError: no slot map, no master)
+
+        self._errors = (redis.RedisError, RedisClusterException, OSError)
+        self.client = _make_client(self.url, self.cluster)
         presence = self.presence
         presence.instance = self.instance
         presence.store = self
@@ -195,7 +236,7 @@ class RedisPresence:
         self._wake.set()
         if not self._greenlets:  # never used: nothing was written, no connection to open now
             if self.client is not None:
-                self.client.connection_pool.disconnect()
+                _disconnect(self.client)
             return
         gevent.joinall(self._greenlets[:1], timeout=2.0)
         gevent.killall(self._greenlets, block=True, timeout=1.0)
@@ -207,7 +248,7 @@ class RedisPresence:
                          "the other processes remove them once its heartbeat expires", err)
         if self.client is not None:
             self.client.close()
-            self.client.connection_pool.disconnect()
+            _disconnect(self.client)
 
     # -- the store API -----------------------------------------------------------
 
@@ -226,13 +267,13 @@ class RedisPresence:
             self._run()
             self._subscribed.wait(SUBSCRIBE_WAIT)
         try:
-            others = [i for i in self.client.smembers(f"{p}:t:{topic}") if i != self.instance]
+            others = [i for i in self.client.smembers(_members(p, topic)) if i != self.instance]
             if not others:
                 return []
             pipe = self.client.pipeline(transaction=False)
             for inst in others:
-                pipe.exists(f"{p}:alive:{inst}")
-                pipe.hgetall(f"{p}:e:{inst}:{topic}")
+                pipe.exists(_alive(p, inst))
+                pipe.hgetall(_entries(p, inst, topic))
             replies = pipe.execute()
         except self._errors as err:
             self.stats["errors"] += 1
@@ -296,12 +337,15 @@ class RedisPresence:
             return
         dirty, self._dirty = self._dirty, set()
         messages = list(self._outbox)
-        pipe = self.client.pipeline(transaction=True)
-        _write_entries(pipe, self.prefix, self.instance, {t: self.presence.local_entries(t) for t in dirty},
-                       self.data_ttl)
-        for message in messages:
-            pipe.publish(f"{self.prefix}:diffs", message)
+        topics = {t: self.presence.local_entries(t) for t in dirty}
         try:
+            if self.cluster:  # per slot; the diffs once the entries are written
+                pipe = _write_entries_per_slot(self.client, self.prefix, self.instance, topics, self.data_ttl)
+            else:
+                pipe = self.client.pipeline(transaction=True)
+                _write_entries(pipe, self.prefix, self.instance, topics, self.data_ttl)
+            for message in messages:
+                pipe.publish(f"{self.prefix}:diffs", message)
             pipe.execute()
         except BaseException:
             self._dirty |= dirty  # written whole next time: nothing lost
@@ -312,9 +356,8 @@ class RedisPresence:
         self.stats["published"] += len(messages)
 
     def _beat(self) -> bool:
-        reaped = self._beat_script(args=[self.prefix, self.instance, max(1, int(self.down_after + 0.999)),
-                                         self.data_ttl])
-        return bool(reaped)
+        return _heartbeat(self.client, self.prefix, self.instance, max(1, int(self.down_after + 0.999)),
+                          self.data_ttl)
 
     def _beats(self) -> None:
         self._booted.wait()
@@ -347,7 +390,7 @@ class RedisPresence:
             self.changed(topic)
 
     def _reap(self) -> None:
-        dead = _reap_dead(self.client, self._reap_script, self.prefix, self.instance, self.data_ttl)
+        dead = _reap_dead(self.client, self.prefix, self.instance, self.data_ttl)
         for inst, leaves in dead.items():
             count = sum(len(v) for v in leaves.values())
             self.stats["reaped"] += count
@@ -407,55 +450,156 @@ def _decode_diff(data: Any, me: str) -> tuple[str, list[Change], list[Change]] |
 
 
 def _write_entries(pipe: Any, p: str, inst: str, topics: dict[str, dict[str, Any]], ttl: int) -> None:
-    """Queue on ``pipe`` the whole rewrite of process ``inst``'s entries of ``topics``."""
+    """Queue on ``pipe`` (a transaction: one Redis) the whole rewrite of process ``inst``'s entries of ``topics``."""
     for topic, entries in topics.items():
-        key = f"{p}:e:{inst}:{topic}"
+        key = _entries(p, inst, topic)
         pipe.delete(key)
         if entries:
             pipe.hset(key, mapping={ref: json.dumps([k, m]) for ref, (k, m) in entries.items()})
             pipe.expire(key, ttl)
-            pipe.sadd(f"{p}:t:{topic}", inst)
-            pipe.sadd(f"{p}:topics:{inst}", topic)
+            pipe.sadd(_members(p, topic), inst)
+            pipe.sadd(_topics(p, inst), topic)
         else:
-            pipe.srem(f"{p}:t:{topic}", inst)
-            pipe.srem(f"{p}:topics:{inst}", topic)
+            pipe.srem(_members(p, topic), inst)
+            pipe.srem(_topics(p, inst), topic)
     if topics:
-        pipe.expire(f"{p}:topics:{inst}", ttl)
+        pipe.expire(_topics(p, inst), ttl)
+
+
+def _make_client(url: str, cluster: bool) -> Any:
+    """The store's client: at most 2 connections (the writer, the heartbeat/reaper and ``list``
+    share them; a caller beyond waits for one), plus the diff subscription's own: 3 links per
+    process (on a Redis Cluster: 2 per master, and the subscription's).
+
+    Raises:
+        RedisUnavailable: the URL is not a Redis URL.
+    """
+    redis, NoBackoff, Retry = import_redis()
+    options: dict[str, Any] = dict(max_connections=2, timeout=None, socket_timeout=5.0,
+                                   socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0),
+                                   decode_responses=True)
+    try:
+        if cluster:
+            from redis.cluster import RedisCluster
+
+            urlsplit(url).port  # noqa: B018 - a bad URL fails here, not at the first use
+            # (no node is contacted before the first use: connecting is the writer's job)
+            return _LazyCluster(lambda: RedisCluster.from_url(
+                url, connection_pool_class=redis.BlockingConnectionPool, **options))
+        return redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(url, **options))
+    except ValueError as err:
+        raise RedisUnavailable(url, f"not a Redis URL: {err}") from None
+
+
+def _heartbeat(client: Any, p: str, inst: str, beat_ttl: int, data_ttl: int) -> bool:
+    """Renew ``inst``'s heartbeat, registration and entries' TTL; True when its entries may be missing."""
+    missing, *topics = client.eval(_HEARTBEAT, 3, _alive(p, inst), _topics(p, inst), _reaped(p, inst),
+                                   beat_ttl, data_ttl)
+    pipe = client.pipeline(transaction=False)
+    pipe.sadd(f"{p}:instances", inst)
+    for topic in topics:
+        pipe.expire(_entries(p, inst, topic), data_ttl)
+    pipe.execute()
+    return bool(missing)
+
+
+def _write_entries_per_slot(client: Any, p: str, inst: str, topics: dict[str, dict[str, Any]], ttl: int) -> Any:
+    """The same rewrite on a Redis Cluster, one slot at a time: the topics the instance joins are
+    added to its list first and those it left removed last, so that a reaper that claims the list
+    in between finds every topic with entries (at worst one without).
+
+    Returns a pipeline for the diffs, to one master (a cluster pipeline refuses ``PUBLISH``;
+    any master relays it to every node)."""
+    joined = [t for t, entries in topics.items() if entries]
+    left = [t for t, entries in topics.items() if not entries]
+    if joined:
+        pipe = client.pipeline(transaction=False)
+        pipe.sadd(_topics(p, inst), *joined)
+        pipe.expire(_topics(p, inst), ttl)
+        pipe.execute()
+    pipe = client.pipeline(transaction=False)
+    for topic, entries in topics.items():
+        fields = [x for ref, (k, m) in entries.items() for x in (ref, json.dumps([k, m]))]
+        pipe.execute_command("EVAL", _WRITE, 2, _entries(p, inst, topic), _members(p, topic), inst, ttl, *fields)
+    pipe.execute()
+    if left:
+        client.srem(_topics(p, inst), *left)
+    return client.get_redis_connection(random.choice(client.get_primaries())).pipeline(transaction=False)
 
 
 def _remove_instance(client: Any, p: str, inst: str) -> None:
     """Delete every key of process ``inst`` (its graceful shutdown)."""
-    topics = client.smembers(f"{p}:topics:{inst}")
-    pipe = client.pipeline(transaction=True)
+    topics = client.smembers(_topics(p, inst))
+    cluster = isinstance(client, _LazyCluster)
+    pipe = client.pipeline(transaction=not cluster)  # (a cluster's keys span slots: in order, not at once)
     for topic in topics:
-        pipe.delete(f"{p}:e:{inst}:{topic}")
-        pipe.srem(f"{p}:t:{topic}", inst)
-    pipe.delete(f"{p}:topics:{inst}", f"{p}:alive:{inst}")
+        pipe.delete(_entries(p, inst, topic))
+        pipe.srem(_members(p, topic), inst)
+    if cluster:
+        pipe.delete(_topics(p, inst))
+        pipe.delete(_alive(p, inst))
+    else:
+        pipe.delete(_topics(p, inst), _alive(p, inst))
     pipe.srem(f"{p}:instances", inst)
     pipe.execute()
 
 
-def _reap_dead(client: Any, script: Any, prefix: str, me: str, ttl: int) -> dict[str, dict[str, list[Change]]]:
+def _reap_dead(client: Any, prefix: str, me: str, ttl: int) -> dict[str, dict[str, list[Change]]]:
     """Remove the entries of every registered process whose heartbeat expired (not ``me``).
 
-    Returns ``{instance: {topic: leaves}}`` for the processes this call reaped: the script
-    re-checks each atomically, so of several reapers exactly one gets a dead process's entries.
+    Returns ``{instance: {topic: leaves}}`` for the processes this call reaped: a script in the
+    dead instance's slot claims its topic list atomically, so of several reapers exactly one
+    gets a dead process's entries; then one script per topic (the topic's slot) takes them.
+    A reaper that dies between the two leaves the entries to expire (``list`` skips them
+    meanwhile: their process is dead) without sending their leaves.
     """
     others = [i for i in client.smembers(f"{prefix}:instances") if i != me]
     if not others:
         return {}
     pipe = client.pipeline(transaction=False)
     for inst in others:
-        pipe.exists(f"{prefix}:alive:{inst}")
+        pipe.exists(_alive(prefix, inst))
     reaped: dict[str, dict[str, list[Change]]] = {}
     for inst, alive in zip(others, pipe.execute()):
         if alive:
             continue
-        flat = script(args=[prefix, inst, ttl])
-        if not flat:
+        topics = client.eval(_CLAIM, 3, _alive(prefix, inst), _topics(prefix, inst), _reaped(prefix, inst), ttl)
+        if topics is None:  # alive again meanwhile
             continue
-        leaves = reaped.setdefault(inst, {})
-        for topic, field, value in zip(flat[::3], flat[1::3], flat[2::3]):
-            key, meta = json.loads(value)
-            leaves.setdefault(topic, []).append((f"{inst} {field}", key, meta))
+        if topics != 0 and topics:
+            take = client.pipeline(transaction=False)
+            for topic in topics:
+                take.execute_command("EVAL", _TAKE, 2, _entries(prefix, inst, topic), _members(prefix, topic), inst)
+            leaves = reaped.setdefault(inst, {})
+            for topic, flat in zip(topics, take.execute()):
+                for field, value in zip(flat[::2], flat[1::2]):
+                    key, meta = json.loads(value)
+                    leaves.setdefault(topic, []).append((f"{inst} {field}", key, meta))
+        client.srem(f"{prefix}:instances", inst)  # reaped (by this call or another): unregistered
     return reaped
+
+
+class _LazyCluster:
+    """A Redis Cluster client made at its first use (making one asks a node for the slot map)."""
+
+    def __init__(self, make: Any) -> None:
+        self._make = make
+        self._client: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._client is None:
+            self._client = self._make()
+        return getattr(self._client, name)
+
+    @property
+    def made(self) -> bool:
+        return self._client is not None
+
+
+def _disconnect(client: Any) -> None:
+    """Close every pooled connection of ``client`` (one Redis, or a cluster's nodes)."""
+    if isinstance(client, _LazyCluster):
+        if client.made:
+            client.close()
+        return
+    client.connection_pool.disconnect()

@@ -26,8 +26,14 @@ unreachable: the backplane's outbox holds them (bounded, counted, logged, see
 again, so a retried script may append an event twice to the history. Local
 subscribers get a recoverable topic's events after that round trip, so
 against events of other topics published by the same greenlet they may come
-later. (The script names keys of two slots: Redis Cluster needs issue 17's
-per-topic streams.)
+later.
+
+Redis Cluster (``FLAMIGO_REDIS_CLUSTER``): the script names the topic's keys
+(slot of ``{T}``) and the backplane's stream; on the whole-stream backplane
+(``<channel>:events``, another slot) it cannot run, so :meth:`start` refuses
+at once with a message naming the fix (a backplane whose stream keys are per
+topic, ``sharded = True``, e.g. the interest-based one). Sessions are one key
+each (the session's own slot): they work on a cluster as they are.
 
 Sessions: ``<channel>:rec:session:<hash of the secret>``, a hash with the
 meta data (``m``) and cached replies (``r:<ackId>``), expiring
@@ -126,12 +132,13 @@ class RedisRecoveryStore:
         url: the Redis URL (``FLAMIGO_REDIS_URL``).
         channel: key prefix (``FLAMIGO_REDIS_CHANNEL``), the backplane's too.
         history: events kept per stream.
+        cluster: ``url`` names one node of a Redis Cluster.
     """
 
     assigns_locally = False
 
-    def __init__(self, url: str, *, channel: str = "flamigo", history: int = 1000) -> None:
-        self.link = RedisLink(url)
+    def __init__(self, url: str, *, channel: str = "flamigo", history: int = 1000, cluster: bool = False) -> None:
+        self.link = RedisLink(url, cluster=cluster)
         self.channel = channel
         self.history = history
         self.backplane: Any = None
@@ -149,7 +156,8 @@ class RedisRecoveryStore:
         """A store configured by the ``FLAMIGO_REDIS_*`` and ``FLAMIGO_RECOVERY_*`` settings."""
         if not settings.redis_url:
             raise ValueError("FLAMIGO_REDIS_URL is not set: there is no Redis recovery store")
-        return cls(settings.redis_url, channel=settings.redis_channel, history=settings.recovery_history)
+        return cls(settings.redis_url, channel=settings.redis_channel, history=settings.recovery_history,
+                   cluster=settings.redis_cluster)
 
     def start(self, backplane: Any, *, required: bool = True) -> RedisRecoveryStore:
         """Connect (for reads and sessions) and write through ``backplane``; returns self.
@@ -159,6 +167,13 @@ class RedisRecoveryStore:
         """
         if backplane is None:
             raise RuntimeError("the Redis recovery store needs the Redis backplane: start it first")
+        if self.link.cluster and not getattr(backplane, "sharded", False):
+            raise RuntimeError(
+                "connection-state recovery (FLAMIGO_RECOVERABLE) cannot run on a Redis Cluster with the "
+                f"whole-stream backplane: a recoverable event's offset, history ({self.channel}:rec:{{T}}:*) "
+                f"and its publish to {backplane.stream} are one atomic script, and those keys live in "
+                "different slots. Use the interest-based backplane (FLAMIGO_REDIS_BACKPLANE=interest: "
+                "per-topic {T} streams), or a single Redis (no --redis-cluster), or no recoverable topics")
         self.backplane = backplane
         self.link.start(required=required)
         client = self.link.client

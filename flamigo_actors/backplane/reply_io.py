@@ -97,7 +97,7 @@ class ReplySubscriber:
                     conn = None
                 try:
                     if conn is None:
-                        conn = self.conn = link.connection()
+                        conn = self.conn = link.connection_for(self.channel)
                         conn.send_command("SUBSCRIBE", self.channel, check_health=False)
                     if not conn.can_read(timeout=link.block):
                         conn.send_command("PING", check_health=False)  # finds a dead connection

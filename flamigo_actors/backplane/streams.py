@@ -39,6 +39,13 @@ stream holds them meanwhile). Entry ids are Redis's clock: after a failover to
 a server whose clock is behind the last id read here, entries with earlier ids
 are not read; the sequence gap counts them as ``missed``.
 
+Redis Cluster (``FLAMIGO_REDIS_CLUSTER``): the stream is one key, so one slot
+on one master; the link (:class:`~.link.RedisLink`) sends each command there.
+When that master dies the link goes down as above until its replica is
+promoted (the reconnector pings every master); entries it had acknowledged
+but not replicated are lost with it and counted as ``missed`` (a sequence
+gap) by the readers.
+
 Inside: :class:`RedisBackplane` owns a :class:`~.link.RedisLink` (the
 connection pool, whether Redis is up, reconnecting with backoff: the same as
 the domain actors', with the backplane's own log lines); its ``_Sender`` owns the outbox and the writing greenlet,
@@ -185,6 +192,8 @@ class RedisBackplane:
         block: seconds an ``XREAD`` waits for new entries.
         reconnect_base / reconnect_cap: backoff of reconnection attempts (seconds).
         socket_timeout: a Redis call silent for this long counts as a lost link.
+        cluster: ``url`` names one node of a Redis Cluster (the stream is one key: one slot,
+            on one master; its replica takes over when that master fails).
     """
 
     def __init__(
@@ -201,6 +210,7 @@ class RedisBackplane:
         reconnect_base: float = 0.1,
         reconnect_cap: float = 3.0,
         socket_timeout: float = 5.0,
+        cluster: bool = False,
     ) -> None:
         self.bus = bus
         self.url = url
@@ -215,12 +225,15 @@ class RedisBackplane:
         self.socket_timeout = socket_timeout
         self.origin = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stats = BackplaneStats()
+        self.sharded = False
+        """Whether events live in per-topic keys (a cluster slot per topic): not here, one stream
+        for all (the recovery store's scripts need per-topic keys on a Redis Cluster)."""
         self.instruments: Instruments | None = None
         """Observes the lag of events from other processes (``FLAMIGO_METRICS``); ``None``: not measured."""
         # The connection, whether Redis is up, and reconnection with backoff: a RedisLink
         # (as the domain actors'), logging nothing itself: the backplane tells its own story.
         self.link = RedisLink(url, socket_timeout=socket_timeout, block=block, reconnect_base=reconnect_base,
-                              reconnect_cap=reconnect_cap, log_changes=False)
+                              reconnect_cap=reconnect_cap, log_changes=False, cluster=cluster)
         self._origin = self.origin.encode()
         self._out = _Sender(self)
         self._in = _Reader(self)
@@ -242,6 +255,7 @@ class RedisBackplane:
             required=settings.redis_required,
             maxlen=settings.redis_stream_maxlen,
             outbox_max=settings.redis_outbox_max,
+            cluster=settings.redis_cluster,
         )
 
     # -- state -------------------------------------------------------------------

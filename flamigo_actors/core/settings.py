@@ -81,6 +81,9 @@ class Settings:
     handshake included); idle keep-alive HTTP connections end after it too."""
     redis_url: str | None = None
     """Redis URL of the cross-process backplane; ``None`` keeps events in this process."""
+    redis_cluster: bool = False
+    """``FLAMIGO_REDIS_URL`` names one node of a Redis Cluster: the client discovers the others
+    and sends each key to the master of its slot (``--redis-cluster``)."""
     redis_required: bool = True
     """Refuse to start when Redis is unreachable; False starts local-only with a loud warning."""
     redis_channel: str = "flamigo"
@@ -203,6 +206,9 @@ class Settings:
                 f"FLAMIGO_PRESENCE_REFRESH ({self.presence_refresh}) or live processes would be "
                 "declared dead between two refreshes"
             )
+        if self.redis_cluster and not self.redis_url:
+            raise ValueError("FLAMIGO_REDIS_CLUSTER is true but FLAMIGO_REDIS_URL is not set: name one node "
+                             "of the cluster (e.g. --redis redis://host:7000 --redis-cluster)")
         if self.pong_timeout <= self.ping_interval:
             raise ValueError(
                 f"FLAMIGO_PONG_TIMEOUT ({self.pong_timeout}) must exceed "

@@ -1,6 +1,6 @@
 """The ``flamigo-actors`` command: run an app; attach a debug shell to a running one.
 
-    flamigo-actors run MODULE:FACTORY [--host H] [--port P] [--redis URL] [--workers N] [--debug]
+    flamigo-actors run MODULE:FACTORY [--host H] [--port P] [--redis URL [--redis-cluster]] [--workers N] [--debug]
                                       [--backdoor [HOST:]PORT]
     flamigo-actors shell --connect HOST:PORT
     flamigo-actors schema MODULE:FACTORY [--format asyncapi|yaml|jsonschema|typescript]
@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     run.add_argument("--port", type=int, default=8080, help="port to bind (default 8080)")
     run.add_argument("--redis", metavar="URL", help="Redis URL of the cross-process backplane")
+    run.add_argument("--redis-cluster", action="store_true",
+                     help="the --redis URL names one node of a Redis Cluster (FLAMIGO_REDIS_CLUSTER)")
     run.add_argument(
         "--workers", type=int, default=1, metavar="N",
         help="worker processes on one port (gunicorn; N > 1 needs --redis)",
@@ -102,6 +104,8 @@ def _set_env(args: argparse.Namespace) -> None:
     # and worker processes inherit them.
     if args.redis:
         os.environ["FLAMIGO_REDIS_URL"] = args.redis
+    if args.redis_cluster:
+        os.environ["FLAMIGO_REDIS_CLUSTER"] = "true"
     if args.debug:
         os.environ["FLAMIGO_DEBUG"] = "true"
 
