@@ -88,6 +88,9 @@ class ReplySubscriber:
         calls = self.calls
         link = calls.link
         conn: Any = None
+        # (a tuple on a Redis Cluster: an except clause takes no nested tuple)
+        errors = link.redis_error if isinstance(link.redis_error, tuple) else (link.redis_error,)
+        errors = (*errors, ValueError)  # (ValueError: its buffer closed)
         try:
             while not calls._closed:
                 if not link.connected:
@@ -104,7 +107,7 @@ class ReplySubscriber:
                         continue
                     # (push_request: under RESP3 a pub/sub message is a push, handed back here)
                     message = conn.read_response(push_request=True)
-                except (link.redis_error, ValueError) as err:  # (ValueError: its buffer closed)
+                except errors as err:
                     self.subscribed.clear()
                     ours = self.conn is conn  # (else _down closed it: the link is down already)
                     if conn is not None:
