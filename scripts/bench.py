@@ -596,6 +596,15 @@ def paired(runs: list[dict[str, Any]], mode: str) -> dict[str, Any]:
             found = stats([r for r in ratios if r is not None])
             if found:
                 out[f"{key} vs {peer}"] = found
+    # The same-checkout variants, per repetition: metrics on ÷ off, this code ÷ the baseline's.
+    for label, top, bottom in (("metrics on ÷ off", METRICS_SERVER, "flamigo"),
+                               ("flamigo ÷ baseline", "flamigo", BASELINE_SERVER)):
+        for key in keys:
+            ratios = [_ratio(rep[top].get(key), rep[bottom].get(key))
+                      for rep in by_rep.values() if top in rep and bottom in rep]
+            found = stats([r for r in ratios if r is not None])
+            if found:
+                out[f"{label}: {key}"] = found
     return out
 
 
@@ -719,6 +728,10 @@ def table(results: dict[str, Any], summary: dict[str, Any]) -> str:
             )
             lines.append(f"| {wl['title']} | per worker (last run) | {per_worker} |" + " |" * (len(results["servers"]) + 1))
         for what, spread in entry.get("paired", {}).items():
+            if spread["n"] > 1 and ": " in what:  # a same-checkout pair (metrics, baseline)
+                lines.append(f"| {wl['title']} | {what} per repetition | {_cell(spread, 2)} |"
+                             + " |" * (len(results["servers"]) + 1))
+                continue
             if spread["n"] > 1:  # with several repetitions: the spread of the paired ratios
                 key, _, peer = what.partition(" vs ")
                 cols = ["", ""]
