@@ -167,3 +167,19 @@ def test_corked_frames_are_counted_as_dropped_when_the_peer_is_gone(
     assert transport.sends == 0
     queue.cork()  # closed: nothing is held any more
     assert not queue.push(b"c") and queue.refused == 1
+
+
+def test_a_cork_holds_at_most_cork_frames(pair: tuple[CountingTransport, socket.socket]) -> None:
+    from flamigo_actors.websocket.outbound import CORK_FRAMES
+
+    transport, peer = pair
+    queue, _ = outbound(transport)
+    queue.cork()
+    for _ in range(CORK_FRAMES - 1):
+        queue.push(b"f")
+    assert transport.sends == 0
+    queue.push(b"f")  # the last one a cork holds: all go out together
+    assert transport.sends == 1 and queue.depth == 0
+    assert read_exactly(peer, CORK_FRAMES) == b"f" * CORK_FRAMES
+    queue.push(b"g")  # no longer corked
+    assert transport.sends == 2

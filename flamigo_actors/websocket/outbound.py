@@ -14,7 +14,9 @@ are held, in order, and written together by :meth:`Outbound.uncork`, one
 ``send`` for the batch instead of one per frame (a pipelining client's
 replies). Corked frames are never held past a yield to the hub: cork
 schedules its own uncork as a hub callback, so a strategy that blocks lets
-them go out first. They count toward the bounds like queued frames.
+them go out first, and at most :data:`CORK_FRAMES` are held (the first
+reply of a long drain does not wait for the last). They count toward the
+bounds like queued frames.
 
 The queue is bounded in frames and in bytes. A client that stops reading hits
 the bound: the frame is refused, counted, and ``on_overflow`` is called (the
@@ -39,7 +41,10 @@ import gevent
 
 from .framing import Transport
 
-__all__ = ["Outbound"]
+__all__ = ["CORK_FRAMES", "Outbound"]
+
+CORK_FRAMES = 16
+"""Most frames a cork holds: the 16th is sent at once, with the 15 before it."""
 
 
 class Outbound:
@@ -126,6 +131,8 @@ class Outbound:
         if cork is not None:
             cork.append(frame)
             self._bytes += len(frame)
+            if len(cork) >= CORK_FRAMES:  # held long enough: the first waited for 15 more
+                self.uncork()
         else:
             self._enqueue(frame)
         return True
