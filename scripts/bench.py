@@ -39,6 +39,10 @@ Workloads (see the README's "Performance" section):
 ``--interleave`` runs each workload's repetitions back to back, the servers
 taking turns repetition by repetition (the order rotating), and reports
 medians of ``--reps`` (default 5) with the per-repetition ratios.
+``--baseline DIR`` adds a server ``baseline``: the demo run from another
+checkout of the project (e.g. ``git archive main | tar -x -C /tmp/main``),
+taking its turn like the others, to measure a change against the code
+before it in the same run.
 
 Needs Linux (``taskset``, ``/proc``), Node.js 18+ and npm (``npm ci`` runs in
 ``scripts/loadgen`` on first use), and ``pip install -e ".[bench]"``. The
@@ -76,11 +80,17 @@ METRICS_SERVER = "metrics"
 PLAIN_SERVER = "plain"
 """flamigo_actors with the demo's recovery and presence off (``--plain``: ``DEMO_RECOVERY=0
 DEMO_PRESENCE=0``); ``flamigo`` has both on for the rooms, as the demo ships."""
-FLAMIGO_KINDS = ("flamigo", METRICS_SERVER, PLAIN_SERVER)
+BASELINE_SERVER = "baseline"
+"""flamigo_actors from another checkout (``--baseline DIR``, e.g. the main branch's code), metrics off:
+a change measured side by side with the code before it."""
+FLAMIGO_KINDS = ("flamigo", METRICS_SERVER, PLAIN_SERVER, BASELINE_SERVER)
 SERVER_LABELS = {"flamigo": "flamigo_actors", "raw": "raw gevent-websocket", "socketio": "Flask-SocketIO",
                  METRICS_SERVER: "flamigo_actors + metrics",
-                 PLAIN_SERVER: "flamigo_actors, no recovery/presence"}
+                 PLAIN_SERVER: "flamigo_actors, no recovery/presence",
+                 BASELINE_SERVER: "flamigo_actors (baseline checkout)"}
 SERVER_CPU, LOAD_CPU = "0", "1"
+BASELINE_ROOT: Path | None = None
+"""The checkout server 'baseline' runs from (``--baseline``)."""
 
 
 @dataclass(frozen=True)
@@ -174,6 +184,12 @@ class Server:
         self.port = _free_port()
         python = sys.executable
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        cwd = ROOT
+        if kind == BASELINE_SERVER:
+            if BASELINE_ROOT is None:
+                raise ValueError("server 'baseline' needs --baseline DIR (a checkout holding app/ and flamigo_actors/)")
+            cwd = BASELINE_ROOT
+            env["PYTHONPATH"] = str(cwd)  # its flamigo_actors, not this checkout's
         if kind in FLAMIGO_KINDS:
             argv = [python, "-m", "app", "--port", str(self.port), "--log-level", "WARNING", *extra]
             env["FLAMIGO_METRICS"] = "true" if kind == METRICS_SERVER else "false"
@@ -191,7 +207,7 @@ class Server:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             (_taskset(SERVER_CPU) if pin else []) + argv,
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
@@ -580,6 +596,15 @@ def paired(runs: list[dict[str, Any]], mode: str) -> dict[str, Any]:
             found = stats([r for r in ratios if r is not None])
             if found:
                 out[f"{key} vs {peer}"] = found
+    # The same-checkout variants, per repetition: metrics on ÷ off, this code ÷ the baseline's.
+    for label, top, bottom in (("metrics on ÷ off", METRICS_SERVER, "flamigo"),
+                               ("flamigo ÷ baseline", "flamigo", BASELINE_SERVER)):
+        for key in keys:
+            ratios = [_ratio(rep[top].get(key), rep[bottom].get(key))
+                      for rep in by_rep.values() if top in rep and bottom in rep]
+            found = stats([r for r in ratios if r is not None])
+            if found:
+                out[f"{label}: {key}"] = found
     return out
 
 
@@ -703,6 +728,10 @@ def table(results: dict[str, Any], summary: dict[str, Any]) -> str:
             )
             lines.append(f"| {wl['title']} | per worker (last run) | {per_worker} |" + " |" * (len(results["servers"]) + 1))
         for what, spread in entry.get("paired", {}).items():
+            if spread["n"] > 1 and ": " in what:  # a same-checkout pair (metrics, baseline)
+                lines.append(f"| {wl['title']} | {what} per repetition | {_cell(spread, 2)} |"
+                             + " |" * (len(results["servers"]) + 1))
+                continue
             if spread["n"] > 1:  # with several repetitions: the spread of the paired ratios
                 key, _, peer = what.partition(" vs ")
                 cols = ["", ""]
@@ -801,6 +830,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         servers.append(METRICS_SERVER)
     if args.plain and PLAIN_SERVER not in servers:
         servers.append(PLAIN_SERVER)
+    if args.baseline:
+        global BASELINE_ROOT
+        BASELINE_ROOT = Path(args.baseline).resolve()
+        if not (BASELINE_ROOT / "app").is_dir() or not (BASELINE_ROOT / "flamigo_actors").is_dir():
+            raise SystemExit(f"error: --baseline {args.baseline}: no app/ and flamigo_actors/ there "
+                             "(give a checkout of this project, e.g. made with git archive or git worktree)")
+        if BASELINE_SERVER not in servers:
+            servers.append(BASELINE_SERVER)
     for s in servers:
         if s not in SERVER_LABELS:
             raise SystemExit(f"error: unknown server {s!r}: use {', '.join(SERVER_LABELS)}")
@@ -898,6 +935,11 @@ def main(argv: list[str] | None = None) -> int:
         "--plain", action="store_true",
         help="also run flamigo_actors with the demo's recovery and presence off (server 'plain'), "
              "interleaved, and check on ÷ off >= 0.95",
+    )
+    parser.add_argument(
+        "--baseline", metavar="DIR",
+        help="also run the demo from another checkout of this project (server 'baseline', metrics off), "
+             "interleaved: e.g. the main branch's code against this one's",
     )
     args = parser.parse_args(argv)
     if sys.platform != "linux":

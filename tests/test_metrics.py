@@ -198,6 +198,48 @@ def test_the_prometheus_client_internals_the_sync_uses_are_there() -> None:
     assert mine.total == histogram._sum.get()
 
 
+def test_the_meter_bins_batches_exactly_as_prometheus_client_observes_one_by_one() -> None:
+    """The meter appends per request and bins in batches: the counts a read sees are exact,
+    bucket edges included, and a full batch is binned by the hub once the caller yields."""
+    import random
+
+    import gevent
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from flamigo_actors.ops.meter import FLUSH_AT, STRATEGY_BUCKETS, WAIT_BUCKETS, Meter
+
+    rng = random.Random(16)
+    registry = CollectorRegistry()
+    durations = Histogram("d", "d", registry=registry, buckets=STRATEGY_BUCKETS)
+    failed = Histogram("f", "f", registry=registry, buckets=STRATEGY_BUCKETS)
+    waits = Histogram("w", "w", registry=registry, buckets=WAIT_BUCKETS)
+    meter = Meter()
+    edges = list(STRATEGY_BUCKETS) + list(WAIT_BUCKETS) + [0.0, 60.0]
+    for n in range(FLUSH_AT - 2):  # below the batch size: binned at the read
+        seconds = edges[n % len(edges)] if n % 3 == 0 else rng.uniform(0, 0.02)
+        status = 200 if n % 7 else 504
+        meter.strategy_done("app::echo", status, seconds)
+        (durations if status == 200 else failed).observe(seconds)
+        meter.mailbox_wait(seconds / 2)
+        waits.observe(seconds / 2)
+    def count(histogram: Any) -> int:
+        return sum(int(b.get()) for b in histogram._buckets)
+
+    assert meter.strategy_calls() == {("app::echo", 200): count(durations), ("app::echo", 504): count(failed)}
+    assert count(durations) + count(failed) == FLUSH_AT - 2
+    assert meter.strategy_time[("app::echo", 200)].counts == [int(b.get()) for b in durations._buckets]
+    assert meter.strategy_time[("app::echo", 504)].counts == [int(b.get()) for b in failed._buckets]
+    assert meter.mailbox.counts == [int(b.get()) for b in waits._buckets]
+    assert abs(meter.mailbox.total - waits._sum.get()) < 1e-9
+
+    for _ in range(FLUSH_AT):  # a full batch: binned by a hub callback, after this greenlet yields
+        meter.mailbox_wait(0.0003)
+    assert meter._pending == FLUSH_AT
+    gevent.sleep(0)
+    assert meter._pending == 0
+    assert meter.mailbox.counts[1] == [int(b.get()) for b in waits._buckets][1] + FLUSH_AT
+
+
 def test_recovery_results_and_presence_entries_are_counted(metered: LiveServer) -> None:
     flamigo = metered.flamigo
     series = scrape(metered)

@@ -94,15 +94,15 @@ class MemoryTransport:
     def try_send(self, data: bytes | memoryview) -> int:
         if self.closed:
             raise OSError("transport closed")
-        frame = bytes(data)
-        opcode, payload = _unframe(frame)
-        if opcode == 0x1:
-            self.received.put(orjson.loads(payload))
-        elif opcode == 0x8:
-            code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
-            self.close_code = code
-            self.close_reason = payload[2:].decode("utf-8", "replace")
-        return len(frame)
+        frames = bytes(data)
+        for opcode, payload in _unframe(frames):  # several when the outbound queue was corked
+            if opcode == 0x1:
+                self.received.put(orjson.loads(payload))
+            elif opcode == 0x8:
+                code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+                self.close_code = code
+                self.close_reason = payload[2:].decode("utf-8", "replace")
+        return len(frames)
 
     def send_all(self, data: bytes | memoryview) -> None:
         self.try_send(data)
@@ -114,14 +114,20 @@ class MemoryTransport:
             self.received.put(_CLOSED)
 
 
-def _unframe(frame: bytes) -> tuple[int, bytes]:
-    opcode, length = frame[0] & 0x0F, frame[1] & 0x7F
-    offset = 2
-    if length == 126:
-        offset = 4
-    elif length == 127:
-        offset = 10
-    return opcode, frame[offset:]
+def _unframe(frames: bytes) -> list[tuple[int, bytes]]:
+    """The (opcode, payload) of each whole, unmasked frame in ``frames`` (one send's bytes)."""
+    out = []
+    start = 0
+    while start < len(frames):
+        opcode, length = frames[start] & 0x0F, frames[start + 1] & 0x7F
+        offset = start + 2
+        if length == 126:
+            length, offset = struct.unpack("!H", frames[offset:offset + 2])[0], offset + 2
+        elif length == 127:
+            length, offset = struct.unpack("!Q", frames[offset:offset + 8])[0], offset + 8
+        out.append((opcode, frames[offset:offset + length]))
+        start = offset + length
+    return out
 
 
 class TestClient:

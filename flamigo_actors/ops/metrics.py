@@ -182,6 +182,7 @@ class Metrics:
         advance(self.bytes.labels("in"), "bytes_in", stats.bytes_in)
         advance(self.bytes.labels("out"), "bytes_out", stats.bytes_out)
         meter = self.meter
+        meter.flush()  # bin what is pending: the histograms below are then exact
         for (name, status), count in meter.strategy_calls().items():
             advance(self.strategy_calls.labels(name, _status_label(status)), ("call", name, status), count)
         for (name, status), buckets in list(meter.strategy_time.items()):  # one histogram per strategy

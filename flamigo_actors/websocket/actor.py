@@ -131,6 +131,7 @@ class ActorConnection(Protocol):
     actor: ConnectionActor | None
     instruments: Any
     session: Any
+    outbound: Any
 
     def send_text(self, payload: bytes) -> None: ...
 
@@ -200,6 +201,20 @@ class ConnectionActor(FlamigoActor):
             self._app_context = None
 
     def on_receive(self, message: Any) -> Any:
+        # More messages behind this one (a pipelining client, a burst of pushes):
+        # hold the frames written meanwhile and send them together once the
+        # mailbox is empty (or the actor yields): one send instead of one each.
+        inbox = self.actor_inbox
+        outbound = self.connection.outbound
+        if not inbox.empty():
+            outbound.cork()
+        try:
+            return self._receive(message)
+        finally:
+            if inbox.empty():
+                outbound.uncork()
+
+    def _receive(self, message: Any) -> Any:
         kind = type(message)
         if kind is Push:
             conn = self.connection

@@ -8,6 +8,16 @@ written with a non-blocking send straight from the calling greenlet. Only when
 the socket's buffer is full is the rest queued and a writer greenlet started;
 it drains the queue and exits. While it runs, new frames queue behind it.
 
+A connection's actor may *cork* the queue while it works through several
+messages in a row (:meth:`Outbound.cork`): the frames it pushes meanwhile
+are held, in order, and written together by :meth:`Outbound.uncork`, one
+``send`` for the batch instead of one per frame (a pipelining client's
+replies). Corked frames are never held past a yield to the hub: cork
+schedules its own uncork as a hub callback, so a strategy that blocks lets
+them go out first, and at most :data:`CORK_FRAMES` are held (the first
+reply of a long drain does not wait for the last). They count toward the
+bounds like queued frames.
+
 The queue is bounded in frames and in bytes. A client that stops reading hits
 the bound: the frame is refused, counted, and ``on_overflow`` is called (the
 connection then closes with 1013). Nothing is dropped without a trace: every
@@ -31,7 +41,10 @@ import gevent
 
 from .framing import Transport
 
-__all__ = ["Outbound"]
+__all__ = ["CORK_FRAMES", "Outbound"]
+
+CORK_FRAMES = 16
+"""Most frames a cork holds: the 16th is sent at once, with the 15 before it."""
 
 
 class Outbound:
@@ -47,7 +60,7 @@ class Outbound:
 
     __slots__ = (
         "_transport", "_queue", "_bytes", "_writer", "_close_when_drained", "_finished",
-        "_last_queued", "_give_up", "max_messages", "max_bytes", "on_overflow", "on_failure", "closed",
+        "_last_queued", "_give_up", "_cork", "max_messages", "max_bytes", "on_overflow", "on_failure", "closed",
         "sent", "refused", "dropped",
     )
 
@@ -68,6 +81,7 @@ class Outbound:
         self._finished = False
         self._last_queued = False  # the close frame is at the end of the queue
         self._give_up: gevent.Greenlet | None = None  # aborts a drain that takes too long
+        self._cork: list[bytes] | None = None  # frames held by cork(), in order
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.on_overflow = on_overflow
@@ -82,8 +96,8 @@ class Outbound:
 
     @property
     def depth(self) -> int:
-        """Frames waiting to be written."""
-        return len(self._queue)
+        """Frames waiting to be written (queued, or held by :meth:`cork`)."""
+        return len(self._queue) + (len(self._cork) if self._cork is not None else 0)
 
     @property
     def pending_bytes(self) -> int:
@@ -95,7 +109,8 @@ class Outbound:
         if self.closed:
             self.refused += 1
             return False
-        if self._writer is None:
+        cork = self._cork
+        if self._writer is None and cork is None:
             try:
                 written = self._transport.try_send(frame)
             except OSError:
@@ -103,19 +118,57 @@ class Outbound:
                 self._fail()
                 return False
             self.sent += 1
-            if written == len(frame):
-                return True
-            self._enqueue(memoryview(frame)[written:])
-            self._writer = gevent.spawn(self._drain)
+            if written < len(frame):
+                self._write_later(memoryview(frame)[written:])
             return True
-        if len(self._queue) >= self.max_messages or self._bytes + len(frame) > self.max_bytes:
+        held = len(self._queue) + (len(cork) if cork is not None else 0)
+        if held >= self.max_messages or self._bytes + len(frame) > self.max_bytes:
             self.refused += 1
             self.closed = True
             self.on_overflow()
             return False
         self.sent += 1
-        self._enqueue(frame)
+        if cork is not None:
+            cork.append(frame)
+            self._bytes += len(frame)
+            if len(cork) >= CORK_FRAMES:  # held long enough: the first waited for 15 more
+                self.uncork()
+        else:
+            self._enqueue(frame)
         return True
+
+    def cork(self) -> None:
+        """Hold the frames pushed from now on until :meth:`uncork` (or the next yield to the hub)."""
+        if self._cork is None and self._writer is None and not self.closed:
+            self._cork = []
+            gevent.get_hub().loop.run_callback(self.uncork)  # never held past a yield
+
+    def uncork(self) -> None:
+        """Write the frames held since :meth:`cork`, in one ``send`` (a no-op when not corked)."""
+        frames = self._cork
+        if frames is None:
+            return
+        self._cork = None
+        if not frames:
+            return
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        self._bytes -= len(data)
+        if self.closed:  # stopped meanwhile (the peer is gone): never written
+            self.dropped += len(frames)
+            return
+        try:
+            written = self._transport.try_send(data)
+        except OSError:
+            self.dropped += len(frames)
+            self._fail()
+            return
+        if written < len(data):
+            self._write_later(memoryview(data)[written:])
+
+    def _write_later(self, rest: memoryview) -> None:
+        # The socket's buffer is full: a writer greenlet sends the rest (and what queues behind).
+        self._enqueue(rest)
+        self._writer = gevent.spawn(self._drain)
 
     def _enqueue(self, chunk: bytes | memoryview) -> None:
         self._queue.append(chunk)
@@ -137,6 +190,9 @@ class Outbound:
             self._transport.abort()
 
     def _fail(self) -> None:
+        if self._cork is not None:
+            self.dropped += len(self._cork)
+            self._cork = None
         self.dropped += self._data_frames_queued()
         self._queue.clear()
         self._bytes = 0
@@ -157,6 +213,10 @@ class Outbound:
     def stop(self) -> None:
         """Refuse every frame from now on (the peer is gone); what is queued is left to fail."""
         self.closed = True
+        if self._cork is not None:  # held frames will not be written: count them now
+            self.dropped += len(self._cork)
+            self._bytes -= sum(len(frame) for frame in self._cork)
+            self._cork = None
 
     def release(self) -> None:
         """Cancel the drain time limit (the connection's cleanup ran)."""
@@ -186,7 +246,9 @@ class Outbound:
         return draining
 
     def _finish(self, last_frame: bytes | None, flush: bool) -> bool:
-        if not flush:
+        if flush:
+            self.uncork()  # held frames go before the close frame
+        else:
             self._discard()
         if self._finished:
             if not flush:
@@ -219,6 +281,9 @@ class Outbound:
         # Frames not started are dropped (and counted). The one the writer is in
         # the middle of is finished: cutting it would corrupt the stream and make
         # the close frame after it unreadable.
+        if self._cork is not None:
+            self.dropped += len(self._cork)
+            self._cork = None
         queue = self._queue
         keep_is_last = self._last_queued and len(queue) == 1
         keep = queue.popleft() if self._writer is not None and queue else None
