@@ -183,6 +183,50 @@ def test_a_thousand_clients_joining_one_room_cost_linear_pushes(demo_server: Liv
     eventually(lambda: presence.list("rooms/crowd") == {}, timeout=30)
 
 
+def test_a_flusher_killed_before_its_window_ends_loses_nothing(demo_server: LiveServer) -> None:
+    presence = demo_server.flamigo.presence
+    eve = _connect(demo_server, "eve")
+    _request(eve, "app::rooms:join", {"room": "wake"}, "j")
+    assert _diffs(eve, 0.5) == [{"stream": "rooms/wake", "joins": {"eve": [{"id": "eve"}]}, "leaves": {}}]
+    presence.track("rooms/wake", "bot", {"n": 1})
+    flusher = presence._flusher
+    assert flusher is not None
+    flusher.kill()  # as an earlier test's leftover killall, or an exception raised into it, would
+    assert flusher.dead
+    assert _diffs(eve, 1.0) == [{"stream": "rooms/wake", "joins": {"bot": [{"n": 1}]}, "leaves": {}}]
+    presence.track("rooms/wake", "bot", {"n": 2})  # and the windows after it
+    assert _diffs(eve, 1.0) == [{"stream": "rooms/wake", "joins": {"bot": [{"n": 2}]},
+                                 "leaves": {"bot": [{"n": 1}]}}]
+    presence.untrack("rooms/wake", "bot")
+    eve.close()
+
+
+def test_a_flusher_broken_by_an_exception_raised_into_it_loses_no_batch(demo_server: LiveServer) -> None:
+    presence = demo_server.flamigo.presence
+    eve = _connect(demo_server, "eve")
+    _request(eve, "app::rooms:join", {"room": "mend"}, "j")
+    assert _diffs(eve, 0.5) == [{"stream": "rooms/mend", "joins": {"eve": [{"id": "eve"}]}, "leaves": {}}]
+    members = presence.members
+    broken = []
+
+    def members_once_broken(topic: str) -> Any:
+        if not broken:  # a stray gevent.Timeout (a BaseException) lands in the flusher mid-window
+            broken.append(topic)
+            raise gevent.Timeout(0.001, None)
+        return members(topic)
+
+    presence.members = members_once_broken
+    try:
+        presence.track("rooms/mend", "bot", {"n": 1})  # swapped out by the flush that breaks
+        assert _diffs(eve, 1.0) == [{"stream": "rooms/mend", "joins": {"bot": [{"n": 1}]}, "leaves": {}}]
+        assert broken == ["rooms/mend"]
+        presence.untrack("rooms/mend", "bot")  # later windows go out as before
+        assert _diffs(eve, 1.0) == [{"stream": "rooms/mend", "joins": {}, "leaves": {"bot": [{"n": 1}]}}]
+    finally:
+        presence.members = members
+    eve.close()
+
+
 def test_random_joins_and_leaves_converge_to_the_live_set(demo_server: LiveServer) -> None:
     rng = random.Random(14)
     presence = demo_server.flamigo.presence
