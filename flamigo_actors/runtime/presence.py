@@ -141,6 +141,15 @@ class _Batch:
                 [(r, k, m) for r, (k, m) in self.leaves.items()])
 
 
+def _put_back(window: dict[str, _Batch], older: dict[str, _Batch]) -> None:
+    """Put ``older`` batches back into ``window``, in front of the changes that arrived since."""
+    for topic, batch in older.items():
+        newer = window.get(topic)
+        if newer is not None:
+            batch.add(*newer.lists())
+        window[topic] = batch
+
+
 def _grouped(changes: dict[str, tuple[str, Any]]) -> dict[str, list[Any]]:
     grouped: dict[str, list[Any]] = {}
     for key, meta in changes.values():
@@ -296,35 +305,57 @@ class Presence:
         self._schedule()
 
     def _schedule(self) -> None:
-        if self._flusher is None:
-            self._flusher = gevent.spawn_later(self.batch, self.flush)
+        flusher = self._flusher
+        if flusher is None or flusher.dead:  # dead: killed before its window ended
+            flusher = self._flusher = gevent.spawn_later(self.batch, self.flush)
+            flusher.rawlink(self._flusher_ended)
+
+    def _flusher_ended(self, flusher: gevent.Greenlet) -> None:
+        # In the hub, once per window, however the flusher ended: killed before it ran, or
+        # broken by an exception raised into it (a stray Timeout, GreenletExit). What it had
+        # not sent is back in the window (see flush): the next window still goes out.
+        if self._flusher is flusher:
+            self._flusher = None
+        if self._flusher is None and not self._closed and (self._pending or self._outgoing):
+            self._schedule()
 
     def flush(self) -> None:
-        """Send the window's diffs now (called by the timer; and at close)."""
+        """Send the window's diffs now (called by the timer; and at close).
+
+        Nothing swapped out is lost: whatever was not sent when an exception (even a
+        BaseException raised into the flusher) stops it goes back in front of the next
+        window, which is scheduled (members may then hear the interrupted topic's diff
+        twice; clients merge diffs by ``ref``, so a repeated join or leave changes nothing).
+        """
         self._flusher = None
         pending, self._pending = self._pending, {}
         outgoing, self._outgoing = self._outgoing, {}
-        store = self.store
-        if store is not None:
-            for topic, batch in outgoing.items():
-                joins, leaves = batch.lists()
-                if joins or leaves:
-                    store.publish(topic, joins, leaves)
-        held: dict[str, _Batch] = {}
-        for topic, batch in pending.items():
-            if batch.joins or batch.leaves:
-                try:
-                    if not self._push(topic, batch):
-                        held[topic] = batch
-                except Exception:  # noqa: BLE001 - one topic's failure must not lose the others'
-                    _log.exception("presence: pushing the diff of %s failed", topic)
-        for topic, batch in held.items():  # older than what arrived meanwhile: first
-            newer = self._pending.get(topic)
-            if newer is not None:
-                batch.add(*newer.lists())
-            self._pending[topic] = batch
-        if held and not self._closed:
-            self._schedule()
+        try:
+            store = self.store
+            if store is not None:
+                for topic, batch in builtins.list(outgoing.items()):
+                    joins, leaves = batch.lists()
+                    if joins or leaves:
+                        try:
+                            store.publish(topic, joins, leaves)
+                        except Exception:  # noqa: BLE001 - kept for the next window; pushes go on
+                            _log.exception("presence: publishing the diff of %s failed", topic)
+                            continue
+                    del outgoing[topic]
+            for topic, batch in builtins.list(pending.items()):
+                if batch.joins or batch.leaves:
+                    try:
+                        if not self._push(topic, batch):
+                            continue  # held: its window has not ended yet
+                    except Exception:  # noqa: BLE001 - one topic's failure must not lose the others'
+                        _log.exception("presence: pushing the diff of %s failed", topic)
+                del pending[topic]
+        finally:
+            # Held or unsent batches are older than what arrived meanwhile: first.
+            _put_back(self._outgoing, outgoing)
+            _put_back(self._pending, pending)
+            if (pending or outgoing) and not self._closed:
+                self._schedule()
 
     def _push(self, topic: str, batch: _Batch) -> bool:
         """Push the diff to the topic's members; False when the topic's window has not ended yet."""
