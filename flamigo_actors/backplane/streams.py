@@ -415,6 +415,11 @@ class _Sender:
         self.in_flight = 0
         return left
 
+    def entry(self, event: object, scripted: Any) -> Any:
+        """What the outbox keeps of ``event`` besides its publisher (the interest-based
+        backplane adds the topics); raises when the event cannot be encoded."""
+        return encode_for_backplane(event) if scripted is None else scripted
+
     def put(self, event: object, identity: Identity, scripted: Any = None) -> None:
         link = self.link
         if link._closed:
@@ -424,7 +429,7 @@ class _Sender:
                            "to other processes", type(event).__qualname__)
             return
         try:
-            document = encode_for_backplane(event) if scripted is None else scripted
+            document = self.entry(event, scripted)
             described = orjson.dumps(describe_identity(identity))
         except Exception as err:  # noqa: BLE001 - reported, never raised to the publisher
             link.stats.unserialisable += 1

@@ -38,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, default=8080, help="port to bind (default 8080)")
     run.add_argument("--redis", metavar="URL", help="Redis URL of the cross-process backplane")
     run.add_argument(
+        "--backplane", choices=("stream", "interest"),
+        help="backplane mode with --redis: stream (default: every process reads every event) or "
+        "interest (a process reads only the topics its subscribers match)",
+    )
+    run.add_argument(
         "--workers", type=int, default=1, metavar="N",
         help="worker processes on one port (gunicorn; N > 1 needs --redis)",
     )
@@ -102,6 +107,8 @@ def _set_env(args: argparse.Namespace) -> None:
     # and worker processes inherit them.
     if args.redis:
         os.environ["FLAMIGO_REDIS_URL"] = args.redis
+    if args.backplane:
+        os.environ["FLAMIGO_REDIS_BACKPLANE"] = args.backplane
     if args.debug:
         os.environ["FLAMIGO_DEBUG"] = "true"
 
