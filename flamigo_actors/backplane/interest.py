@@ -400,7 +400,7 @@ class _InterestSender(_Sender):
                 continue
             except bp._redis_error as err:
                 self.in_flight = 0
-                if "NOSCRIPT" in str(err):  # Redis restarted between two batches: load them again
+                if type(err).__name__ == "NoScriptError":  # Redis restarted empty: load them again
                     bp._sha.clear()
                     outbox.extendleft(reversed(batch))
                     continue

@@ -41,7 +41,7 @@ from gevent.lock import Semaphore
 
 from ..core.events import decode_event
 from .codec import rebuild_identity
-from .interest_keys import BASELINE, Message, parse_entry, parse_message
+from .interest_keys import BASELINE, TOPIC_TTL, Message, parse_entry, parse_message
 
 __all__ = ["NodeReader"]
 
@@ -118,9 +118,18 @@ class NodeReader:
         pipe = self.bp.nodes.client(self.node).pipeline(transaction=False)
         for name, _ in states:
             self._baseline(keys=[name, f"{name}:c", f"{name}:w"], args=[self.bp.want_ttl], client=pipe)
-        for (_name, state), (counter, last_id) in zip(states, pipe.execute()):
+        for (name, state), (counter, last_id) in zip(states, pipe.execute()):
             if state.last_c is None:
                 state.last_c, state.last_id = int(counter), bytes(last_id)
+            elif int(counter) < state.last_c:  # Redis lost the channel (restarted empty): read it all
+                self._reset(name, state)
+                state.last_c, state.last_id = 0, b"0-0"
+
+    def _reset(self, name: str, state: _Channel) -> None:
+        self.bp.stats.resets += 1
+        self.bp._throttle(("reset", name), logging.WARNING,
+                          "backplane: %s started again from 1: Redis lost its keys (a restart without "
+                          "persistence?); events published before this process was back may be lost", name)
 
     # -- the reading greenlet --------------------------------------------------------------
 
@@ -133,7 +142,7 @@ class NodeReader:
                 self.conn.send_command("CLIENT", "SETNAME", f"flamigo-interest-{bp.pid}")
                 self.conn.read_response()
                 states = list(self.channels.items())
-                self._take_baselines([(n, s) for n, s in states if s.last_c is None])
+                self._take_baselines(states)  # marks them wanted again: Redis may have restarted empty
                 if states:
                     self._send(*[("SSUBSCRIBE", name) for name, _ in states])
                     self._catch_up(states)  # what was published while the link was down
@@ -216,12 +225,11 @@ class NodeReader:
         last = state.last_c
         if last is not None:
             if message.counter <= last:
-                if _id_key(message.id) <= _id_key(state.last_id):
+                before = _id_key(state.last_id)
+                if _id_key(message.id) <= before:
                     return  # read twice (live and from the stream): taken already
-                stats.resets += 1
-                bp._throttle(("reset", name), logging.WARNING,
-                             "backplane: %s started again from 1: Redis lost its keys (a restart "
-                             "without persistence?); events published meanwhile may be lost", name)
+                if message.stored_at() * 1000 - before[0] < TOPIC_TTL * 1000:
+                    self._reset(name, state)  # else: idle longer than its keys live, a new start
             elif message.counter > last + 1:
                 stats.missed += message.counter - last - 1
                 bp._throttle(("missed", name), logging.WARNING,
