@@ -73,6 +73,8 @@ class NodeReader:
         self.conn: Any = None
         self.greenlet: gevent.Greenlet | None = None
         self._send_lock = Semaphore()
+        self.online = Event()
+        """Set while the connection is up and every channel wanted so far is subscribed on it."""
         self._baseline = backplane.nodes.client(node).register_script(BASELINE)
 
     # -- interest ------------------------------------------------------------------------
@@ -86,6 +88,8 @@ class NodeReader:
         for name in channels:
             state = self.channels[name] = _Channel()
             states.append((name, state))
+        if self.bp.connected and not self.online.is_set():  # the reader is (re)connecting
+            self.online.wait(max(0.0, deadline - time.monotonic()))
         if not self.bp.connected or self.conn is None:
             return
         try:
@@ -146,6 +150,7 @@ class NodeReader:
                 if states:
                     self._send(*[("SSUBSCRIBE", name) for name, _ in states])
                     self._catch_up(states)  # what was published while the link was down
+                self.online.set()
                 self._read()
             except bp._link_errors as err:
                 self._drop_connection(broken=True)
@@ -155,6 +160,7 @@ class NodeReader:
                 raise
 
     def _drop_connection(self, broken: bool) -> None:
+        self.online.clear()
         conn, self.conn = self.conn, None
         if conn is not None:
             self.bp.nodes.release(self.node, conn, broken=broken)
