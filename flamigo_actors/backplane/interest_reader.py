@@ -180,7 +180,9 @@ class NodeReader:
                     idle = 0.0
                 continue
             idle = 0.0
-            reply = conn.read_response()
+            # push_request: under RESP3 (redis-py's default) a message is a push reply, which
+            # redis-py would otherwise hand to a handler and recurse for the next one.
+            reply = conn.read_response(push_request=True)
             if not isinstance(reply, list):  # PONG while subscribed to nothing
                 continue
             kind = bytes(reply[0])
