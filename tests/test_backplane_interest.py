@@ -197,3 +197,18 @@ def test_catch_up_after_a_redis_blip_exactly_once(
         stats = snapshot(listener)
         assert stats["reconnects"] >= 1 and stats["resets"] >= 1 and stats["duplicates"] == 0
     assert len(received(listener)) == len(got)
+
+
+def test_a_burst_of_events_arrives_exactly_once_in_order(
+    redis_target: RedisTarget, processes: list[ServerProcess]
+) -> None:
+    listener = serve(redis_target, processes, "burst/*")
+    publisher = serve(redis_target, processes)
+    for server in processes:
+        server.wait_ready()
+    for first in range(1, 3001, 500):  # many live messages queued on the listener's connection at once
+        publish(publisher, ["burst/a"], first, 500)
+    got = wait_for(listener, 3000, timeout=60)
+    assert [n for _, _, n in got] == list(range(1, 3001))
+    stats = snapshot(listener)
+    assert stats["received"] == 3000 and stats["missed"] == 0 and stats["decode_errors"] == 0

@@ -66,6 +66,7 @@ from .interest_keys import (
     channel_of_pattern,
     channels_of_topics,
 )
+from .backplane_base import BackplaneCore
 from .interest_reader import NodeReader
 from ..runtime.recovery import new_epoch
 from .link import RedisLink, redact
@@ -104,7 +105,7 @@ class InterestStats(BackplaneStats):
     """Channel streams read to fill a gap, after a reconnect or a new interest."""
 
 
-class InterestBackplane:
+class InterestBackplane(BackplaneCore):
     """Carries the bus's events to the processes whose subscribers want them (see the module docstring).
 
     Args: as :class:`~.streams.RedisBackplane`'s; ``maxlen`` is per channel.
@@ -151,33 +152,6 @@ class InterestBackplane:
 
     # -- state -----------------------------------------------------------------------------
 
-    @property
-    def connected(self) -> bool:
-        """Whether the link to Redis is up right now."""
-        return self._up.is_set()
-
-    @property
-    def last_error(self) -> str | None:
-        """The last Redis error seen (for inspection)."""
-        return self.link.last_error
-
-    @last_error.setter
-    def last_error(self, value: str | None) -> None:
-        self.link.last_error = value
-
-    @property
-    def _link_errors(self) -> tuple[type[BaseException], ...]:
-        return self.link.link_errors
-
-    @property
-    def _redis_error(self) -> type[BaseException]:
-        return self.link.redis_error
-
-    @property
-    def pending(self) -> int:
-        """Events waiting in the outbox (or on the wire) to be written to Redis."""
-        return self._out.pending
-
     def snapshot(self) -> dict[str, Any]:
         """State and counters as plain data (for ``inspect.stats()``)."""
         topics = sum(1 for name in self._refs if name.startswith(f"{self.channel}:t:"))
@@ -206,10 +180,7 @@ class InterestBackplane:
             raise RuntimeError("this backplane was already started")
         self.link.start(required=self.required)
         if not self.link.connected:
-            _log.warning(
-                "!!! REDIS UNREACHABLE at %s (%s): starting LOCAL-ONLY because FLAMIGO_REDIS_REQUIRED=false. "
-                "Events published here reach only this process's clients, and other processes' events do "
-                "not arrive, until Redis is reachable; retrying with backoff.", redact(self.url), self.link.last_error)
+            self._warn_local_only()
         else:
             _log.info("backplane: connected to Redis at %s, interest-based on channel %s",
                       redact(self.url), self.channel)
@@ -221,21 +192,8 @@ class InterestBackplane:
         if already:
             self.added(already)
 
-    def close(self, timeout: float = 2.0) -> None:
-        """Flush the outbox (while Redis is reachable, within ``timeout``), then stop (idempotent)."""
-        if self._closed:
-            return
-        deadline = time.monotonic() + timeout
-        while self.pending and self._up.is_set() and time.monotonic() < deadline:
-            gevent.sleep(0.01)
-        self._closed = True
+    def _stopping(self) -> None:
         self.bus.watch_interest(None)
-        gevent.killall(self.greenlets(), block=True, timeout=max(0.1, deadline - time.monotonic()))
-        left = self._out.drop_all()
-        if left:
-            self.stats.failed += left
-            _log.warning("backplane: %d events not sent to Redis at shutdown", left)
-        self.link.close()
 
     def send(self, event: object, identity: Identity, scripted: Any = None) -> None:
         """Queue ``event`` for the processes that want it; never blocks, never raises
@@ -298,15 +256,6 @@ class InterestBackplane:
                     self._throttle("refresh", logging.ERROR, "backplane: refreshing interest failed: %s", err)
 
     # -- faults ------------------------------------------------------------------------------
-
-    def _lost(self, err: BaseException) -> None:
-        self.link.lost(err)
-
-    def _on_lost(self) -> None:
-        if not self._closed:
-            _log.error("backplane: lost Redis at %s (%s): local delivery goes on; events for other processes "
-                       "wait in the outbox (up to %d); reconnecting with backoff",
-                       redact(self.url), self.link.last_error, self.outbox_max)
 
     def _on_back(self) -> None:
         down, attempts = self.link.last_outage

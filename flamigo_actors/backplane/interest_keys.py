@@ -32,6 +32,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ..core.topics import WILDCARD
+from .recovery_redis import HISTORY_LUA
 
 __all__ = [
     "FIREHOSE",
@@ -77,15 +78,7 @@ return c
 # script, backplane/recovery_redis.py) and the topic's channel, in one step on one slot.
 # KEYS: epoch, offset, history, stream, counter, want.
 # ARGV: new epoch, doc, history length, history ttl, maxlen, ttl, origin, seq, copies, identity, event, stream name.
-RECOVER = """
-redis.call('SET', KEYS[1], ARGV[1], 'NX')
-local epoch = redis.call('GET', KEYS[1])
-local offset = redis.call('INCR', KEYS[2])
-redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[3], '0-' .. offset, 'd', ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-redis.call('EXPIRE', KEYS[3], ARGV[4])
-local c = redis.call('INCR', KEYS[5])
+RECOVER = HISTORY_LUA + """local c = redis.call('INCR', KEYS[5])
 redis.call('EXPIRE', KEYS[5], ARGV[6])
 if redis.call('EXISTS', KEYS[6]) == 1 then
   local id = redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'c', c, 'o', ARGV[7], 's', ARGV[8],

@@ -26,8 +26,9 @@ unreachable: the backplane's outbox holds them (bounded, counted, logged, see
 again, so a retried script may append an event twice to the history. Local
 subscribers get a recoverable topic's events after that round trip, so
 against events of other topics published by the same greenlet they may come
-later. (The script names keys of two slots: Redis Cluster needs issue 17's
-per-topic streams.)
+later. (The script names keys of two slots; with
+``FLAMIGO_REDIS_BACKPLANE=interest`` the backplane writes a recoverable event with its
+own script on the topic's one slot instead, ``backplane/interest.py``.)
 
 Sessions: ``<channel>:rec:session:<hash of the secret>``, a hash with the
 meta data (``m``) and cached replies (``r:<ackId>``), expiring
@@ -50,7 +51,7 @@ from .link import RedisLink
 if TYPE_CHECKING:
     from ..core.settings import Settings
 
-__all__ = ["STREAM_TTL", "RedisRecoveryStore"]
+__all__ = ["HISTORY_LUA", "STREAM_TTL", "RedisRecoveryStore"]
 
 _log = logging.getLogger("flamigo_actors.recovery")
 
@@ -63,7 +64,7 @@ PENDING_MAX = 100_000
 STREAM_TTL = 86_400
 """Seconds a topic's stream keys live after its last event (then its next event starts a new epoch)."""
 
-_APPEND = """
+HISTORY_LUA = """
 redis.call('SET', KEYS[1], ARGV[1], 'NX')
 local epoch = redis.call('GET', KEYS[1])
 local offset = redis.call('INCR', KEYS[2])
@@ -71,7 +72,12 @@ redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[3], '0-' .. offset, 'd', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('EXPIRE', KEYS[3], ARGV[4])
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*', 'o', ARGV[5], 's', ARGV[6], 'e', ARGV[7],
+"""
+"""Lua taking a stream's next offset and appending to its history (KEYS: epoch, offset, history;
+ARGV: new epoch, doc, history length, ttl); ``epoch`` and ``offset`` are locals afterwards. Also
+the start of the interest-based backplane's script (``backplane/interest_keys.py``)."""
+
+_APPEND = HISTORY_LUA + """redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*', 'o', ARGV[5], 's', ARGV[6], 'e', ARGV[7],
            'i', ARGV[8], 'pt', ARGV[10], 'po', offset, 'pe', epoch)
 return offset
 """
