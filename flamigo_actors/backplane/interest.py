@@ -50,6 +50,7 @@ import os
 import socket
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -137,6 +138,7 @@ class InterestBackplane(BackplaneCore):
         self._out = _InterestSender(self)  # type: ignore[arg-type]
         self._readers: dict[Any, NodeReader] = {}
         self._refs: dict[str, int] = {}
+        self._recent: OrderedDict[tuple[bytes, int], None] = OrderedDict()  # see interest_reader._take
         self._sha: dict[Any, tuple[str, str]] = {}
         self._greenlets: list[gevent.Greenlet] = []
         self._closed = False

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from typing import Any
 
 import gevent
@@ -48,7 +47,7 @@ __all__ = ["NodeReader"]
 _log = logging.getLogger("flamigo_actors.backplane")
 
 RECENT_MAX = 10_000
-"""Events written to several channels remembered, to hand each to the bus once."""
+"""Events written to several channels remembered (the backplane's ``_recent``), to hand each to the bus once."""
 
 
 class _Channel:
@@ -69,7 +68,6 @@ class NodeReader:
         self.bp = backplane
         self.node = node
         self.channels: dict[str, _Channel] = {}
-        self.recent: OrderedDict[tuple[bytes, int], None] = OrderedDict()
         self.conn: Any = None
         self.greenlet: gevent.Greenlet | None = None
         self._send_lock = Semaphore()
@@ -255,13 +253,14 @@ class NodeReader:
         seen[origin] = message.seq
         if len(seen) > 4096:  # processes come and go: forget the oldest
             del seen[next(iter(seen))]
-        if message.copies > 1:  # also written to other channels: hand it over once
+        if message.copies > 1 and len(bp._refs) > 1:  # may come on another channel too: hand it over once
+            recent = bp._recent  # the backplane's: the other channel may be on another node
             key = (origin, message.seq)
-            if key in self.recent:
+            if key in recent:
                 return
-            self.recent[key] = None
-            if len(self.recent) > RECENT_MAX:
-                self.recent.popitem(last=False)
+            recent[key] = None
+            if len(recent) > RECENT_MAX:
+                recent.popitem(last=False)
         self._deliver(message, origin)
 
     def _deliver(self, message: Message, origin: bytes) -> None:
