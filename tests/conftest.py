@@ -173,6 +173,14 @@ def demo_server(demo_app: Callable[..., Flask], live_server: Callable[[Flask], L
     return live_server(demo_app())
 
 
+@pytest.fixture(params=["stream", "interest"])
+def backplane_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test under each Redis backplane mode (``FLAMIGO_REDIS_BACKPLANE``, inherited by
+    the server processes it starts)."""
+    monkeypatch.setenv("FLAMIGO_REDIS_BACKPLANE", request.param)
+    return str(request.param)
+
+
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
     """A real redis-server on a free port, for this test only (killed afterwards)."""

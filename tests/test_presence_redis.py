@@ -64,7 +64,7 @@ def apply(view: dict[str, int], found: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def test_two_servers_list_the_same_members_within_a_second(
-    redis_server: RedisServer, processes: list[ServerProcess]
+    redis_server: RedisServer, processes: list[ServerProcess], backplane_mode: str
 ) -> None:
     a, b = servers(redis_server, processes, 2)
     ann = joined(a, "ann")
@@ -168,7 +168,7 @@ def test_random_joins_leaves_and_disconnects_on_two_servers_converge(
 
 
 def test_an_emptied_redis_gets_every_process_s_entries_back(
-    redis_server: RedisServer, processes: list[ServerProcess]
+    redis_server: RedisServer, processes: list[ServerProcess], backplane_mode: str
 ) -> None:
     a, b = servers(redis_server, processes, 2)
     ann, ben = joined(a, "ann"), joined(b, "ben")

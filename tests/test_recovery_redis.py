@@ -22,7 +22,7 @@ def servers(redis_server: RedisServer, processes: list[ServerProcess], count: in
 
 
 def test_a_client_whose_server_was_killed_resumes_on_another_with_exactly_what_it_missed(
-    redis_server: RedisServer, processes: list[ServerProcess]
+    redis_server: RedisServer, processes: list[ServerProcess], backplane_mode: str
 ) -> None:
     a, b = servers(redis_server, processes, 2)
     ann, auth = opted_in(a, "ann")
@@ -56,7 +56,7 @@ def test_a_client_whose_server_was_killed_resumes_on_another_with_exactly_what_i
 
 
 def test_redis_data_lost_answers_epoch_mismatch_never_a_silent_recovery(
-    redis_server: RedisServer, processes: list[ServerProcess]
+    redis_server: RedisServer, processes: list[ServerProcess], backplane_mode: str
 ) -> None:
     (a,) = servers(redis_server, processes, 1)
     ann, auth = opted_in(a, "ann")
@@ -77,7 +77,7 @@ def test_redis_data_lost_answers_epoch_mismatch_never_a_silent_recovery(
 
 
 def test_a_retried_request_runs_once_across_servers(
-    redis_server: RedisServer, processes: list[ServerProcess]
+    redis_server: RedisServer, processes: list[ServerProcess], backplane_mode: str
 ) -> None:
     from tests.test_recovery import ask
 

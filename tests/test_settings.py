@@ -37,6 +37,7 @@ def test_precedence_config_then_environment_then_keywords() -> None:
         ({"FLAMIGO_PING_INTERVAL": 60, "FLAMIGO_PONG_TIMEOUT": 30}, "must exceed"),
         ({"FLAMIGO_WS_PATH": "ws"}, "must start with '/'"),
         ({"FLAMIGO_RATE_LIMIT": -1}, "must be positive or None"),
+        ({"FLAMIGO_REDIS_BACKPLANE": "pubsub"}, "FLAMIGO_REDIS_BACKPLANE must be 'stream' or 'interest'"),
     ],
 )
 def test_bad_values_name_the_key(config: dict, message: str) -> None:

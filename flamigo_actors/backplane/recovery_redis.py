@@ -26,14 +26,16 @@ unreachable: the backplane's outbox holds them (bounded, counted, logged, see
 again, so a retried script may append an event twice to the history. Local
 subscribers get a recoverable topic's events after that round trip, so
 against events of other topics published by the same greenlet they may come
-later.
+later. (The script names keys of two slots; with
+``FLAMIGO_REDIS_BACKPLANE=interest`` the backplane writes a recoverable event with its
+own script on the topic's one slot instead, ``backplane/interest.py``.)
 
-Redis Cluster (``FLAMIGO_REDIS_CLUSTER``): the script names the topic's keys
-(slot of ``{T}``) and the backplane's stream; on the whole-stream backplane
-(``<channel>:events``, another slot) it cannot run, so :meth:`start` refuses
-at once with a message naming the fix (a backplane whose stream keys are per
-topic, ``sharded = True``, e.g. the interest-based one). Sessions are one key
-each (the session's own slot): they work on a cluster as they are.
+Redis Cluster (``FLAMIGO_REDIS_CLUSTER``): on the whole-stream backplane
+(``<channel>:events``, another slot than the topic's) the script cannot run, so
+:meth:`start` refuses at once with a message naming the fix (a backplane whose
+stream keys are per topic, ``sharded = True``, e.g. the interest-based one).
+Sessions are one key each (the session's own slot): they work on a cluster as
+they are.
 
 Sessions: ``<channel>:rec:session:<hash of the secret>``, a hash with the
 meta data (``m``) and cached replies (``r:<ackId>``), expiring
@@ -56,7 +58,7 @@ from .link import RedisLink
 if TYPE_CHECKING:
     from ..core.settings import Settings
 
-__all__ = ["STREAM_TTL", "RedisRecoveryStore"]
+__all__ = ["HISTORY_LUA", "STREAM_TTL", "RedisRecoveryStore"]
 
 _log = logging.getLogger("flamigo_actors.recovery")
 
@@ -69,7 +71,7 @@ PENDING_MAX = 100_000
 STREAM_TTL = 86_400
 """Seconds a topic's stream keys live after its last event (then its next event starts a new epoch)."""
 
-_APPEND = """
+HISTORY_LUA = """
 redis.call('SET', KEYS[1], ARGV[1], 'NX')
 local epoch = redis.call('GET', KEYS[1])
 local offset = redis.call('INCR', KEYS[2])
@@ -77,7 +79,12 @@ redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[3], '0-' .. offset, 'd', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('EXPIRE', KEYS[3], ARGV[4])
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*', 'o', ARGV[5], 's', ARGV[6], 'e', ARGV[7],
+"""
+"""Lua taking a stream's next offset and appending to its history (KEYS: epoch, offset, history;
+ARGV: new epoch, doc, history length, ttl); ``epoch`` and ``offset`` are locals afterwards. Also
+the start of the interest-based backplane's script (``backplane/interest_keys.py``)."""
+
+_APPEND = HISTORY_LUA + """redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*', 'o', ARGV[5], 's', ARGV[6], 'e', ARGV[7],
            'i', ARGV[8], 'pt', ARGV[10], 'po', offset, 'pe', epoch)
 return offset
 """

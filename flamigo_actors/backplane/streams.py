@@ -76,6 +76,7 @@ import orjson
 from gevent.event import Event
 
 from ..core.events import decode_event
+from .backplane_base import BackplaneCore
 from .link import RedisLink, RedisUnavailable, backoff, import_redis, redact
 from .codec import (
     REMOTE,
@@ -174,7 +175,7 @@ class _Throttle:
         self._last[key] = (now, 0)
 
 
-class RedisBackplane:
+class RedisBackplane(BackplaneCore):
     """Carries the bus's events between processes through one Redis stream.
 
     Args:
@@ -261,35 +262,8 @@ class RedisBackplane:
     # -- state -------------------------------------------------------------------
 
     @property
-    def connected(self) -> bool:
-        """Whether the link to Redis is up right now."""
-        return self._up.is_set()
-
-    @property
-    def last_error(self) -> str | None:
-        """The last Redis error seen (for inspection)."""
-        return self.link.last_error
-
-    @last_error.setter
-    def last_error(self, value: str | None) -> None:
-        self.link.last_error = value
-
-    @property
     def _client(self) -> Any:
         return self.link.client
-
-    @property
-    def _link_errors(self) -> tuple[type[BaseException], ...]:
-        return self.link.link_errors
-
-    @property
-    def _redis_error(self) -> type[BaseException]:
-        return self.link.redis_error
-
-    @property
-    def pending(self) -> int:
-        """Events waiting in the outbox (or on the wire) to be written to Redis."""
-        return self._out.pending
 
     def snapshot(self) -> dict[str, Any]:
         """State and counters as plain data (for ``inspect.stats()``)."""
@@ -332,13 +306,7 @@ class RedisBackplane:
                     raise RedisUnavailable(self.url, err) from None
                 self.link.lost(err)
         if not self.link.connected:
-            _log.warning(
-                "!!! REDIS UNREACHABLE at %s (%s): starting LOCAL-ONLY because "
-                "FLAMIGO_REDIS_REQUIRED=false. Events published here reach only this "
-                "process's clients, and other processes' events do not arrive, until Redis "
-                "is reachable; retrying with backoff.",
-                redact(self.url), self.link.last_error,
-            )
+            self._warn_local_only()
         else:
             _log.info(
                 "backplane: connected to Redis at %s, stream %s, reading after %s",
@@ -349,25 +317,6 @@ class RedisBackplane:
         self.bus.backplane = self
         self._reader = gevent.spawn(self._in.run)
         self._sender = gevent.spawn(self._out.run)
-
-    def close(self, timeout: float = 2.0) -> None:
-        """Flush the outbox (while Redis is reachable, within ``timeout``), then stop.
-
-        Events still queued afterwards are counted in ``stats.failed``. No
-        greenlet of the backplane is left running. Idempotent.
-        """
-        if self._closed:
-            return
-        deadline = time.monotonic() + timeout
-        while self.pending and self._up.is_set() and time.monotonic() < deadline:
-            gevent.sleep(0.01)
-        self._closed = True
-        gevent.killall(self.greenlets(), block=True, timeout=max(0.1, deadline - time.monotonic()))
-        left = self._out.drop_all()
-        if left:
-            self.stats.failed += left
-            _log.warning("backplane: %d events not sent to Redis at shutdown", left)
-        self.link.close()
 
     def send(self, event: object, identity: Identity, scripted: Any = None) -> None:
         """Queue ``event`` for the other processes; never blocks, never raises.
@@ -383,18 +332,6 @@ class RedisBackplane:
         self._out.put(event, identity, scripted)
 
     # -- faults ------------------------------------------------------------------------
-
-    def _lost(self, err: BaseException) -> None:
-        self.link.lost(err)  # once per outage, the link calls _on_lost and starts reconnecting
-
-    def _on_lost(self) -> None:
-        if self._closed:
-            return
-        _log.error(
-            "backplane: lost Redis at %s (%s): local delivery goes on; events for other "
-            "processes wait in the outbox (up to %d); reconnecting with backoff",
-            redact(self.url), self.link.last_error, self.outbox_max,
-        )
 
     def _on_back(self) -> None:
         down, attempts = self.link.last_outage
@@ -429,6 +366,11 @@ class _Sender:
         self.in_flight = 0
         return left
 
+    def entry(self, event: object, scripted: Any) -> Any:
+        """What the outbox keeps of ``event`` besides its publisher (the interest-based
+        backplane adds the topics); raises when the event cannot be encoded."""
+        return encode_for_backplane(event) if scripted is None else scripted
+
     def put(self, event: object, identity: Identity, scripted: Any = None) -> None:
         link = self.link
         if link._closed:
@@ -438,7 +380,7 @@ class _Sender:
                            "to other processes", type(event).__qualname__)
             return
         try:
-            document = encode_for_backplane(event) if scripted is None else scripted
+            document = self.entry(event, scripted)
             described = orjson.dumps(describe_identity(identity))
         except Exception as err:  # noqa: BLE001 - reported, never raised to the publisher
             link.stats.unserialisable += 1

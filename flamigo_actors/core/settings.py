@@ -92,6 +92,10 @@ class Settings:
     """Entries the Redis stream keeps (approximately): how far a briefly disconnected process can catch up."""
     redis_outbox_max: int = 10_000
     """Events waiting to be written to Redis; beyond, the oldest are dropped and counted."""
+    redis_backplane: str = "stream"
+    """How events cross processes: ``stream`` (every process reads the app's one stream) or
+    ``interest`` (a process receives only the topics its own subscribers match; see the
+    README, "Interest-based backplane")."""
     actor_call_timeout: float = 10.0
     """Default wait of a domain-actor call's ``future.get()``; past it the call fails with ``ActorTimeout``."""
     actor_mailbox_max: int = 10_000
@@ -194,6 +198,10 @@ class Settings:
                 raise ValueError(f"FLAMIGO_{name.upper()} must be positive, got {getattr(self, name)!r}")
         if self.readiness_grace < 0:
             raise ValueError(f"FLAMIGO_READINESS_GRACE must be 0 or more seconds, got {self.readiness_grace!r}")
+        if self.redis_backplane not in ("stream", "interest"):
+            raise ValueError(
+                f"FLAMIGO_REDIS_BACKPLANE must be 'stream' or 'interest', got {self.redis_backplane!r}"
+            )
         if self.log_format not in ("text", "json"):
             raise ValueError(f"FLAMIGO_LOG_FORMAT must be 'text' or 'json', got {self.log_format!r}")
         for name in ("rate_limit", "connect_rate_limit", "rate_limit_burst", "connect_rate_burst"):

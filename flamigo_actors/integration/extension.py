@@ -289,7 +289,11 @@ def _start_redis(bus: Bus, space: ActorSpace, settings: Settings) -> None:
     from ..backplane.streams import RedisBackplane
     from ..runtime.futures import ActorFuture
 
-    if bus.backplane is None:
+    if bus.backplane is None and settings.redis_backplane == "interest":
+        from ..backplane.interest import InterestBackplane
+
+        InterestBackplane.from_settings(bus, settings).start()
+    elif bus.backplane is None:
         RedisBackplane.from_settings(bus, settings).start()
     if space.remote is None:
         RedisActors.from_settings(settings, future_factory=ActorFuture).attach(space)

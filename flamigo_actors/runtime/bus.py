@@ -59,11 +59,12 @@ from .listener import ListenerSubscriber
 from .routing import BusStats, DeadlockError, InFlight, Router
 from .recovery import TAKEN
 from .signals import ROUTED, NoBusError, event_published, send_event
-from .subscriptions import Subscriber, Subscription, SubscriptionIndex, SyncWaiter
+from .subscriptions import InterestWatch, Subscriber, Subscription, SubscriptionIndex, SyncWaiter
 from ..core.errors import FlamigoError
 from ..core.events import push_frame_of, topics_of
 from ..core.identity import BackendIdentity, Identity
 from ..core.settings import Settings
+from ..core.topics import Topic
 
 __all__ = [
     "BackplaneLink",
@@ -153,10 +154,9 @@ class BusActor(FlamigoActor):
 class Bus:
     """The application's event bus (one per :class:`~flamigo_actors.Flamigo`).
 
-    Publish with :meth:`publish` / :meth:`publish_sync` (or the module-level
-    :func:`flamigo_actors.publish` inside a request), subscribe in-process
-    listeners with :meth:`subscribe`. Connections subscribe through their
-    identity (``ctx.identity.subscribe("rooms/lobby")``).
+    Publish with :meth:`publish` / :meth:`publish_sync` (or :func:`flamigo_actors.publish` inside a
+    request), subscribe in-process listeners with :meth:`subscribe`. Connections subscribe through
+    their identity (``ctx.identity.subscribe("rooms/lobby")``).
 
     Args:
         flamigo: the extension (what the bus reads of it: :class:`BusHost`).
@@ -388,14 +388,16 @@ class Bus:
 
     def patterns(self) -> list[tuple[str, list[str]]]:
         """Every pattern in the trie with the labels of its subscribers."""
-        return sorted(
-            (pattern, [sub.subscriber.describe() for sub in subs])
-            for pattern, subs in self._trie.patterns()
-        )
+        return sorted((pattern, [sub.subscriber.describe() for sub in subs]) for pattern, subs in self._trie.patterns())
 
     def subscribers(self, topic: str) -> list[Subscriber]:
         """The subscribers whose patterns match the concrete ``topic`` (e.g. a topic's members)."""
         return [sub.subscriber for sub in self._trie.match(topic) if not sub.cancelled]
+
+    def watch_interest(self, watch: InterestWatch | None) -> list[Topic]:
+        """Tell ``watch`` of patterns added and removed (None: stop); returns those subscribed, one per subscription."""
+        self._index.interest = watch
+        return [Topic(pattern) for pattern, subs in self._trie.patterns() for _ in subs]
 
     def index_size(self) -> tuple[int, int]:
         """(pattern entries, trie nodes): both 0 when nothing is subscribed."""
@@ -403,8 +405,7 @@ class Bus:
 
     def mailbox_depth(self) -> int:
         """Events waiting in the bus actor's mailbox."""
-        ref = self._ref
-        return ref.actor_inbox.qsize() if ref is not None and ref.is_alive() else 0
+        return self._ref.actor_inbox.qsize() if self._ref is not None and self._ref.is_alive() else 0
 
     def actor_urn(self) -> str | None:
         """The URN of the running bus actor (changes when it is restarted)."""

@@ -24,7 +24,7 @@ from gevent.event import AsyncResult
 from ..core.identity import Identity
 from ..core.topics import Topic, TopicTrie
 
-__all__ = ["Subscriber", "Subscription", "SubscriptionIndex", "SyncWaiter"]
+__all__ = ["InterestWatch", "Subscriber", "Subscription", "SubscriptionIndex", "SyncWaiter"]
 
 
 class Subscriber(Protocol):
@@ -50,14 +50,30 @@ class Subscriber(Protocol):
         ...
 
 
+class InterestWatch(Protocol):
+    """Told of every pattern a subscription adds or removes (the interest-based backplane
+    subscribes this process to what its subscribers match, ``backplane/interest.py``)."""
+
+    def added(self, patterns: list[Topic]) -> None:
+        """``patterns`` gained a subscriber (one entry per subscription); may wait briefly
+        until events published elsewhere from now on are sure to arrive."""
+        ...
+
+    def removed(self, patterns: list[Topic]) -> None:
+        """``patterns`` lost a subscriber (one entry per subscription); never waits."""
+        ...
+
+
 class SubscriptionIndex:
     """Every live subscription of one bus, and the topic trie that finds them by topic."""
 
-    __slots__ = ("trie", "by_id")
+    __slots__ = ("trie", "by_id", "interest")
 
     def __init__(self) -> None:
         self.trie: TopicTrie[Subscription] = TopicTrie()
         self.by_id: dict[int, Subscription] = {}
+        self.interest: InterestWatch | None = None
+        """Told of added and removed patterns (None: nobody asks, nothing is done)."""
 
 
 _ids = itertools.count(1)
@@ -102,17 +118,27 @@ class Subscription:
         """
         if self.cancelled:
             raise RuntimeError(f"subscription #{self.id} was cancelled; subscribe again")
+        added = []
         for pattern in [Topic(p) for p in patterns]:
             if pattern not in self.patterns:
                 self.patterns.add(pattern)
                 self.index.trie.add(pattern, self)
+                added.append(pattern)
+        interest = self.index.interest
+        if interest is not None and added:
+            interest.added(added)
 
     def remove(self, *patterns: str) -> None:
         """Stop receiving events matching ``patterns``; unknown ones are ignored."""
+        removed = []
         for pattern in [Topic(p) for p in patterns]:
             if pattern in self.patterns:
                 self.patterns.discard(pattern)
                 self.index.trie.remove(pattern, self)
+                removed.append(pattern)
+        interest = self.index.interest
+        if interest is not None and removed:
+            interest.removed(removed)
 
     def cancel(self) -> None:
         """Remove every pattern and forget the subscription (idempotent)."""

@@ -40,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--redis-cluster", action="store_true",
                      help="the --redis URL names one node of a Redis Cluster (FLAMIGO_REDIS_CLUSTER)")
     run.add_argument(
+        "--backplane", choices=("stream", "interest"),
+        help="backplane mode with --redis: stream (default: every process reads every event) or "
+        "interest (a process reads only the topics its subscribers match)",
+    )
+    run.add_argument(
         "--workers", type=int, default=1, metavar="N",
         help="worker processes on one port (gunicorn; N > 1 needs --redis)",
     )
@@ -106,6 +111,8 @@ def _set_env(args: argparse.Namespace) -> None:
         os.environ["FLAMIGO_REDIS_URL"] = args.redis
     if args.redis_cluster:
         os.environ["FLAMIGO_REDIS_CLUSTER"] = "true"
+    if args.backplane:
+        os.environ["FLAMIGO_REDIS_BACKPLANE"] = args.backplane
     if args.debug:
         os.environ["FLAMIGO_DEBUG"] = "true"
 

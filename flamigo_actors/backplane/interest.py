@@ -1,0 +1,368 @@
+"""The interest-based backplane (``FLAMIGO_REDIS_BACKPLANE=interest``): a process receives
+from Redis only the events of topics its own subscribers match.
+
+The stream backplane (``backplane/streams.py``) has every process read the app's whole
+stream. Here each event is written to a few small *channels* (``backplane/interest_keys.py``):
+its topic's ``<channel>:t:{T}``, its namespace's ``<channel>:n:{N}`` (``N``: the topic's first
+segment) and the firehose ``<channel>:n:{*}``; each is a short stream plus a sharded pub/sub
+channel of the same name, written by ONE script on ONE slot (Redis Cluster ready). A process
+listens (``SSUBSCRIBE``) only to the channels its subscriptions need:
+
+* an exact subscription to ``T``: ``<channel>:t:{T}``;
+* a wildcard whose first segment is ``N`` (``rooms/*``, ``rooms/*/typing``): the namespace
+  ``<channel>:n:{N}``; the bus's own trie then drops what no local pattern matches;
+* a wildcard beginning with ``*`` (``*``, ``*/typing``): the firehose (every event of the app).
+
+How interest is registered: the bus tells the backplane of every pattern added and removed
+(:class:`~flamigo_actors.runtime.subscriptions.InterestWatch`); the first local pattern of a
+channel makes this process listen to it, the last one gone makes it stop. Nothing is written
+to Redis per pattern beyond that: no registry, no notification to other processes.
+Publishers write to the namespace and firehose channels always: they only count (``INCR``)
+unless some process marked the channel wanted (a key refreshed while it listens), so a
+channel nobody listens to costs Redis one ``INCR`` per event, no memory.
+
+When a new interest becomes effective: ``Subscription.add`` returns once Redis has
+confirmed it (the channel marked wanted, its position noted, ``SSUBSCRIBE`` confirmed,
+what came meanwhile read), or after :data:`INTEREST_WAIT` seconds at most. Every event
+published anywhere after that is delivered: e.g. a client that got its join reply then
+hears every later message of the room from any process. While Redis is away ``add``
+does not wait: the interest becomes effective when the link is back.
+
+Kept from the stream backplane (its ``_Sender``, stats and fault behaviour are shared):
+publishing never waits for Redis (a bounded outbox, oldest dropped and counted
+``failed``); reconnect with backoff and jitter (the :class:`~.link.RedisLink`); the
+reader pauses while the local bus is flooded; shutdown flushes the outbox. Reading
+guarantees (exactly once per subscriber, order per channel, catch-up after a blip,
+gaps counted ``missed``) are in ``backplane/interest_reader.py``. Recoverable topics
+(issue 14): their script writes offset, history and the topic's channel at once on the
+topic's slot (``RECOVER``); their other channels get the entry, with its position, in a
+second step; this process routes its own from the script's reply. Order between a
+recoverable event and other events of one publisher differs, as in the stream mode.
+
+Cost (see the README, "Interest-based backplane"): one script per channel per event
+(three for a topic of two or more segments), pipelined; reads only where wanted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import gevent
+
+from ..core.events import topics_of
+from .codec import encode_for_backplane
+from .interest_keys import (
+    PUBLISH,
+    RECOVER,
+    TOPIC_TTL,
+    WANT_TTL,
+    SingleNode,
+    channel_of_pattern,
+    channels_of_topics,
+)
+from .backplane_base import BackplaneCore
+from .interest_reader import NodeReader
+from ..runtime.recovery import new_epoch
+from .link import RedisLink, redact
+from .recovery_redis import STREAM_TTL
+from .streams import BUS_BACKLOG_LIMIT, BackplaneStats, LocalBus, _Sender, _Throttle
+
+if TYPE_CHECKING:
+    from ..core.identity import Identity
+    from ..core.settings import Settings
+    from ..core.topics import Topic
+    from ..runtime.instruments import Instruments
+
+__all__ = ["INTEREST_WAIT", "InterestBackplane", "InterestBus", "InterestStats"]
+
+_log = logging.getLogger("flamigo_actors.backplane")
+
+INTEREST_WAIT = 1.0
+"""Seconds ``Subscription.add`` waits at most for Redis to confirm a new interest."""
+
+
+class InterestBus(LocalBus, Protocol):
+    """What the interest-based backplane needs of the bus, besides :class:`~.streams.LocalBus`."""
+
+    def watch_interest(self, watch: Any) -> list[Topic]:
+        """Be told of patterns added and removed; returns those subscribed already."""
+        ...
+
+
+@dataclass
+class InterestStats(BackplaneStats):
+    """The stream backplane's counters, same meanings, and the interest-based ones."""
+
+    resets: int = 0
+    """Channels whose counter started again (Redis lost their keys): events may be lost (logged)."""
+    catchups: int = 0
+    """Channel streams read to fill a gap, after a reconnect or a new interest."""
+
+
+class InterestBackplane(BackplaneCore):
+    """Carries the bus's events to the processes whose subscribers want them (see the module docstring).
+
+    Args: as :class:`~.streams.RedisBackplane`'s; ``maxlen`` is per channel.
+    """
+
+    backlog_limit = BUS_BACKLOG_LIMIT
+    want_ttl = WANT_TTL
+
+    def __init__(self, bus: InterestBus, url: str, *, channel: str = "flamigo", required: bool = True,
+                 maxlen: int = 10_000, outbox_max: int = 10_000, batch: int = 500, block: float = 2.0,
+                 reconnect_base: float = 0.1, reconnect_cap: float = 3.0, socket_timeout: float = 5.0) -> None:
+        self.bus = bus
+        self.url = url
+        self.channel = channel
+        self.required = required
+        self.maxlen = maxlen
+        self.outbox_max = outbox_max
+        self.batch = batch
+        self.block = block
+        self.origin = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.pid = self.origin.replace(" ", "_")
+        self.stats = InterestStats()
+        self.instruments: Instruments | None = None
+        self.link = RedisLink(url, socket_timeout=socket_timeout, block=block, reconnect_base=reconnect_base,
+                              reconnect_cap=reconnect_cap, log_changes=False)
+        self.nodes = SingleNode(self.link)  # the seam a Redis Cluster client replaces
+        self._origin = self.origin.encode()
+        self._up = self.link.up
+        self._out = _InterestSender(self)  # type: ignore[arg-type]
+        self._readers: dict[Any, NodeReader] = {}
+        self._refs: dict[str, int] = {}
+        self._recent: OrderedDict[tuple[bytes, int], None] = OrderedDict()  # see interest_reader._take
+        self._sha: dict[Any, tuple[str, str]] = {}
+        self._greenlets: list[gevent.Greenlet] = []
+        self._closed = False
+        self._throttle = _Throttle(10.0)
+
+    @classmethod
+    def from_settings(cls, bus: InterestBus, settings: Settings) -> InterestBackplane:
+        """A backplane configured by ``FLAMIGO_REDIS_*`` settings."""
+        if not settings.redis_url:
+            raise ValueError("FLAMIGO_REDIS_URL is not set: there is no backplane to build")
+        return cls(bus, settings.redis_url, channel=settings.redis_channel, required=settings.redis_required,
+                   maxlen=settings.redis_stream_maxlen, outbox_max=settings.redis_outbox_max)
+
+    # -- state -----------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """State and counters as plain data (for ``inspect.stats()``)."""
+        topics = sum(1 for name in self._refs if name.startswith(f"{self.channel}:t:"))
+        return {
+            "mode": "interest", "url": redact(self.url), "channel": self.channel, "origin": self.origin,
+            "connected": self.connected, "closed": self._closed, "pending": self.pending,
+            "topics": topics, "patterns": len(self._refs) - topics,
+            **asdict(self.stats), "last_error": self.last_error,
+        }
+
+    def greenlets(self) -> list[gevent.Greenlet]:
+        """The backplane's live greenlets (none once closed)."""
+        return [g for g in self._greenlets if not g.dead] + self.link.greenlets()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect, listen to what the bus's subscribers already want, start the greenlets.
+
+        Raises:
+            RedisUnavailable: Redis cannot be reached and ``required`` is true, or the URL is
+                not a Redis URL.
+            RuntimeError: redis-py is not installed, or already started.
+        """
+        if self.link.client is not None:
+            raise RuntimeError("this backplane was already started")
+        self.link.start(required=self.required)
+        if not self.link.connected:
+            self._warn_local_only()
+        else:
+            _log.info("backplane: connected to Redis at %s, interest-based on channel %s",
+                      redact(self.url), self.channel)
+        self.link.when_down(self._on_lost)
+        self.link.when_up(self._on_back)
+        self.bus.backplane = self
+        self._greenlets += [gevent.spawn(self._out.run), gevent.spawn(self._refresh)]
+        already = self.bus.watch_interest(self)
+        if already:
+            self.added(already)
+
+    def _stopping(self) -> None:
+        self.bus.watch_interest(None)
+
+    def send(self, event: object, identity: Identity, scripted: Any = None) -> None:
+        """Queue ``event`` for the processes that want it; never blocks, never raises
+        (see :meth:`~.streams.RedisBackplane.send`)."""
+        self._out.put(event, identity, scripted)
+
+    # -- interest ----------------------------------------------------------------------------
+
+    def _reader(self, node: Any) -> NodeReader:
+        reader = self._readers.get(node)
+        if reader is None:
+            reader = self._readers[node] = NodeReader(self, node)
+            reader.greenlet = gevent.spawn(reader.run)
+            self._greenlets.append(reader.greenlet)
+        return reader
+
+    def added(self, patterns: list[Topic]) -> None:
+        """Listen to the channels of ``patterns`` not listened to yet (waits :data:`INTEREST_WAIT` at most)."""
+        if self._closed or self.link.client is None:
+            return
+        fresh: dict[Any, list[str]] = {}
+        for pattern in patterns:
+            name = channel_of_pattern(self.channel, pattern)
+            count = self._refs.get(name, 0)
+            self._refs[name] = count + 1
+            if count == 0:
+                fresh.setdefault(self.nodes.node_of(name), []).append(name)
+        current = gevent.getcurrent()
+        wait = 0.0 if any(r.greenlet is current for r in self._readers.values()) else INTEREST_WAIT
+        deadline = time.monotonic() + wait
+        for node, names in fresh.items():
+            self._reader(node).want(names, deadline)
+
+    def removed(self, patterns: list[Topic]) -> None:
+        """Stop listening to channels no local pattern needs any more."""
+        gone: dict[Any, list[str]] = {}
+        for pattern in patterns:
+            name = channel_of_pattern(self.channel, pattern)
+            count = self._refs.get(name, 0) - 1
+            if count > 0:
+                self._refs[name] = count
+            elif name in self._refs:
+                del self._refs[name]
+                gone.setdefault(self.nodes.node_of(name), []).append(name)
+        for node, names in gone.items():
+            self._reader(node).unwant(names)
+
+    def _refresh(self) -> None:
+        """Keep this process's channels marked wanted while it listens."""
+        while True:
+            gevent.sleep(self.want_ttl / 3)
+            self._up.wait()
+            for node, reader in list(self._readers.items()):
+                try:
+                    pipe = self.nodes.client(node).pipeline(transaction=False)
+                    for name in list(reader.channels):
+                        pipe.set(f"{name}:w", b"1", ex=self.want_ttl)
+                    pipe.execute()
+                except self._redis_error as err:
+                    self._throttle("refresh", logging.ERROR, "backplane: refreshing interest failed: %s", err)
+
+    # -- faults ------------------------------------------------------------------------------
+
+    def _on_back(self) -> None:
+        down, attempts = self.link.last_outage
+        self.stats.reconnects += 1
+        self._sha.clear()  # a restarted Redis forgot the scripts
+        _log.warning("backplane: Redis at %s is back after %.1fs (%d attempts); sending %d queued events and "
+                     "catching up %d channels", redact(self.url), down, attempts, self.pending, len(self._refs))
+
+
+class _InterestSender(_Sender):
+    """The stream backplane's outbox and sender, writing each event to its channels."""
+
+    link: InterestBackplane  # type: ignore[assignment]
+
+    def entry(self, event: object, scripted: Any) -> Any:
+        names = channels_of_topics(self.link.channel, topics_of(event))
+        return names, encode_for_backplane(event) if scripted is None else scripted
+
+    def _scripts(self, node: Any) -> tuple[str, str]:
+        sha = self.link._sha.get(node)
+        if sha is None:
+            client = self.link.nodes.client(node)
+            sha = self.link._sha[node] = (client.script_load(PUBLISH), client.script_load(RECOVER))
+        return sha
+
+    def _write(self, batch: list[tuple[int, Any, bytes]]) -> list[tuple[Any, int, int, str]]:
+        """Write ``batch`` (at most one recoverable event, last); returns its positions."""
+        pipes: dict[Any, Any] = {}
+
+        def pipe_of(name: str) -> tuple[Any, tuple[str, str]]:
+            node = self.link.nodes.node_of(name)
+            if node not in pipes:
+                pipes[node] = self.link.nodes.client(node).pipeline(transaction=False)
+            return pipes[node], self._scripts(node)
+
+        recoverable = None
+        for seq, (names, doc), described in batch:
+            if type(doc) is bytes:
+                self._publish(pipe_of, names, seq, described, doc, b"", b"", b"")
+                continue
+            store, topic = doc.store, f"{self.link.channel}:t:{{{doc.stream}}}"
+            store.remember(seq, doc.original)
+            pipe, (_, recover) = pipe_of(topic)
+            recoverable = (doc, seq, [n for n in names if n != topic], described, pipe, len(pipe.command_stack))
+            pipe.evalsha(recover, 6, *store._keys(doc.stream), topic, f"{topic}:c", f"{topic}:w",
+                         new_epoch(), doc.doc, store.history, STREAM_TTL, self.link.maxlen, TOPIC_TTL,
+                         self.link._origin, seq, len(names), described, doc.event, doc.stream)
+        replies = {id(pipe): pipe.execute() for pipe in pipes.values()}
+        if recoverable is None:
+            return []
+        doc, seq, others, described, pipe, index = recoverable
+        offset, epoch = replies[id(pipe)][index]
+        epoch = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
+        if others:
+            pipes.clear()
+            self._publish(pipe_of, others, seq, described, doc.event, doc.stream.encode(), int(offset), epoch)
+            for pipe in pipes.values():
+                pipe.execute()
+        return [(doc, seq, int(offset), epoch)]
+
+    def _publish(self, pipe_of: Any, names: list[str], seq: int, described: bytes, doc: bytes,
+                 pt: bytes, po: Any, pe: Any) -> None:
+        copies = len(names)
+        for name in names:
+            pipe, (publish, _) = pipe_of(name)
+            pipe.evalsha(publish, 3, name, f"{name}:c", f"{name}:w", self.link.maxlen, TOPIC_TTL,
+                         self.link._origin, seq, copies, described, doc, pt, po, pe)
+
+    def run(self) -> None:
+        bp, outbox = self.link, self.outbox
+        while True:
+            while not outbox:
+                self.wake.clear()
+                self.wake.wait()
+            bp._up.wait()
+            batch: list[tuple[int, Any, bytes]] = []
+            while outbox and len(batch) < bp.batch:
+                batch.append(outbox.popleft())
+                if type(batch[-1][1][1]) is not bytes:
+                    break  # a recoverable event ends a batch: its other channels wait for its offset
+            self.in_flight = len(batch)
+            try:
+                positions = self._write(batch)
+            except bp._link_errors as err:
+                self.in_flight = 0  # resending is safe: readers skip sequence numbers they have seen
+                outbox.extendleft(reversed(batch))
+                while len(outbox) > bp.outbox_max:
+                    outbox.popleft()
+                    bp.stats.failed += 1
+                bp._lost(err)
+                continue
+            except bp._redis_error as err:
+                self.in_flight = 0
+                if type(err).__name__ == "NoScriptError":  # Redis restarted empty: load them again
+                    bp._sha.clear()
+                    outbox.extendleft(reversed(batch))
+                    continue
+                bp.stats.failed += len(batch)
+                bp.last_error = f"{type(err).__name__}: {err}"
+                bp._throttle("reply", logging.ERROR, "backplane: Redis refused %d events: %s", len(batch), err)
+                continue
+            self.in_flight = 0
+            bp.stats.sent += len(batch)
+            for doc, seq, offset, epoch in positions:  # routed here from the reply (see the docstring)
+                doc.written()
+                event, identity, _ = doc.original
+                bp.bus.deliver_remote(event, identity, (offset, epoch, seq))
+

@@ -1,0 +1,214 @@
+"""The interest-based backplane (``FLAMIGO_REDIS_BACKPLANE=interest``) with real processes and a real redis-server.
+
+Every server is ``tests/interest_app.py`` in a child process; Redis comes from the
+``redis_target`` fixture (a URL and a ``cluster`` flag: the standalone server here; a
+Redis Cluster parameter can be added to it). What a process reads from Redis is proven
+from Redis's side (``CLIENT LIST``, ``INFO commandstats``) as well as by its counters.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import psutil
+import pytest
+import requests
+
+from tests.support import RedisServer, ServerProcess, eventually, free_port
+
+APP = "tests.interest_app:create_app"
+
+
+class RedisTarget(NamedTuple):
+    url: str
+    cluster: bool
+    server: RedisServer
+
+
+@pytest.fixture
+def redis_target(redis_server: RedisServer) -> Iterator[RedisTarget]:
+    """Where the servers' Redis is (parametrize this fixture for a Redis Cluster)."""
+    yield RedisTarget(redis_server.url, False, redis_server)
+
+
+def serve(target: RedisTarget, processes: list[ServerProcess], patterns: str = "") -> ServerProcess:
+    args = ["-m", "flamigo_actors.serving.cli", "run", APP, "--port", str(port := free_port()),
+            "--redis", target.url, "--backplane", "interest"]
+    server = ServerProcess(args, port, env={"INTEREST_PATTERNS": patterns})
+    processes.append(server)
+    return server
+
+
+def publish(server: ServerProcess, topics: list[str], first: int, count: int) -> None:
+    reply = requests.post(f"{server.url}/publish", json={"topics": topics, "first": first, "count": count}, timeout=10)
+    assert reply.status_code == 200, reply.text
+
+
+def received(server: ServerProcess) -> list[tuple[str, tuple[str, ...], int]]:
+    return [(name, tuple(topics), n) for name, topics, n in requests.get(f"{server.url}/received", timeout=10).json()]
+
+
+def snapshot(server: ServerProcess) -> dict[str, Any]:
+    return dict(requests.get(f"{server.url}/backplane", timeout=10).json())
+
+
+def client_list(target: RedisTarget) -> list[dict[str, str]]:
+    lines = target.server.client().execute_command("CLIENT", "LIST").decode().splitlines()
+    return [dict(part.split("=", 1) for part in line.split(" ") if "=" in part) for line in lines]
+
+
+def reader_link(target: RedisTarget, origin: str) -> dict[str, str]:
+    """The process's pub/sub connection, as Redis lists it."""
+    for fields in client_list(target):
+        if fields.get("name") == f"flamigo-interest-{origin}":
+            return fields
+    raise AssertionError(f"no pub/sub connection of {origin} in CLIENT LIST")
+
+
+def links_of(target: RedisTarget, server: ServerProcess) -> list[dict[str, str]]:
+    """Every connection of ``server``'s process, as Redis lists it (matched by its local ports)."""
+    ports = {f"127.0.0.1:{c.laddr.port}" for c in psutil.Process(server.process.pid).net_connections("tcp")
+             if c.raddr and c.raddr.port == target.server.port}
+    found = [fields for fields in client_list(target) if fields.get("addr") in ports]
+    assert found, "the process holds no connection to Redis"
+    return found
+
+
+def wait_for(server: ServerProcess, count: int, timeout: float = 15.0) -> list[tuple[str, tuple[str, ...], int]]:
+    def enough() -> Any:
+        got = received(server)
+        return got if len(got) >= count else None
+
+    return list(eventually(enough, timeout=timeout))
+
+
+def test_three_processes_each_get_exactly_what_they_subscribed_and_the_third_reads_nothing(
+    redis_target: RedisTarget, processes: list[ServerProcess]
+) -> None:
+    wild = serve(redis_target, processes, "rooms/*")  # subscribed before the backplane starts
+    exact = serve(redis_target, processes)
+    idle = serve(redis_target, processes)
+    for server in processes:
+        server.wait_ready()
+    requests.post(f"{exact.url}/subscribe", json={"patterns": ["rooms/a"]}, timeout=10).raise_for_status()
+
+    publish(idle, ["rooms/a"], 1, 20)
+    publish(idle, ["rooms/b"], 1, 20)
+    publish(exact, ["rooms/b"], 21, 5)  # a process publishing a topic it does not listen to
+    publish(idle, ["news"], 1, 10)  # nobody's
+
+    got_wild = wait_for(wild, 45)
+    got_exact = wait_for(exact, 20)
+    assert [n for _, t, n in got_wild if t == ("rooms/a",)] == list(range(1, 21))
+    assert [n for _, t, n in got_wild if t == ("rooms/b",)] == list(range(1, 26))
+    assert [n for _, t, n in got_exact] == list(range(1, 21)) and {t for _, t, _ in got_exact} == {("rooms/a",)}
+    assert received(idle) == []
+
+    stats = {name: snapshot(server) for name, server in (("wild", wild), ("exact", exact), ("idle", idle))}
+    assert stats["wild"]["patterns"] == 1 and stats["wild"]["topics"] == 0
+    assert stats["exact"]["topics"] == 1 and stats["exact"]["patterns"] == 0
+    assert stats["idle"]["topics"] == 0 and stats["idle"]["patterns"] == 0
+    assert stats["idle"]["received"] == 0 and stats["idle"]["catchups"] == 0
+    assert stats["wild"]["received"] == 45 and stats["exact"]["received"] == 20
+    assert all(s["missed"] == 0 and s["duplicates"] == 0 and s["decode_errors"] == 0 for s in stats.values())
+    # From Redis's side: the idle process listens to no channel at all, the others to one
+    # each; nobody reads the whole app (no XREAD, no whole-app stream).
+    for link in links_of(redis_target, idle):  # nothing is pushed to it: no (sharded) subscription
+        assert (link["ssub"], link["sub"], link["psub"]) == ("0", "0", "0"), link
+        assert link.get("name") != f"flamigo-interest-{stats['idle']['origin']}", link
+    assert reader_link(redis_target, stats["wild"]["origin"])["ssub"] == "1"
+    assert reader_link(redis_target, stats["exact"]["origin"])["ssub"] == "1"
+    commands = redis_target.server.client().info("commandstats")
+    assert "cmdstat_xread" not in commands
+    assert not redis_target.server.client().exists("flamigo:events")
+    # A topic nobody listens to is only counted in Redis, never stored.
+    assert not redis_target.server.client().exists("flamigo:t:{news}")
+
+
+def test_wildcard_and_exact_in_one_process_deliver_each_event_once(
+    redis_target: RedisTarget, processes: list[ServerProcess]
+) -> None:
+    both = serve(redis_target, processes, "rooms/*,rooms/a")
+    other = serve(redis_target, processes, "*")  # the firehose
+    publisher = serve(redis_target, processes)
+    for server in processes:
+        server.wait_ready()
+    publish(publisher, ["rooms/a"], 1, 30)
+    publish(publisher, ["rooms/a", "rooms/c"], 31, 10)  # two topics, one event
+    got = wait_for(both, 40)
+    assert [n for _, _, n in got] == list(range(1, 41))
+    assert [n for _, _, n in wait_for(other, 40)] == list(range(1, 41))
+    requests.post(f"{publisher.url}/publish", json={"topics": ["rooms/a"], "first": 41, "count": 1}, timeout=10)
+    assert [n for _, _, n in wait_for(both, 41)] == list(range(1, 42))  # nothing late, nothing twice
+    assert snapshot(both)["patterns"] == 1 and snapshot(both)["topics"] == 1
+
+
+def test_a_subscription_made_before_a_remote_publish_gets_it(
+    redis_target: RedisTarget, processes: list[ServerProcess]
+) -> None:
+    listener = serve(redis_target, processes)
+    publisher = serve(redis_target, processes)
+    for server in processes:
+        server.wait_ready()
+    for round_ in range(20):  # each round: subscribe (returns once effective), then publish elsewhere at once
+        topic = f"race/{round_}"
+        requests.post(f"{listener.url}/subscribe", json={"patterns": [topic], "name": topic}, timeout=10).raise_for_status()
+        publish(publisher, [topic], round_, 1)
+    got = wait_for(listener, 20)
+    assert sorted(n for _, _, n in got) == list(range(20))
+    assert Counter(name for name, _, _ in got) == {f"race/{r}": 1 for r in range(20)}
+
+
+@pytest.mark.parametrize("fault", ["client_kill", "redis_restart"])
+def test_catch_up_after_a_redis_blip_exactly_once(
+    redis_target: RedisTarget, processes: list[ServerProcess], fault: str
+) -> None:
+    listener = serve(redis_target, processes, "feed/*,solo")
+    publisher = serve(redis_target, processes)
+    for server in processes:
+        server.wait_ready()
+    publish(publisher, ["feed/x"], 1, 10)
+    wait_for(listener, 10)
+    origin = snapshot(listener)["origin"]
+    redis = redis_target.server
+    if fault == "client_kill":
+        # The listener's pub/sub connection is cut while the publisher goes on: what was
+        # published meanwhile comes from the channel's stream when the listener is back.
+        redis.client().execute_command("CLIENT", "KILL", "ID", reader_link(redis_target, origin)["id"])
+        publish(publisher, ["feed/x"], 11, 40)
+        publish(publisher, ["solo"], 1, 5)
+        got = wait_for(listener, 55)
+        assert [n for _, t, n in got if t == ("feed/x",)] == list(range(1, 51))
+        assert [n for _, t, n in got if t == ("solo",)] == list(range(1, 6))
+        stats = eventually(lambda: (lambda s: s if s["reconnects"] >= 1 else None)(snapshot(listener)), timeout=15)
+        assert stats["missed"] == 0 and stats["duplicates"] == 0
+    else:
+        # Redis restarts empty: both processes reconnect, mark their interest again, and the
+        # events published afterwards arrive exactly once; the lost state is counted, not silent.
+        redis.kill()
+        redis.start()
+        eventually(lambda: snapshot(listener)["connected"] and snapshot(publisher)["connected"], timeout=20)
+        eventually(lambda: reader_link(redis_target, origin)["ssub"] == "2", timeout=20)
+        publish(publisher, ["feed/x"], 11, 20)
+        got = wait_for(listener, 30)
+        assert [n for _, t, n in got if t == ("feed/x",)] == list(range(1, 31))
+        stats = snapshot(listener)
+        assert stats["reconnects"] >= 1 and stats["resets"] >= 1 and stats["duplicates"] == 0
+    assert len(received(listener)) == len(got)
+
+
+def test_a_burst_of_events_arrives_exactly_once_in_order(
+    redis_target: RedisTarget, processes: list[ServerProcess]
+) -> None:
+    listener = serve(redis_target, processes, "burst/*")
+    publisher = serve(redis_target, processes)
+    for server in processes:
+        server.wait_ready()
+    for first in range(1, 3001, 500):  # many live messages queued on the listener's connection at once
+        publish(publisher, ["burst/a"], first, 500)
+    got = wait_for(listener, 3000, timeout=60)
+    assert [n for _, _, n in got] == list(range(1, 3001))
+    stats = snapshot(listener)
+    assert stats["received"] == 3000 and stats["missed"] == 0 and stats["decode_errors"] == 0
