@@ -1,9 +1,10 @@
 """The interest-based backplane (``FLAMIGO_REDIS_BACKPLANE=interest``) with real processes and a real redis-server.
 
 Every server is ``tests/interest_app.py`` in a child process; Redis comes from the
-``redis_target`` fixture (a URL and a ``cluster`` flag: the standalone server here; a
-Redis Cluster parameter can be added to it). What a process reads from Redis is proven
-from Redis's side (``CLIENT LIST``, ``INFO commandstats``) as well as by its counters.
+``redis_target`` fixture (a URL and a ``cluster`` flag: the standalone server, or with
+``indirect`` parametrization ``"cluster"`` a real 3-master Redis Cluster). What a process
+reads from Redis is proven from Redis's side (``CLIENT LIST``, ``INFO commandstats``, on
+every master of a cluster) as well as by its counters.
 """
 
 from __future__ import annotations
@@ -16,26 +17,45 @@ import psutil
 import pytest
 import requests
 
-from tests.support import RedisServer, ServerProcess, eventually, free_port
+from tests.support import RedisClusterServers, RedisServer, ServerProcess, eventually, free_port
 
 APP = "tests.interest_app:create_app"
+
+ON_A_CLUSTER = pytest.param("cluster", marks=[pytest.mark.slow, pytest.mark.subprocess], id="cluster")
+"""``@pytest.mark.parametrize("redis_target", ["single", ON_A_CLUSTER], indirect=True)``."""
 
 
 class RedisTarget(NamedTuple):
     url: str
     cluster: bool
-    server: RedisServer
+    server: Any  # RedisServer, or RedisClusterServers
+
+    def masters(self) -> list[tuple[int, Any]]:
+        """(port, plain client) of the standalone server, or of every master of the cluster."""
+        if not self.cluster:
+            return [(self.server.port, self.server.client())]
+        return [(port, self.server.node(port)) for port in sorted(self.server.master_ports())]
+
+    def exists(self, key: str) -> bool:
+        if not self.cluster:
+            return bool(self.server.client().exists(key))
+        return bool(self.server.node(self.server.master_of(key)).exists(key))
 
 
 @pytest.fixture
-def redis_target(redis_server: RedisServer) -> Iterator[RedisTarget]:
-    """Where the servers' Redis is (parametrize this fixture for a Redis Cluster)."""
-    yield RedisTarget(redis_server.url, False, redis_server)
+def redis_target(request: pytest.FixtureRequest) -> Iterator[RedisTarget]:
+    """Where the servers' Redis is: the standalone server, or (``param`` ``"cluster"``) a Redis Cluster."""
+    if getattr(request, "param", "single") == "cluster":
+        cluster: RedisClusterServers = request.getfixturevalue("redis_cluster")
+        yield RedisTarget(cluster.url, True, cluster)
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    yield RedisTarget(server.url, False, server)
 
 
 def serve(target: RedisTarget, processes: list[ServerProcess], patterns: str = "") -> ServerProcess:
     args = ["-m", "flamigo_actors.serving.cli", "run", APP, "--port", str(port := free_port()),
-            "--redis", target.url, "--backplane", "interest"]
+            "--redis", target.url, "--backplane", "interest", *(["--redis-cluster"] if target.cluster else [])]
     server = ServerProcess(args, port, env={"INTEREST_PATTERNS": patterns})
     processes.append(server)
     return server
@@ -55,22 +75,31 @@ def snapshot(server: ServerProcess) -> dict[str, Any]:
 
 
 def client_list(target: RedisTarget) -> list[dict[str, str]]:
-    lines = target.server.client().execute_command("CLIENT", "LIST").decode().splitlines()
-    return [dict(part.split("=", 1) for part in line.split(" ") if "=" in part) for line in lines]
+    """Every client connection of every master, as Redis lists it."""
+    found = []
+    for _, client in target.masters():
+        for line in client.execute_command("CLIENT", "LIST").decode().splitlines():
+            found.append(dict(part.split("=", 1) for part in line.split(" ") if "=" in part))
+    return found
+
+
+def reader_links(target: RedisTarget, origin: str) -> list[dict[str, str]]:
+    """The process's pub/sub connections (one per master it listens on), as Redis lists them."""
+    return [fields for fields in client_list(target) if fields.get("name") == f"flamigo-interest-{origin}"]
 
 
 def reader_link(target: RedisTarget, origin: str) -> dict[str, str]:
-    """The process's pub/sub connection, as Redis lists it."""
-    for fields in client_list(target):
-        if fields.get("name") == f"flamigo-interest-{origin}":
-            return fields
-    raise AssertionError(f"no pub/sub connection of {origin} in CLIENT LIST")
+    """The process's pub/sub connection (the only one), as Redis lists it."""
+    found = reader_links(target, origin)
+    assert len(found) == 1, f"{len(found)} pub/sub connections of {origin} in CLIENT LIST: {found}"
+    return found[0]
 
 
 def links_of(target: RedisTarget, server: ServerProcess) -> list[dict[str, str]]:
-    """Every connection of ``server``'s process, as Redis lists it (matched by its local ports)."""
+    """Every connection of ``server``'s process to a master, as Redis lists it (matched by its local ports)."""
+    masters = {port for port, _ in target.masters()}
     ports = {f"127.0.0.1:{c.laddr.port}" for c in psutil.Process(server.process.pid).net_connections("tcp")
-             if c.raddr and c.raddr.port == target.server.port}
+             if c.raddr and c.raddr.port in masters}
     found = [fields for fields in client_list(target) if fields.get("addr") in ports]
     assert found, "the process holds no connection to Redis"
     return found
@@ -84,6 +113,7 @@ def wait_for(server: ServerProcess, count: int, timeout: float = 15.0) -> list[t
     return list(eventually(enough, timeout=timeout))
 
 
+@pytest.mark.parametrize("redis_target", ["single", ON_A_CLUSTER], indirect=True)
 def test_three_processes_each_get_exactly_what_they_subscribed_and_the_third_reads_nothing(
     redis_target: RedisTarget, processes: list[ServerProcess]
 ) -> None:
@@ -96,6 +126,7 @@ def test_three_processes_each_get_exactly_what_they_subscribed_and_the_third_rea
 
     publish(idle, ["rooms/a"], 1, 20)
     publish(idle, ["rooms/b"], 1, 20)
+    wait_for(wild, 40)  # (order holds per publisher: let idle's come first)
     publish(exact, ["rooms/b"], 21, 5)  # a process publishing a topic it does not listen to
     publish(idle, ["news"], 1, 10)  # nobody's
 
@@ -120,11 +151,15 @@ def test_three_processes_each_get_exactly_what_they_subscribed_and_the_third_rea
         assert link.get("name") != f"flamigo-interest-{stats['idle']['origin']}", link
     assert reader_link(redis_target, stats["wild"]["origin"])["ssub"] == "1"
     assert reader_link(redis_target, stats["exact"]["origin"])["ssub"] == "1"
-    commands = redis_target.server.client().info("commandstats")
-    assert "cmdstat_xread" not in commands
-    assert not redis_target.server.client().exists("flamigo:events")
+    for _, client in redis_target.masters():
+        assert "cmdstat_xread" not in client.info("commandstats")
+    assert not redis_target.exists("flamigo:events")
     # A topic nobody listens to is only counted in Redis, never stored.
-    assert not redis_target.server.client().exists("flamigo:t:{news}")
+    assert not redis_target.exists("flamigo:t:{news}") and redis_target.exists("flamigo:t:{news}:c")
+    if redis_target.cluster:  # each reader is on the master of its channel's slot
+        assert stats["wild"]["cluster"] is True
+        for name, channel in (("wild", "flamigo:n:{rooms}"), ("exact", "flamigo:t:{rooms/a}")):
+            assert stats[name]["nodes"] == [f"127.0.0.1:{redis_target.server.master_of(channel)}"], stats[name]
 
 
 def test_wildcard_and_exact_in_one_process_deliver_each_event_once(

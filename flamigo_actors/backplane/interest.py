@@ -68,6 +68,7 @@ from .interest_keys import (
     channels_of_topics,
 )
 from .backplane_base import BackplaneCore
+from .interest_cluster import ClusterNodes
 from .interest_reader import NodeReader
 from ..runtime.recovery import new_epoch
 from .link import RedisLink, redact
@@ -87,6 +88,9 @@ _log = logging.getLogger("flamigo_actors.backplane")
 INTEREST_WAIT = 1.0
 """Seconds ``Subscription.add`` waits at most for Redis to confirm a new interest."""
 
+REPLICA_WAIT_MS = 100
+"""On a Redis Cluster: milliseconds a write waits at most for a replica of its master (``WAIT``)."""
+
 
 class InterestBus(LocalBus, Protocol):
     """What the interest-based backplane needs of the bus, besides :class:`~.streams.LocalBus`."""
@@ -104,6 +108,8 @@ class InterestStats(BackplaneStats):
     """Channels whose counter started again (Redis lost their keys): events may be lost (logged)."""
     catchups: int = 0
     """Channel streams read to fill a gap, after a reconnect or a new interest."""
+    unreplicated: int = 0
+    """Events a cluster master stored but no replica confirmed in time: lost if that master dies now (logged)."""
 
 
 class InterestBackplane(BackplaneCore):
@@ -117,7 +123,8 @@ class InterestBackplane(BackplaneCore):
 
     def __init__(self, bus: InterestBus, url: str, *, channel: str = "flamigo", required: bool = True,
                  maxlen: int = 10_000, outbox_max: int = 10_000, batch: int = 500, block: float = 2.0,
-                 reconnect_base: float = 0.1, reconnect_cap: float = 3.0, socket_timeout: float = 5.0) -> None:
+                 reconnect_base: float = 0.1, reconnect_cap: float = 3.0, socket_timeout: float = 5.0,
+                 cluster: bool = False) -> None:
         self.bus = bus
         self.url = url
         self.channel = channel
@@ -131,8 +138,10 @@ class InterestBackplane(BackplaneCore):
         self.stats = InterestStats()
         self.instruments: Instruments | None = None
         self.link = RedisLink(url, socket_timeout=socket_timeout, block=block, reconnect_base=reconnect_base,
-                              reconnect_cap=reconnect_cap, log_changes=False)
-        self.nodes = SingleNode(self.link)  # the seam a Redis Cluster client replaces
+                              reconnect_cap=reconnect_cap, log_changes=False, cluster=cluster)
+        self.nodes: Any = ClusterNodes(self.link) if cluster else SingleNode(self.link)
+        self.sharded = True
+        """Events live in per-topic keys (one slot each): connection-state recovery runs on a cluster."""
         self._origin = self.origin.encode()
         self._up = self.link.up
         self._out = _InterestSender(self)  # type: ignore[arg-type]
@@ -150,7 +159,8 @@ class InterestBackplane(BackplaneCore):
         if not settings.redis_url:
             raise ValueError("FLAMIGO_REDIS_URL is not set: there is no backplane to build")
         return cls(bus, settings.redis_url, channel=settings.redis_channel, required=settings.redis_required,
-                   maxlen=settings.redis_stream_maxlen, outbox_max=settings.redis_outbox_max)
+                   maxlen=settings.redis_stream_maxlen, outbox_max=settings.redis_outbox_max,
+                   cluster=settings.redis_cluster)
 
     # -- state -----------------------------------------------------------------------------
 
@@ -159,6 +169,7 @@ class InterestBackplane(BackplaneCore):
         topics = sum(1 for name in self._refs if name.startswith(f"{self.channel}:t:"))
         return {
             "mode": "interest", "url": redact(self.url), "channel": self.channel, "origin": self.origin,
+            "cluster": self.link.cluster, "nodes": sorted(str(n) for n in self._readers),
             "connected": self.connected, "closed": self._closed, "pending": self.pending,
             "topics": topics, "patterns": len(self._refs) - topics,
             **asdict(self.stats), "last_error": self.last_error,
@@ -231,7 +242,7 @@ class InterestBackplane(BackplaneCore):
 
     def removed(self, patterns: list[Topic]) -> None:
         """Stop listening to channels no local pattern needs any more."""
-        gone: dict[Any, list[str]] = {}
+        gone: dict[NodeReader, list[str]] = {}
         for pattern in patterns:
             name = channel_of_pattern(self.channel, pattern)
             count = self._refs.get(name, 0) - 1
@@ -239,9 +250,11 @@ class InterestBackplane(BackplaneCore):
                 self._refs[name] = count
             elif name in self._refs:
                 del self._refs[name]
-                gone.setdefault(self.nodes.node_of(name), []).append(name)
-        for node, names in gone.items():
-            self._reader(node).unwant(names)
+                for reader in self._readers.values():  # (the slot map may have moved it since)
+                    if name in reader.channels:
+                        gone.setdefault(reader, []).append(name)
+        for reader, names in gone.items():
+            reader.unwant(names)
 
     def _refresh(self) -> None:
         """Keep this process's channels marked wanted while it listens."""
@@ -305,7 +318,7 @@ class _InterestSender(_Sender):
             pipe.evalsha(recover, 6, *store._keys(doc.stream), topic, f"{topic}:c", f"{topic}:w",
                          new_epoch(), doc.doc, store.history, STREAM_TTL, self.link.maxlen, TOPIC_TTL,
                          self.link._origin, seq, len(names), described, doc.event, doc.stream)
-        replies = {id(pipe): pipe.execute() for pipe in pipes.values()}
+        replies = {id(pipe): self._execute(node, pipe) for node, pipe in pipes.items()}
         if recoverable is None:
             return []
         doc, seq, others, described, pipe, index = recoverable
@@ -314,9 +327,27 @@ class _InterestSender(_Sender):
         if others:
             pipes.clear()
             self._publish(pipe_of, others, seq, described, doc.event, doc.stream.encode(), int(offset), epoch)
-            for pipe in pipes.values():
-                pipe.execute()
+            for node, pipe in pipes.items():
+                self._execute(node, pipe)
         return [(doc, seq, int(offset), epoch)]
+
+    def _execute(self, node: Any, pipe: Any) -> list[Any]:
+        """Run one node's pipeline; on a cluster master with replicas, wait for one of them to
+        have it (``WAIT``): a master dying before that fails the write, which is then retried."""
+        nodes = self.link.nodes
+        wanted = nodes.replicas(node) if isinstance(nodes, ClusterNodes) else 0
+        if not wanted:
+            return list(pipe.execute())
+        writes = len(pipe.command_stack)
+        pipe.execute_command("WAIT", 1, REPLICA_WAIT_MS)
+        replies = list(pipe.execute())
+        if replies[-1] < 1:
+            bp = self.link
+            bp.stats.unreplicated += writes
+            bp._throttle(("unreplicated", node), logging.WARNING,
+                         "backplane: no replica of %s confirmed %d writes within %d ms: they are lost if "
+                         "that master dies now", node, writes, REPLICA_WAIT_MS)
+        return replies
 
     def _publish(self, pipe_of: Any, names: list[str], seq: int, described: bytes, doc: bytes,
                  pt: bytes, po: Any, pe: Any) -> None:

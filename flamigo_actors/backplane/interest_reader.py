@@ -73,7 +73,8 @@ class NodeReader:
         self._send_lock = Semaphore()
         self.online = Event()
         """Set while the connection is up and every channel wanted so far is subscribed on it."""
-        self._baseline = backplane.nodes.client(node).register_script(BASELINE)
+        # Run on a node's pipeline (client=...): registered with the link's client for its encoder only.
+        self._baseline = backplane.link.client.register_script(BASELINE)
 
     # -- interest ------------------------------------------------------------------------
 
@@ -86,6 +87,20 @@ class NodeReader:
         for name in channels:
             state = self.channels[name] = _Channel()
             states.append((name, state))
+        self._subscribe(states, deadline)
+
+    def adopt(self, states: list[tuple[str, _Channel]], deadline: float) -> None:
+        """Listen to channels another reader listened to, their state kept (their slot moved
+        here: a failover): subscribe, and catch up from where that reader was."""
+        for name, state in states:
+            state.confirmed.clear()
+            self.channels[name] = state
+        try:
+            self._subscribe(states, deadline)
+        except self.bp._redis_error as err:  # this reader's greenlet sees the link and catches up
+            _log.debug("backplane: taking over channels on %s failed: %s", self.node, err)
+
+    def _subscribe(self, states: list[tuple[str, _Channel]], deadline: float) -> None:
         if self.bp.connected and not self.online.is_set():  # the reader is (re)connecting
             self.online.wait(max(0.0, deadline - time.monotonic()))
         if not self.bp.connected or self.conn is None:
@@ -123,9 +138,40 @@ class NodeReader:
         for (name, state), (counter, last_id) in zip(states, pipe.execute()):
             if state.last_c is None:
                 state.last_c, state.last_id = int(counter), bytes(last_id)
-            elif int(counter) < state.last_c:  # Redis lost the channel (restarted empty): read it all
-                self._reset(name, state)
+            elif int(counter) < state.last_c:
+                if last_id != b"0-0" and _id_key(bytes(last_id)) <= _id_key(state.last_id):
+                    # A replica took over without the last writes this process had read (a
+                    # failover): go on from what the node has; the writers retry what it lacks.
+                    self._rolled_back(name, state.last_c - int(counter))
+                    state.last_c, state.last_id = int(counter), bytes(last_id)
+                    continue
+                self._reset(name, state)  # Redis lost the channel (restarted empty): read it all
                 state.last_c, state.last_id = 0, b"0-0"
+
+    def _rolled_back(self, name: str, count: int) -> None:
+        self.bp._throttle(("rolled back", name), logging.WARNING,
+                          "backplane: the node now serving %s lacks the last %d events this process read from "
+                          "it (a master failed over before replicating them); their writers write them again "
+                          "(or counted them unreplicated)", name, count)
+
+    def _rehome(self) -> bool:
+        """Hand the channels whose slot another node serves now (a failover) to that node's reader;
+        returns whether this reader is done (no channel left, its node no longer a master)."""
+        bp = self.bp
+        moved: dict[Any, list[tuple[str, _Channel]]] = {}
+        for name, state in list(self.channels.items()):
+            node = bp.nodes.node_of(name)
+            if node != self.node:
+                moved.setdefault(node, []).append((name, self.channels.pop(name)))
+        for node, states in moved.items():
+            _log.info("backplane: %d channels moved from %s to %s", len(states), self.node, node)
+            bp._greenlets.append(gevent.spawn(bp._reader(node).adopt, states, time.monotonic() + 5.0))
+        serves = getattr(bp.nodes, "serves", None)
+        if self.channels or serves is None or serves(self.node):
+            return False
+        if bp._readers.get(self.node) is self:
+            del bp._readers[self.node]
+        return True
 
     def _reset(self, name: str, state: _Channel) -> None:
         self.bp.stats.resets += 1
@@ -140,6 +186,8 @@ class NodeReader:
         while True:
             bp._up.wait()
             try:
+                if self._rehome():
+                    return
                 self.conn = bp.nodes.connection(self.node)
                 self.conn.send_command("CLIENT", "SETNAME", f"flamigo-interest-{bp.pid}")
                 self.conn.read_response()
@@ -190,6 +238,9 @@ class NodeReader:
                 state = self.channels.get(bytes(reply[1]).decode())
                 if state is not None:
                     state.confirmed.set()
+            elif kind == b"sunsubscribe" and bytes(reply[1]).decode() in self.channels:
+                # Not asked for: the channel's slot moved to another node (cluster resharding).
+                raise self.bp._link_errors[0](f"{bytes(reply[1]).decode()} moved to another node")
 
     # -- taking entries --------------------------------------------------------------------
 
@@ -261,30 +312,31 @@ class NodeReader:
             recent[key] = None
             if len(recent) > RECENT_MAX:
                 recent.popitem(last=False)
-        self._deliver(message, origin)
-
-    def _deliver(self, message: Message, origin: bytes) -> None:
-        bp = self.bp
-        try:
-            event = decode_event(orjson.loads(message.event))
-            identity = rebuild_identity(orjson.loads(message.identity), origin.decode("utf-8", "replace"))
-            if message.pt:  # a recoverable topic's event, with its position
-                bp.bus.deliver_remote(event, identity, (int(message.po), bytes(message.pe).decode(), None))
-            else:
-                bp.bus.deliver_remote(event, identity)
-        except Exception as err:  # noqa: BLE001 - one bad entry must not stop the reader
-            if bp.bus.closing:
-                return
-            bp.stats.decode_errors += 1
-            bp._throttle("decode", logging.ERROR, "backplane: cannot deliver an entry from %s: %s: %s",
-                         origin.decode("utf-8", "replace"), type(err).__name__, err)
-            return
-        bp.stats.received += 1
-        instruments = bp.instruments
-        if instruments is not None:
-            instruments.backplane_lag(max(0.0, time.time() - message.stored_at()))
+        _deliver(bp, message, origin)
 
 
 def _id_key(entry_id: bytes) -> tuple[int, int]:
     ms, _, n = entry_id.partition(b"-")
     return int(ms), int(n or 0)
+
+
+def _deliver(bp: Any, message: Message, origin: bytes) -> None:
+    """Hand one entry to the bus (``bp``: the backplane)."""
+    try:
+        event = decode_event(orjson.loads(message.event))
+        identity = rebuild_identity(orjson.loads(message.identity), origin.decode("utf-8", "replace"))
+        if message.pt:  # a recoverable topic's event, with its position
+            bp.bus.deliver_remote(event, identity, (int(message.po), bytes(message.pe).decode(), None))
+        else:
+            bp.bus.deliver_remote(event, identity)
+    except Exception as err:  # noqa: BLE001 - one bad entry must not stop the reader
+        if bp.bus.closing:
+            return
+        bp.stats.decode_errors += 1
+        bp._throttle("decode", logging.ERROR, "backplane: cannot deliver an entry from %s: %s: %s",
+                     origin.decode("utf-8", "replace"), type(err).__name__, err)
+        return
+    bp.stats.received += 1
+    instruments = bp.instruments
+    if instruments is not None:
+        instruments.backplane_lag(max(0.0, time.time() - message.stored_at()))

@@ -247,8 +247,11 @@ class RedisLink:
         """
         if not self.cluster:
             return self.connection()
-        node = self.client.get_node_from_key(key)
-        pool = self.client.get_redis_connection(node).connection_pool
+        return self.connection_to(self.client.get_redis_connection(self.client.get_node_from_key(key)))
+
+    def connection_to(self, node_client: Any) -> Any:
+        """A raw connection from a cluster node's client's pool (give it back with :meth:`release`)."""
+        pool = node_client.connection_pool
         connection = pool.get_connection()
         self._pools[id(connection)] = pool
         return connection

@@ -1,0 +1,87 @@
+"""Which master of a Redis Cluster holds an interest channel: the cluster's :class:`~.interest_keys.Nodes`.
+
+The interest-based backplane (``interest.py``) asks its ``nodes`` which node holds a
+channel's slot, and groups by that: one reading greenlet per master (``SSUBSCRIBE``
+must reach the master owning the channel's slot), one writing pipeline per master.
+:class:`ClusterNodes` answers from the slot map redis-py's ``RedisCluster`` keeps
+(``link.client``); a node is named by its ``host:port``.
+
+Failure behaviour: a node that is no longer a master raises the link's
+``ConnectionError``, a channel whose slot no known master serves is sent to any node,
+which answers ``MOVED``: the caller counts it as a lost
+link (as a dead master, ``MOVED`` or ``CLUSTERDOWN`` on a node's connection are), the
+link refreshes the slot map and comes back once every slot has a master again; the
+readers then move their channels to the masters now serving them (``interest_reader``).
+
+:meth:`ClusterNodes.replicas` is what the sender waits for (``WAIT``) before it counts
+a write done: a write the dead master had acknowledged but not replicated is then
+written again (the readers skip it if it was not lost), or counted when no replica
+confirmed it in time (``unreplicated``), never lost silently.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ClusterNodes"]
+
+
+class ClusterNodes:
+    """The masters of a Redis Cluster, through a cluster :class:`~.link.RedisLink` (see the module docstring)."""
+
+    def __init__(self, link: Any) -> None:
+        self.link = link
+        self._replicas: dict[str, int] = {}
+
+    def node_of(self, key: str) -> Any:
+        """The ``host:port`` of the master holding ``key``'s slot, as the slot map knows it
+        (while no master serves the slot: any node, which answers ``MOVED``, a lost link).
+
+        Raises:
+            the link's ``ConnectionError``: the cluster never answered.
+        """
+        client = self.link.client
+        if client is None:
+            raise _unreachable("the cluster has not answered yet")
+        served = client.nodes_manager.slots_cache.get(client.keyslot(key))
+        if not served:  # a failover under way: any node answers MOVED, a lost link, until the map is whole
+            return client.get_default_node().name
+        name = served[0].name
+        self._replicas[name] = len(served) - 1
+        return name
+
+    def replicas(self, node: Any) -> int:
+        """Replicas of ``node`` in the slot map when its last key was looked up (0: none known)."""
+        return self._replicas.get(node, 0)
+
+    def client(self, node: Any) -> Any:
+        """A redis-py client of master ``node`` (its own bounded pool).
+
+        Raises:
+            the link's ``ConnectionError``: ``node`` is not in the slot map any more.
+        """
+        client = self.link.client
+        found = client.get_node(node_name=node) if client is not None else None
+        if found is None:
+            raise _unreachable(f"{node} is not a node of the cluster any more (failed over?)")
+        return client.get_redis_connection(found)
+
+    def serves(self, node: Any) -> bool:
+        """Whether ``node`` is a master of the cluster, as the slot map knows it."""
+        client = self.link.client
+        found = client.get_node(node_name=node) if client is not None else None
+        return found is not None and found.server_type == "primary"
+
+    def connection(self, node: Any) -> Any:
+        """A raw connection to ``node`` from its pool (give it back with :meth:`release`)."""
+        return self.link.connection_to(self.client(node))
+
+    def release(self, node: Any, connection: Any, *, broken: bool = False) -> None:
+        """Give back a connection from :meth:`connection` (``broken``: close it, refresh the slot map)."""
+        self.link.release(connection, broken=broken)
+
+
+def _unreachable(message: str) -> BaseException:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    return RedisConnectionError(message)
