@@ -247,3 +247,56 @@ def test_a_burst_of_events_arrives_exactly_once_in_order(
     assert [n for _, _, n in got] == list(range(1, 3001))
     stats = snapshot(listener)
     assert stats["received"] == 3000 and stats["missed"] == 0 and stats["decode_errors"] == 0
+
+
+@pytest.mark.parametrize("redis_target", [ON_A_CLUSTER], indirect=True)
+def test_a_channel_s_master_killed_delivery_resumes_nothing_twice_anything_lost_counted(
+    redis_target: RedisTarget, processes: list[ServerProcess]
+) -> None:
+    import gevent
+
+    cluster = redis_target.server
+    listener = serve(redis_target, processes, "feed/*,solo")
+    publisher = serve(redis_target, processes)
+    for server in processes:
+        server.wait_ready()
+    publish(publisher, ["feed/x"], 1, 10)
+    wait_for(listener, 10)
+    sent = [10]
+    stop = False
+
+    def keep_publishing() -> None:  # the publisher goes on through the failover (publish never waits for Redis)
+        while not stop:
+            publish(publisher, ["feed/x"], sent[0] + 1, 5)
+            sent[0] += 5
+            gevent.sleep(0.05)
+
+    talking = gevent.spawn(keep_publishing)
+    gevent.sleep(0.5)
+    killed = cluster.kill_master_of("flamigo:n:{feed}")
+    eventually(lambda: snapshot(listener)["connected"] and snapshot(publisher)["connected"], timeout=30)
+    at_failover = sent[0]
+    eventually(lambda: sent[0] >= at_failover + 50, timeout=30)
+    stop = True
+    talking.join(10)
+    publish(publisher, ["solo"], 1, 5)  # and a channel of another slot still works
+
+    def settled() -> Any:  # everything after the failover arrived; what was before it arrived or is counted
+        got = [n for _, t, n in received(listener) if t == ("feed/x",)]
+        return got if got and got[-1] == sent[0] else None
+
+    got = eventually(settled, timeout=30)
+    assert len(got) == len(set(got)), "an event reached the listener twice"
+    assert got == sorted(got), "out of order"
+    lost = set(range(1, sent[0] + 1)) - set(got)
+    stats_l, stats_p = snapshot(listener), snapshot(publisher)
+    # Never silent: what the listener lacks is counted by the publisher (failed, unreplicated)
+    # or the listener (missed).
+    assert len(lost) <= stats_p["failed"] + stats_p["unreplicated"] + stats_l["missed"], (sorted(lost), stats_l, stats_p)
+    assert stats_l["reconnects"] >= 1 and stats_p["reconnects"] >= 1
+    new_master = f"127.0.0.1:{cluster.master_of('flamigo:n:{feed}')}"
+    assert new_master in stats_l["nodes"] and f"127.0.0.1:{killed}" not in stats_l["nodes"], stats_l
+    eventually(lambda: [n for _, t, n in received(listener) if t == ("solo",)] == [1, 2, 3, 4, 5], timeout=15)
+    # Redis's side: the listener is subscribed on the promoted master.
+    assert any(link["ssub"] != "0" for link in reader_links(redis_target, stats_l["origin"])
+               if link["laddr"].endswith(f":{cluster.master_of('flamigo:n:{feed}')}"))
