@@ -294,6 +294,9 @@ def test_a_channel_s_master_killed_delivery_resumes_nothing_twice_anything_lost_
     # or the listener (missed).
     assert len(lost) <= stats_p["failed"] + stats_p["unreplicated"] + stats_l["missed"], (sorted(lost), stats_l, stats_p)
     assert stats_l["reconnects"] >= 1 and stats_p["reconnects"] >= 1
+    # The publisher waits for a replica of the masters it writes to that have one (WAIT): the
+    # survivors' (the promoted one has none left).
+    assert any("cmdstat_wait" in client.info("commandstats") for _, client in redis_target.masters())
     new_master = f"127.0.0.1:{cluster.master_of('flamigo:n:{feed}')}"
     assert new_master in stats_l["nodes"] and f"127.0.0.1:{killed}" not in stats_l["nodes"], stats_l
     eventually(lambda: [n for _, t, n in received(listener) if t == ("solo",)] == [1, 2, 3, 4, 5], timeout=15)

@@ -21,9 +21,13 @@ confirmed it in time (``unreplicated``), never lost silently.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-__all__ = ["ClusterNodes"]
+__all__ = ["ROLE_TTL", "ClusterNodes"]
+
+ROLE_TTL = 10.0
+"""Seconds a master's count of replicas is trusted before it is asked again (``ROLE``)."""
 
 
 class ClusterNodes:
@@ -31,7 +35,7 @@ class ClusterNodes:
 
     def __init__(self, link: Any) -> None:
         self.link = link
-        self._replicas: dict[str, int] = {}
+        self._replicas: dict[str, tuple[int, float]] = {}  # node -> (replicas, when asked)
 
     def node_of(self, key: str) -> Any:
         """The ``host:port`` of the master holding ``key``'s slot, as the slot map knows it
@@ -46,13 +50,21 @@ class ClusterNodes:
         served = client.nodes_manager.slots_cache.get(client.keyslot(key))
         if not served:  # a failover under way: any node answers MOVED, a lost link, until the map is whole
             return client.get_default_node().name
-        name = served[0].name
-        self._replicas[name] = len(served) - 1
-        return name
+        return served[0].name
 
     def replicas(self, node: Any) -> int:
-        """Replicas of ``node`` in the slot map when its last key was looked up (0: none known)."""
-        return self._replicas.get(node, 0)
+        """Replicas connected to master ``node`` (its ``ROLE``, asked again every :data:`ROLE_TTL` seconds).
+
+        Raises:
+            the link's errors: ``node`` does not answer.
+        """
+        known = self._replicas.get(node)
+        now = time.monotonic()
+        if known is None or now - known[1] > ROLE_TTL:
+            role = self.client(node).execute_command("ROLE")
+            count = len(role[2]) if bytes(role[0]) == b"master" else 0
+            known = self._replicas[node] = (count, now)
+        return known[0]
 
     def client(self, node: Any) -> Any:
         """A redis-py client of master ``node`` (its own bounded pool).
