@@ -5,7 +5,8 @@ The stream backplane (``backplane/streams.py``) has every process read the app's
 stream. Here each event is written to a few small *channels* (``backplane/interest_keys.py``):
 its topic's ``<channel>:t:{T}``, its namespace's ``<channel>:n:{N}`` (``N``: the topic's first
 segment) and the firehose ``<channel>:n:{*}``; each is a short stream plus a sharded pub/sub
-channel of the same name, written by ONE script on ONE slot (Redis Cluster ready). A process
+channel of the same name, written by ONE script on ONE slot (on a Redis Cluster: one reader
+per master, each write pipeline waiting for a replica, see ``interest_cluster.py``). A process
 listens (``SSUBSCRIBE``) only to the channels its subscriptions need:
 
 * an exact subscription to ``T``: ``<channel>:t:{T}``;

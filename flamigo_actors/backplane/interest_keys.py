@@ -23,8 +23,8 @@ A recoverable topic's keys (``<channel>:rec:{T}:...``, ``backplane/recovery_redi
 the tag of its channel ``<channel>:t:{T}``, so one script writes history and channel at once.
 
 Everything else here is pure: no greenlet, no bus. :class:`Nodes` is the one seam that knows
-which Redis node holds a key; :class:`SingleNode` is the standalone server's (a cluster client
-plugs in by grouping keys by node).
+which Redis node holds a key; :class:`SingleNode` is the standalone server's,
+:class:`~.interest_cluster.ClusterNodes` a Redis Cluster's (one node per master).
 """
 
 from __future__ import annotations
