@@ -303,3 +303,32 @@ def test_a_channel_s_master_killed_delivery_resumes_nothing_twice_anything_lost_
     # Redis's side: the listener is subscribed on the promoted master.
     assert any(link["ssub"] != "0" for link in reader_links(redis_target, stats_l["origin"])
                if link["laddr"].endswith(f":{cluster.master_of('flamigo:n:{feed}')}"))
+
+
+@pytest.mark.parametrize("redis_target", [ON_A_CLUSTER], indirect=True)
+def test_a_master_whose_replica_does_not_confirm_counts_the_writes_unreplicated(
+    redis_target: RedisTarget, processes: list[ServerProcess]
+) -> None:
+    import os
+    import signal
+
+    cluster = redis_target.server
+    listener = serve(redis_target, processes, "solo")
+    publisher = serve(redis_target, processes)
+    for server in processes:
+        server.wait_ready()
+    publish(publisher, ["solo"], 1, 5)
+    wait_for(listener, 5)
+    assert snapshot(publisher)["unreplicated"] == 0
+    master = cluster.master_of("flamigo:t:{solo}")
+    replica = int(cluster.node(master).execute_command("ROLE")[2][0][1])
+    os.kill(cluster.processes[replica].pid, signal.SIGSTOP)  # connected, silent: WAIT gets no answer
+    try:
+        publish(publisher, ["solo"], 6, 10)
+        got = wait_for(listener, 15)
+        stats = eventually(lambda: (lambda s: s if s["unreplicated"] >= 1 else None)(snapshot(publisher)), timeout=15)
+    finally:
+        os.kill(cluster.processes[replica].pid, signal.SIGCONT)
+    assert [n for _, _, n in got] == list(range(1, 16))  # delivered all the same (the master lives)
+    # Counted per channel write: 10 events, each on its topic's channel and the firehose.
+    assert stats["failed"] == 0 and stats["unreplicated"] <= 20, stats

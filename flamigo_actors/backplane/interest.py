@@ -110,7 +110,8 @@ class InterestStats(BackplaneStats):
     catchups: int = 0
     """Channel streams read to fill a gap, after a reconnect or a new interest."""
     unreplicated: int = 0
-    """Events a cluster master stored but no replica confirmed in time: lost if that master dies now (logged)."""
+    """Channel writes (an event on one channel) a cluster master stored but no replica confirmed in
+    time (``WAIT``): lost if that master dies now (logged)."""
 
 
 class InterestBackplane(BackplaneCore):
