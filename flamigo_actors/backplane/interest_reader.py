@@ -20,6 +20,13 @@ counter and stream id of the last entry taken. Guarantees:
   again and reads every channel's stream from its last id: what was published
   meanwhile arrives late, not never (up to ``MAXLEN`` entries per channel, and
   :data:`~.interest_keys.TOPIC_TTL`).
+* **Failover** (Redis Cluster): on reconnecting, a reader hands the channels whose slot
+  another master serves now to that master's reader, with their state (last counter
+  and id taken, origins seen), which subscribes and catches up from there; a reader
+  left without channels on a node that is no longer a master ends. A promoted replica
+  lacking the last entries this process read is noted (logged) and followed from its
+  own position: the writers write again what no replica confirmed (``interest.py``),
+  and re-written entries are skipped by origin and sequence number.
 * **Backpressure**: while the local bus has more than ``BUS_BACKLOG_LIMIT`` events
   waiting the reader stops reading; Redis buffers the live messages, and past its
   pub/sub output limit drops the connection: the reader then catches up from the streams.
