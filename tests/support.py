@@ -45,6 +45,17 @@ CHROMIUM_ARGS = [
 # conftest.py marks tests with these tables (module -> test names, or "*" for all);
 # `browser` and `redis` follow from the fixtures a test uses.
 
+# The cluster tests that start servers and a 3-master cluster: slow, and in subprocesses.
+CLUSTER_SERVER_TESTS = {
+    "test_two_demo_servers_on_a_cluster_share_events_presence_and_rooms",
+    "test_presence_on_a_cluster_a_killed_server_s_members_leave_once_each",
+    "test_domain_actors_on_a_cluster_one_activation_per_key_spread_over_the_masters",
+    "test_the_backplane_stream_s_master_killed_delivery_resumes_and_the_gap_is_counted",
+    "test_recovery_on_the_whole_stream_backplane_refuses_to_start_on_a_cluster_naming_the_fix",
+    "test_an_actor_s_lease_master_killed_calls_fail_then_work_with_one_activation",
+    "test_recovery_on_a_cluster_with_the_interest_backplane_a_resume_replays_what_was_missed",
+}
+
 SUBPROCESS: dict[str, str | set[str]] = {
     "test_actor_redis": {
         "test_two_processes_racing_a_thousand_first_calls_grant_one_lease_in_total",
@@ -70,15 +81,7 @@ SUBPROCESS: dict[str, str | set[str]] = {
     "test_presence_redis": "*",
     "test_open_files": "*",
     "test_recovery_redis": "*",
-    "test_cluster": {
-        "test_two_demo_servers_on_a_cluster_share_events_presence_and_rooms",
-        "test_presence_on_a_cluster_a_killed_server_s_members_leave_once_each",
-        "test_domain_actors_on_a_cluster_one_activation_per_key_spread_over_the_masters",
-        "test_the_backplane_stream_s_master_killed_delivery_resumes_and_the_gap_is_counted",
-        "test_recovery_on_the_whole_stream_backplane_refuses_to_start_on_a_cluster_naming_the_fix",
-        "test_an_actor_s_lease_master_killed_calls_fail_then_work_with_one_activation",
-        "test_recovery_on_a_cluster_with_the_interest_backplane_a_resume_replays_what_was_missed",
-    },
+    "test_cluster": CLUSTER_SERVER_TESTS,
     "test_scale_out": "*",
     "test_server": "*",
     "test_shell": "*",
@@ -135,15 +138,7 @@ SLOW: dict[str, str | set[str]] = {
         "test_workers_at_their_ceiling_leave_new_connections_to_the_others",
     },
     "test_recovery_redis": "*",
-    "test_cluster": {
-        "test_two_demo_servers_on_a_cluster_share_events_presence_and_rooms",
-        "test_presence_on_a_cluster_a_killed_server_s_members_leave_once_each",
-        "test_domain_actors_on_a_cluster_one_activation_per_key_spread_over_the_masters",
-        "test_the_backplane_stream_s_master_killed_delivery_resumes_and_the_gap_is_counted",
-        "test_recovery_on_the_whole_stream_backplane_refuses_to_start_on_a_cluster_naming_the_fix",
-        "test_an_actor_s_lease_master_killed_calls_fail_then_work_with_one_activation",
-        "test_recovery_on_a_cluster_with_the_interest_backplane_a_resume_replays_what_was_missed",
-    },
+    "test_cluster": CLUSTER_SERVER_TESTS,
     "test_scale_out": "*",
     "test_server": {"test_python_m_app_serves_healthz_and_drains_on_sigterm"},
     "test_shell": {

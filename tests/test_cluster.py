@@ -20,7 +20,6 @@ import requests
 
 from tests.support import (
     ErrorReply,
-    nothing_arrives,
     post_message,
     RedisClusterServers,
     ServerProcess,
@@ -240,29 +239,14 @@ def test_recovery_on_the_whole_stream_backplane_refuses_to_start_on_a_cluster_na
 def test_recovery_on_a_cluster_with_the_interest_backplane_a_resume_replays_what_was_missed(
     redis_cluster: RedisClusterServers, processes: list[ServerProcess]
 ) -> None:
-    from tests.test_recovery import chat, join, offsets, opted_in, resume, since
+    from tests.test_recovery import chat, offsets
+    from tests.test_recovery_redis import killed_and_resumed
 
     a, b = (ServerProcess.demo(free_port(), "--redis", redis_cluster.url, "--redis-cluster", "--backplane", "interest",
                                  env={"FLAMIGO_INSPECT_ENABLED": "true"}) for _ in range(2))  # rooms recoverable (the demo's default)
     processes += [a, b]
     start_servers(a, b)
-    ann, auth = opted_in(a, "ann")
-    assert join(ann, "k1")["pos"]["offset"] == 0
-    for n in range(1, 4):
-        post_message(b, "bob", "k1", f"m{n}")  # through the other server: they cross the cluster
-    got = chat(ann, 3)
-    assert offsets(got) == [1, 2, 3]
-    a.signal(signal.SIGKILL)
-    a.wait(10)
-    for n in range(4, 9):
-        post_message(b, "bob", "k1", f"m{n}")
-
-    back, reply = resume(b, "ann", auth["session"], since("k1", got[-1]))
-    assert reply["recovered"] is True and reply["session"] == auth["session"]
-    missed = chat(back, 5)
-    assert offsets(missed) == [4, 5, 6, 7, 8]
-    assert [p["payload"]["text"] for p in missed] == [f"m{n}" for n in range(4, 9)]
-    assert nothing_arrives(back, 0.5)
+    back, _auth, _missed = killed_and_resumed(a, b)  # (the demo's rooms cross the cluster)
     post_message(b, "bob", "k1", "live")
     assert offsets(chat(back, 1)) == [9]
     # The room's history and its channel share the room's slot: one master holds them.

@@ -7,6 +7,7 @@ one; Redis loses its data (``FLUSHALL``) and the resume says so.
 from __future__ import annotations
 
 import signal
+from typing import Any
 
 
 from tests.support import RedisServer, ServerProcess, eventually, free_port, nothing_arrives, post_message
@@ -21,13 +22,12 @@ def servers(redis_server: RedisServer, processes: list[ServerProcess], count: in
     return started
 
 
-def test_a_client_whose_server_was_killed_resumes_on_another_with_exactly_what_it_missed(
-    redis_server: RedisServer, processes: list[ServerProcess], backplane_mode: str
-) -> None:
-    a, b = servers(redis_server, processes, 2)
+def killed_and_resumed(a: ServerProcess, b: ServerProcess) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
+    """ann (opted in, on ``a``) is in room k1 when bob posts m1-m3 through ``b``; ``a`` is
+    killed (SIGKILL), bob posts m4-m8, and ann resumes on ``b``: checks that she gets
+    exactly m4-m8, in order, then nothing; returns (her new client, her auth reply, m4-m8)."""
     ann, auth = opted_in(a, "ann")
-    joined = join(ann, "k1")
-    assert joined["pos"]["offset"] == 0
+    assert join(ann, "k1")["pos"]["offset"] == 0
     for n in range(1, 4):
         post_message(b, "bob", "k1", f"m{n}")  # through the other server: they cross Redis
     got = chat(ann, 3)
@@ -43,6 +43,14 @@ def test_a_client_whose_server_was_killed_resumes_on_another_with_exactly_what_i
     assert offsets(missed) == [4, 5, 6, 7, 8]
     assert [p["payload"]["text"] for p in missed] == [f"m{n}" for n in range(4, 9)]
     assert nothing_arrives(back, 0.5)
+    return back, auth, missed
+
+
+def test_a_client_whose_server_was_killed_resumes_on_another_with_exactly_what_it_missed(
+    redis_server: RedisServer, processes: list[ServerProcess], backplane_mode: str
+) -> None:
+    a, b = servers(redis_server, processes, 2)
+    back, auth, missed = killed_and_resumed(a, b)
     last = missed[-1]
     for _ in range(2):  # reconnects with nothing new: nothing replayed
         cut(back)
