@@ -346,9 +346,10 @@ def test_interactive_shell_on_a_terminal(backdoor_server: Any) -> None:
         os.setsid()
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
         # A fresh terminal's shell starts with SIGINT deliverable; this test process may not
-        # be in that state late in a run (a child inherits the blocked-signal mask, and a
-        # SIGINT ignored at exec stays ignored in Python): CI runs of the whole suite saw Ctrl-C
-        # do nothing here while the test alone passed.
+        # be in that state (a child inherits the blocked-signal mask, and a SIGINT ignored at
+        # exec stays ignored in Python): a suite started in the background by a
+        # non-interactive shell, which ignores SIGINT for its background jobs, saw Ctrl-C do
+        # nothing here while the test run in the foreground passed.
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 
