@@ -34,6 +34,20 @@ function recorder(client) {
   return events;
 }
 
+/** A client that joins `room` on every (re)connect, with the chat texts and recovery answers it saw. */
+function roomMember(server, token, room, options) {
+  const client = connect(server.wsUrl, {
+    token,
+    ...options,
+    onConnect: (session) => session.request("app::rooms:join", { room }),
+  });
+  const texts = [];
+  client.on("chat:message", (p) => texts.push(p.text));
+  const recoveries = [];
+  client.listen("recovery", (detail) => recoveries.push(detail));
+  return { client, texts, recoveries };
+}
+
 const rejection = async (promise) => {
   try {
     await promise;
@@ -370,18 +384,12 @@ describe("recovery", () => {
   test("after a lost socket the session resumes: missed pushes once, in order; an unanswered request runs once", async () => {
     const server = await DemoServer.start();
     const token = await server.login("ivy");
-    const client = connect(server.wsUrl, {
-      token,
+    const { client, texts, recoveries } = roomMember(server, token, "js-resume", {
       reconnectDelay: 300,
       reconnectDelayMax: 300,
       heartbeatInterval: 200,
       heartbeatTimeout: 400,
-      onConnect: (session) => session.request("app::rooms:join", { room: "js-resume" }),
     });
-    const texts = [];
-    client.on("chat:message", (p) => texts.push(p.text));
-    const recoveries = [];
-    client.listen("recovery", (detail) => recoveries.push(detail));
     try {
       await client.ready();
       assert.equal(await server.post("js-resume", token, "one"), 202);
@@ -419,16 +427,10 @@ describe("recovery", () => {
     let server = await DemoServer.start();
     const port = server.port;
     const token = await server.login("jay");
-    const client = connect(server.wsUrl, {
-      token,
+    const { client, texts, recoveries } = roomMember(server, token, "js-lost", {
       reconnectDelay: 200,
       reconnectDelayMax: 400,
-      onConnect: (session) => session.request("app::rooms:join", { room: "js-lost" }),
     });
-    const texts = [];
-    client.on("chat:message", (p) => texts.push(p.text));
-    const recoveries = [];
-    client.listen("recovery", (detail) => recoveries.push(detail));
     try {
       await client.ready();
       assert.equal(await server.post("js-lost", token, "before"), 202);
