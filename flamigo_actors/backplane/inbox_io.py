@@ -131,8 +131,14 @@ class InboxWriter:
         # switch to the writer on the latency path); the writer reads Redis's answer later.
         self.writing = True
         try:
-            commands, ids = self.commands([(target, document, call_id, publish)])
-            write(conn, b"".join(commands))
+            if publish:
+                data, ids = _publish(target, document), [_NO_CALL]
+            elif self.expiring.get(target, 0.0) >= time.monotonic():  # (no EXPIRE due: one command)
+                data, ids = _xadd(target, document, self.calls.maxlen), [call_id or _NO_CALL]
+            else:
+                commands, ids = self.commands([(target, document, call_id, publish)])
+                data = b"".join(commands)
+            write(conn, data)
         except link.redis_error as err:
             self.calls._fail(call_id, f"cannot reach Redis ({err})")
             self.drop(err)

@@ -158,10 +158,23 @@ class RespReader:
             if count < 0:
                 return None, end + 2
             pos = end + 2
-            items = []
+            items: list[Any] = []
+            append, size_of = items.append, len(buf)
             for _ in range(count):
+                if pos < size_of and buf[pos] == 36:  # a bulk string (most items): inline
+                    end = buf.find(_CRLF, pos)
+                    if end < 0:
+                        raise _INCOMPLETE
+                    size = self._int(buf, pos, end)
+                    if size >= 0:
+                        stop = end + 2 + size
+                        if stop + 2 > size_of:
+                            raise _INCOMPLETE
+                        append(buf[end + 2:stop])
+                        pos = stop + 2
+                        continue
                 value, pos = self._parse(buf, pos)
-                items.append(value)
+                append(value)
             return items, pos
         if kind == 43:  # + simple string
             return buf[pos + 1:end], end + 2
