@@ -128,8 +128,8 @@ class RespReader:
 
     def fill(self) -> None:
         """Wait for more bytes (the socket's timeout), append them to the buffer."""
-        try:
-            data = self.sock.recv(_READ_SIZE)
+        try:  # (at least as much as is held: a long reply takes few reads and re-parses)
+            data = self.sock.recv(max(_READ_SIZE, len(self.buf) - self.pos))
         except socket.timeout:
             raise self.timeout_error("Timeout reading from socket") from None
         except OSError as err:
