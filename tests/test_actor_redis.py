@@ -413,6 +413,33 @@ def test_redis_stopped_and_restarted_remote_calls_fail_fast_then_work_again(
     assert caller.link.reconnects >= 1 and owner.link.reconnects >= 1
 
 
+def test_redis_s_answers_to_direct_writes_are_read_later_each_time_not_at_once(
+    redis_server: RedisServer, links: list[RedisLink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Read right after the write, the answer would wake the caller while the owner needs
+    # the CPU: it waits ACK_READ_DELAY (long here), on every call, not only the first.
+    from flamigo_actors.backplane import inbox_io
+
+    monkeypatch.setattr(inbox_io, "ACK_READ_DELAY", 2.0)
+    caller = RedisRemoteCalls(new_link(links, redis_server.url), "host:1")
+    owner = RedisRemoteCalls(new_link(links, redis_server.url), "host:2")
+    owner.serve(counter_handler([]))
+    writer = caller._out
+    try:
+        assert caller.call("host:2", "counter", "c", "add", (1,), {}, want_reply=True, timeout=5).get(timeout=10) == 1
+        eventually(lambda: not writer.unread, timeout=10)
+        for n in (2, 3, 4):  # each a direct write from this greenlet (the writer parked)
+            assert writer.parked and not writer.outbox
+            assert caller.call("host:2", "counter", "c", "add", (1,), {}, want_reply=True, timeout=5).get(timeout=10) == n
+            gevent.sleep(0.3)
+            assert len(writer.unread) == 1  # the XADD's answer, still unread
+            eventually(lambda: not writer.unread, timeout=10)
+        assert caller.stats["failed"] == 0
+    finally:
+        caller.close()
+        owner.close()
+
+
 # -- an actor space on Redis (in this process) --------------------------------------------------
 
 

@@ -410,3 +410,34 @@ def test_an_actor_publishes_through_its_space_publisher_and_a_bare_space_says_ho
     finally:
         with_app.stop(5)
         bare.stop(5)
+
+
+def test_a_served_call_s_future_hands_its_outcome_over_in_the_settling_greenlet(caplog: pytest.LogCaptureFixture) -> None:
+    # The owner's side of a remote ask: the reply leaves in the greenlet that settles the
+    # future (the actor's runner), before set() returns, without a hop through the hub.
+    from greenlet import getcurrent
+
+    from flamigo_actors.runtime.futures import RemoteCallFuture
+
+    seen: list[object] = []
+    future = RemoteCallFuture(None, 5.0, "room:r.post", None)
+    future.settle_with(lambda done: seen.append((getcurrent(), done.get(0))))
+
+    def settle() -> None:
+        future.set(7)
+        seen.append("set returned")
+        future.set(8)  # settled once: ignored, no second hand-over
+
+    settler = gevent.spawn(settle)
+    settler.join()
+    assert seen == [(settler, 7), "set returned"]
+
+    failed = RemoteCallFuture(None, 5.0, "room:r.post", None)
+    failed.set_exception(ValueError("boom"))
+    failed.settle_with(lambda done: seen.append(repr(done.exception(0))))  # settled already: at once
+    assert seen[-1] == "ValueError('boom')"
+
+    broken = RemoteCallFuture(None, 5.0, "room:r.post", None)
+    broken.settle_with(lambda done: 1 / 0)
+    broken.set("ok")  # the callback's bug is logged; the settling code goes on
+    assert broken.get(0) == "ok" and "settle callback" in caplog.text

@@ -112,9 +112,13 @@ def decode_error(errors: Mapping[str, type[FlamigoError]], encoded: Any, label: 
 
 
 def when_settled(future: Any, pool: Pool, callback: Callable[[Any], None]) -> None:
-    """``callback(future)`` once ``future`` settles: the runtime's ActorFuture and gevent's
-    AsyncResult call it back; any other future is waited for in a pooled greenlet."""
-    if hasattr(future, "add_done_callback"):
+    """``callback(future)`` once ``future`` settles: the runtime's futures of served calls
+    at once in the settling greenlet (``settle_with``), its other futures and gevent's
+    AsyncResult through the hub; any other future is waited for in a pooled greenlet."""
+    settle_with = getattr(future, "settle_with", None)
+    if settle_with is not None:
+        settle_with(callback)
+    elif hasattr(future, "add_done_callback"):
         future.add_done_callback(callback)
     elif hasattr(future, "rawlink"):
         future.rawlink(callback)
@@ -182,7 +186,8 @@ class RedisRemoteCalls:
                       "expired": 0, "decode_errors": 0, "deadlocks": 0}
         self.latencies: deque[float] = deque(maxlen=4096)
         """Seconds from sending to the reply, of the latest remote asks."""
-        self._ids = (f"{uuid.uuid4().hex[:8]}.{n}" for n in itertools.count(1))
+        # (the prefix made once: a uuid4 per call cost a getrandom syscall and a UUID each)
+        self._ids = map(f"{uuid.uuid4().hex[:8]}.{{}}".format, itertools.count(1))
         self._pending: dict[str, tuple[Any, Any, float, str]] = {}
         self._out: Any = NodeWriters(self) if link.cluster else InboxWriter(self)
         self._pool = Pool(max_serving)

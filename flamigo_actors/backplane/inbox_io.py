@@ -6,7 +6,8 @@ reply channels (:mod:`.reply_io`);
 :class:`~.actor_calls.RedisRemoteCalls` (``calls``: its counters, its waiting calls, what
 it does with an entry read), each on a raw connection of its own taken from the link's
 pool, writing commands in Redis's wire format (RESP) made here and reading the answers
-with redis-py's parser: no per-command client machinery on the latency path.
+on the latency path (the reader's) with :class:`~.resp.RespReader` (the writer's, read
+later, with redis-py's parser): no per-command client machinery on the latency path.
 
 Guarantees and costs:
 
@@ -45,7 +46,9 @@ import gevent
 from gevent.event import Event
 from greenlet import getcurrent
 
-__all__ = ["ACK_READ_DELAY", "InboxReader", "InboxWriter", "NodeWriters", "write"]
+from .resp import RespReader, command, write
+
+__all__ = ["ACK_READ_DELAY", "InboxReader", "InboxWriter", "NodeWriters"]
 
 _log = logging.getLogger("flamigo_actors.actors.redis")
 
@@ -58,36 +61,7 @@ the caller's reader) needs the CPU; they are read with the next write, or after 
 _NO_CALL = ""  # an answer that fails no call (a reply, a tell, an EXPIRE)
 
 
-def _command(*args: Any) -> bytes:
-    """One command in Redis's wire format (RESP): what redis-py's packer makes, without its per-call cost."""
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, str):
-            arg = arg.encode()
-        elif isinstance(arg, int):
-            arg = b"%d" % arg
-        out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
-    return b"".join(out)
-
-
-def write(conn: Any, data: bytes) -> None:
-    """Write ``data`` on a raw redis-py connection: one ``send`` when it all fits (gevent's
-    ``sendall``, which redis-py uses, asks the kernel for ``SO_SNDBUF`` on every call: a
-    syscall more per message); redis-py writes what is left, and reports a failure its way
-    (its ``ConnectionError``, the connection closed)."""
-    sock = conn._sock
-    if sock is not None:
-        try:
-            sent = sock.send(data)
-        except OSError:
-            sent = 0  # (redis-py's write below fails the same way, as redis-py's error)
-        if sent == len(data):
-            return
-        data = data[sent:]
-    conn.send_packed_command([data], check_health=False)
-
-
-_SKIP_REPLY = _command("CLIENT", "REPLY", "SKIP")
+_SKIP_REPLY = command("CLIENT", "REPLY", "SKIP")
 _PUBLISH_HEADS: dict[str, bytes] = {}
 
 
@@ -97,7 +71,7 @@ def _publish(target: str, document: bytes) -> bytes:
     if head is None:
         if len(_PUBLISH_HEADS) > 10_000:
             _PUBLISH_HEADS.clear()
-        head = _PUBLISH_HEADS[target] = _command("PUBLISH", target, "")[:-6]
+        head = _PUBLISH_HEADS[target] = command("PUBLISH", target, "")[:-6]
     return b"%s$%d\r\n%s\r\n" % (head, len(document), document)
 _XADD_HEADS: dict[tuple[str, int], bytes] = {}
 
@@ -108,7 +82,7 @@ def _xadd(target: str, document: bytes, maxlen: int) -> bytes:
     if head is None:
         if len(_XADD_HEADS) > 10_000:
             _XADD_HEADS.clear()
-        head = _XADD_HEADS[(target, maxlen)] = _command("XADD", target, "MAXLEN", "~", maxlen, "*", "m", "")[:-6]
+        head = _XADD_HEADS[(target, maxlen)] = command("XADD", target, "MAXLEN", "~", maxlen, "*", "m", "")[:-6]
     return b"%s$%d\r\n%s\r\n" % (head, len(document), document)
 
 
@@ -132,7 +106,14 @@ class InboxWriter:
         self.hub = gevent.get_hub()  # (a done-callback in the hub must never write: it cannot wait)
         # Wakes the parked writer to read the answers to direct writes, ACK_READ_DELAY later
         # (not at once: nothing to switch to on the caller's side while its call is out).
-        self.ack_timer = self.hub.loop.timer(ACK_READ_DELAY)
+        # Armed with again(), which counts from now: a libev timer start()ed again after
+        # it fired counts from its last expiry, i.e. fires at once (it then woke the writer
+        # right after every direct write, taking the CPU the owner needed).
+        self.ack_timer = self.hub.loop.timer(ACK_READ_DELAY, ACK_READ_DELAY)
+
+    def _ack_due(self) -> None:
+        self.ack_timer.stop()  # (repeating only so that again() restarts it: once is enough)
+        self.wake.set()
 
     @property
     def pending(self) -> int:
@@ -150,8 +131,14 @@ class InboxWriter:
         # switch to the writer on the latency path); the writer reads Redis's answer later.
         self.writing = True
         try:
-            commands, ids = self.commands([(target, document, call_id, publish)])
-            write(conn, b"".join(commands))
+            if publish:
+                data, ids = _publish(target, document), [_NO_CALL]
+            elif self.expiring.get(target, 0.0) >= time.monotonic():  # (no EXPIRE due: one command)
+                data, ids = _xadd(target, document, self.calls.maxlen), [call_id or _NO_CALL]
+            else:
+                commands, ids = self.commands([(target, document, call_id, publish)])
+                data = b"".join(commands)
+            write(conn, data)
         except link.redis_error as err:
             self.calls._fail(call_id, f"cannot reach Redis ({err})")
             self.drop(err)
@@ -161,7 +148,7 @@ class InboxWriter:
         self.calls.stats["sent"] += 1
         self.unread.extend(ids)
         if not self.ack_timer.active:
-            self.ack_timer.start(self.wake.set)
+            self.ack_timer.again(self._ack_due)
 
     def drop(self, err: BaseException) -> None:
         """The connection failed: close it, fail the calls whose answers were not read, report."""
@@ -246,7 +233,7 @@ class InboxWriter:
         ids = [call_id or _NO_CALL for _target, _document, call_id, _p in batch]
         for target in self.expire_due({target for target, _d, _i, publish in batch if not publish},
                                       time.monotonic()):
-            commands.append(_command("EXPIRE", target, int(calls.inbox_ttl), "NX"))
+            commands.append(command("EXPIRE", target, int(calls.inbox_ttl), "NX"))
             ids.append(_NO_CALL)
         return commands, ids
 
@@ -355,8 +342,11 @@ class InboxReader:
         calls = self.calls
         link = calls.link
         block_ms = max(1, int(link.block * 1000))
+        # (made once: only the last entry id changes from one read to the next)
+        xread = command("XREAD", "COUNT", calls.batch, "BLOCK", block_ms, "STREAMS", calls.inbox, "")[:-6]
         refreshed = 0.0
         conn: Any = None
+        replies: Any = None
         try:
             while not calls._closed:
                 if not link.connected:
@@ -365,20 +355,20 @@ class InboxReader:
                 try:
                     if conn is None:
                         conn = link.connection_for(calls.inbox)  # its own: no pool round trip per read
+                        replies = RespReader(conn)
                     if self.last_id is None:
-                        conn.send_packed_command([_command("XREVRANGE", calls.inbox, "+", "-", "COUNT", 1)],
-                                                 check_health=False)
-                        last = conn.read_response()
+                        write(conn, command("XREVRANGE", calls.inbox, "+", "-", "COUNT", 1))
+                        last = replies.read()
                         self.last_id = last[0][0] if last else b"0-0"
                     self.positioned.set()
                     commands = self.pending_writes()
                     if time.monotonic() - refreshed > calls.inbox_ttl / 4:
-                        commands += [_SKIP_REPLY, _command("EXPIRE", calls.inbox, int(calls.inbox_ttl))]
+                        commands += [_SKIP_REPLY, command("EXPIRE", calls.inbox, int(calls.inbox_ttl))]
                         refreshed = time.monotonic()
-                    commands.append(_command("XREAD", "COUNT", calls.batch, "BLOCK", block_ms,
-                                             "STREAMS", calls.inbox, self.last_id))
+                    last_id = self.last_id
+                    commands.append(b"%s$%d\r\n%s\r\n" % (xread, len(last_id), last_id))
                     write(conn, b"".join(commands))
-                    reply = conn.read_response()
+                    reply = replies.read()
                 except link.link_errors as err:
                     if conn is not None:
                         link.release(conn, broken=True)

@@ -35,7 +35,11 @@ import gevent
 import orjson
 from gevent.event import Event
 
+from .resp import RespReader, command, write
+
 __all__ = ["ReplySubscriber", "replies_of"]
+
+_PING = b"*1\r\n$4\r\nPING\r\n"
 
 _log = logging.getLogger("flamigo_actors.actors.redis")
 
@@ -88,6 +92,7 @@ class ReplySubscriber:
         calls = self.calls
         link = calls.link
         conn: Any = None
+        replies: Any = None
         # (a tuple on a Redis Cluster: an except clause takes no nested tuple)
         errors = link.redis_error if isinstance(link.redis_error, tuple) else (link.redis_error,)
         errors = (*errors, ValueError)  # (ValueError: its buffer closed)
@@ -101,12 +106,14 @@ class ReplySubscriber:
                 try:
                     if conn is None:
                         conn = self.conn = link.connection_for(self.channel)
-                        conn.send_command("SUBSCRIBE", self.channel, check_health=False)
-                    if not conn.can_read(timeout=link.block):
-                        conn.send_command("PING", check_health=False)  # finds a dead connection
+                        replies = RespReader(conn)
+                        replies.sock.settimeout(link.block)  # (its own: silent for link.block: PING)
+                        write(conn, command("SUBSCRIBE", self.channel))
+                    try:
+                        message = replies.read()
+                    except replies.timeout_error:
+                        write(conn, _PING)  # finds a dead connection
                         continue
-                    # (push_request: under RESP3 a pub/sub message is a push, handed back here)
-                    message = conn.read_response(push_request=True)
                 except errors as err:
                     self.subscribed.clear()
                     ours = self.conn is conn  # (else _down closed it: the link is down already)

@@ -169,13 +169,46 @@ class ActorFuture:
 class RemoteCallFuture(ActorFuture):
     """A future that knows which actors wait for it (``via``: ``kind:key`` names, the
     nearest last), possibly in other processes: a call it leads to carries them on, so
-    that the owner of an actor among them refuses the call that would close the cycle."""
+    that the owner of an actor among them refuses the call that would close the cycle.
 
-    __slots__ = ("via",)
+    The future of a call served for another process also tells its carrier at once
+    when it settles (:meth:`settle_with`), in the greenlet that settles it: the reply
+    goes out without a hop through the hub."""
+
+    __slots__ = ("via", "_settled")
 
     def __init__(self, target: Any, timeout: float, label: str, via: list[str] | None) -> None:
         super().__init__(target, timeout, label)
         self.via = via
+        self._settled: Callable[[ActorFuture], Any] | None = None
+
+    def settle_with(self, callback: Callable[[ActorFuture], Any]) -> None:
+        """Call ``callback(future)`` right when it settles, in the settling greenlet (or the
+        hub), or now if it is settled already. ``callback`` must not block; an exception it
+        raises is logged (the settling code goes on). One such callback per future."""
+        if self._state != _PENDING:
+            self._run_settled(callback)
+        else:
+            self._settled = callback
+
+    def set(self, value: Any = None) -> None:
+        if self._state == _PENDING:
+            ActorFuture.set(self, value)
+            if self._settled is not None:
+                self._run_settled(self._settled)
+
+    def set_exception(self, error: BaseException) -> None:
+        if self._state == _PENDING:
+            ActorFuture.set_exception(self, error)
+            if self._settled is not None:
+                self._run_settled(self._settled)
+
+    def _run_settled(self, callback: Callable[[ActorFuture], Any]) -> None:
+        self._settled = None
+        try:
+            callback(self)
+        except Exception:  # noqa: BLE001 - the carrier's bug must not break the actor that settled it
+            _log.exception("settle callback %r of %r failed", callback, self)
 
 
 def caller_chain(activation: Any) -> list[str]:
