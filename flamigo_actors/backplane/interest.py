@@ -62,11 +62,13 @@ from .codec import encode_for_backplane
 from .interest_keys import (
     PUBLISH,
     RECOVER,
+    PublishBatch,
     TOPIC_TTL,
     WANT_TTL,
     SingleNode,
     channel_of_pattern,
     channels_of_topics,
+    message_tail,
 )
 from .backplane_base import BackplaneCore
 from .interest_cluster import ClusterNodes
@@ -266,8 +268,10 @@ class InterestBackplane(BackplaneCore):
             for node, reader in list(self._readers.items()):
                 try:
                     pipe = self.nodes.client(node).pipeline(transaction=False)
-                    for name in list(reader.channels):
+                    for name in list(reader.channels):  # (nothing per event keeps the keys alive)
                         pipe.set(f"{name}:w", b"1", ex=self.want_ttl)
+                        pipe.expire(name, TOPIC_TTL)
+                        pipe.expire(f"{name}:c", TOPIC_TTL)
                     pipe.execute()
                 except self._redis_error as err:
                     self._throttle("refresh", logging.ERROR, "backplane: refreshing interest failed: %s", err)
@@ -300,26 +304,36 @@ class _InterestSender(_Sender):
 
     def _write(self, batch: list[tuple[int, Any, bytes]]) -> list[tuple[Any, int, int, str]]:
         """Write ``batch`` (at most one recoverable event, last); returns its positions."""
+        bp = self.link
         pipes: dict[Any, Any] = {}
+        events = PublishBatch(bp.nodes.script_group)
 
         def pipe_of(name: str) -> tuple[Any, tuple[str, str]]:
-            node = self.link.nodes.node_of(name)
+            node = bp.nodes.node_of(name)
             if node not in pipes:
-                pipes[node] = self.link.nodes.client(node).pipeline(transaction=False)
+                pipes[node] = bp.nodes.client(node).pipeline(transaction=False)
             return pipes[node], self._scripts(node)
+
+        def queue() -> None:  # one script per slot for the events so far (one Redis server: one)
+            for keys, argv in events.calls():
+                pipe, (publish, _) = pipe_of(keys[0])
+                pipe.evalsha(publish, len(keys), *keys, bp.maxlen, TOPIC_TTL, *argv)
 
         recoverable = None
         for seq, (names, doc), described in batch:
             if type(doc) is bytes:
-                self._publish(pipe_of, names, seq, described, doc, b"", b"", b"")
+                events.add(names, message_tail(bp._origin, seq, len(names), b"", b"", b"", described, doc))
                 continue
-            store, topic = doc.store, f"{self.link.channel}:t:{{{doc.stream}}}"
+            queue()  # the events before it first: order per channel
+            store, topic = doc.store, f"{bp.channel}:t:{{{doc.stream}}}"
             store.remember(seq, doc.original)
             pipe, (_, recover) = pipe_of(topic)
             recoverable = (doc, seq, [n for n in names if n != topic], described, pipe, len(pipe.command_stack))
+            head = b"%s\n%d\n%d\n%s" % (bp._origin, seq, len(names), doc.stream.encode())
             pipe.evalsha(recover, 6, *store._keys(doc.stream), topic, f"{topic}:c", f"{topic}:w",
-                         new_epoch(), doc.doc, store.history, STREAM_TTL, self.link.maxlen, TOPIC_TTL,
-                         self.link._origin, seq, len(names), described, doc.event, doc.stream)
+                         new_epoch(), doc.doc, store.history, STREAM_TTL, bp.maxlen, TOPIC_TTL,
+                         head, described + b"\n" + doc.event)
+        queue()
         replies = {id(pipe): self._execute(node, pipe) for node, pipe in pipes.items()}
         if recoverable is None:
             return []
@@ -328,7 +342,9 @@ class _InterestSender(_Sender):
         epoch = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
         if others:
             pipes.clear()
-            self._publish(pipe_of, others, seq, described, doc.event, doc.stream.encode(), int(offset), epoch)
+            events.add(others, message_tail(bp._origin, seq, len(others) + 1, doc.stream.encode(), int(offset),
+                                            epoch, described, doc.event))
+            queue()
             for node, pipe in pipes.items():
                 self._execute(node, pipe)
         return [(doc, seq, int(offset), epoch)]
@@ -350,14 +366,6 @@ class _InterestSender(_Sender):
                          "backplane: no replica of %s confirmed %d writes within %d ms: they are lost if "
                          "that master dies now", node, writes, REPLICA_WAIT_MS)
         return replies
-
-    def _publish(self, pipe_of: Any, names: list[str], seq: int, described: bytes, doc: bytes,
-                 pt: bytes, po: Any, pe: Any) -> None:
-        copies = len(names)
-        for name in names:
-            pipe, (publish, _) = pipe_of(name)
-            pipe.evalsha(publish, 3, name, f"{name}:c", f"{name}:w", self.link.maxlen, TOPIC_TTL,
-                         self.link._origin, seq, copies, described, doc, pt, po, pe)
 
     def run(self) -> None:
         bp, outbox = self.link, self.outbox

@@ -141,7 +141,8 @@ class NodeReader:
     def _take_baselines(self, states: list[tuple[str, _Channel]]) -> None:
         pipe = self.bp.nodes.client(self.node).pipeline(transaction=False)
         for name, _ in states:
-            self._baseline(keys=[name, f"{name}:c", f"{name}:w"], args=[self.bp.want_ttl], client=pipe)
+            self._baseline(keys=[name, f"{name}:c", f"{name}:w"], args=[self.bp.want_ttl, TOPIC_TTL],
+                           client=pipe)
         for (name, state), (counter, last_id) in zip(states, pipe.execute()):
             if state.last_c is None:
                 state.last_c, state.last_id = int(counter), bytes(last_id)
