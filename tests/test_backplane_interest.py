@@ -156,6 +156,10 @@ def test_three_processes_each_get_exactly_what_they_subscribed_and_the_third_rea
     assert not redis_target.exists("flamigo:events")
     # A topic nobody listens to is only counted in Redis, never stored.
     assert not redis_target.exists("flamigo:t:{news}") and redis_target.exists("flamigo:t:{news}:c")
+    # Nothing is left forever, though no event refreshes a TTL: every key of a channel expires.
+    channel_keys = [(key, client.ttl(key)) for _, client in redis_target.masters()
+                    for pattern in ("flamigo:t:*", "flamigo:n:*") for key in client.scan_iter(pattern)]
+    assert len(channel_keys) >= 8 and all(ttl > 0 for _, ttl in channel_keys), channel_keys
     if redis_target.cluster:  # each reader is on the master of its channel's slot
         assert stats["wild"]["cluster"] is True
         for name, channel in (("wild", "flamigo:n:{rooms}"), ("exact", "flamigo:t:{rooms/a}")):
@@ -194,6 +198,43 @@ def test_a_subscription_made_before_a_remote_publish_gets_it(
     got = wait_for(listener, 20)
     assert sorted(n for _, _, n in got) == list(range(20))
     assert Counter(name for name, _, _ in got) == {f"race/{r}": 1 for r in range(20)}
+
+
+def test_subscribers_arriving_while_events_flow_get_every_later_one_and_no_false_gap(
+    redis_target: RedisTarget, processes: list[ServerProcess]
+) -> None:
+    # Events are written in batches (one script per batch): a channel marked wanted between
+    # two batches, or while one is queued, must neither lose an event published after the
+    # subscription returned nor count a gap that is not one.
+    import gevent
+
+    exact = serve(redis_target, processes)
+    wild = serve(redis_target, processes)
+    publisher = serve(redis_target, processes)
+    for server in processes:
+        server.wait_ready()
+    started: list[int] = []  # the first number of each publish request sent
+
+    def flow() -> None:
+        for first in range(1, 4001, 100):
+            started.append(first)
+            publish(publisher, ["flow/a"], first, 100)
+
+    publishing = gevent.spawn(flow)
+    eventually(lambda: len(started) >= 5, timeout=30)
+    subscribed = {}
+    for name, server, pattern in (("exact", exact, "flow/a"), ("wild", wild, "flow/*")):
+        requests.post(f"{server.url}/subscribe", json={"patterns": [pattern], "name": name},
+                      timeout=10).raise_for_status()
+        subscribed[name] = started[-1] + 100  # every request started after this must arrive whole
+    publishing.get(timeout=120)
+    for name, server in (("exact", exact), ("wild", wild)):
+        got = [n for _, _, n in eventually(lambda: (lambda g: g if g and g[-1][2] == 4000 else None)(
+            received(server)), timeout=30)]
+        assert got == list(range(got[0], 4001)), f"{name}: not every event once, in order"
+        assert got[0] <= subscribed[name], f"{name} lost events published after it subscribed"
+        stats = snapshot(server)
+        assert stats["missed"] == 0 and stats["duplicates"] == 0 and stats["resets"] == 0, stats
 
 
 @pytest.mark.parametrize("fault", ["client_kill", "redis_restart"])
