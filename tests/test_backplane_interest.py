@@ -61,6 +61,15 @@ def serve(target: RedisTarget, processes: list[ServerProcess], patterns: str = "
     return server
 
 
+def start(target: RedisTarget, processes: list[ServerProcess], *patterns: str) -> list[ServerProcess]:
+    """One server per entry of ``patterns`` (its listener's patterns at start, comma-separated;
+    "": none), all started at once and ready."""
+    servers = [serve(target, processes, p) for p in patterns]
+    for server in servers:
+        server.wait_ready()
+    return servers
+
+
 def publish(server: ServerProcess, topics: list[str], first: int, count: int) -> None:
     reply = requests.post(f"{server.url}/publish", json={"topics": topics, "first": first, "count": count}, timeout=10)
     assert reply.status_code == 200, reply.text
@@ -117,11 +126,8 @@ def wait_for(server: ServerProcess, count: int, timeout: float = 15.0) -> list[t
 def test_three_processes_each_get_exactly_what_they_subscribed_and_the_third_reads_nothing(
     redis_target: RedisTarget, processes: list[ServerProcess]
 ) -> None:
-    wild = serve(redis_target, processes, "rooms/*")  # subscribed before the backplane starts
-    exact = serve(redis_target, processes)
-    idle = serve(redis_target, processes)
-    for server in processes:
-        server.wait_ready()
+    # wild's pattern is subscribed before its backplane starts, exact's later (below).
+    wild, exact, idle = start(redis_target, processes, "rooms/*", "", "")
     requests.post(f"{exact.url}/subscribe", json={"patterns": ["rooms/a"]}, timeout=10).raise_for_status()
 
     publish(idle, ["rooms/a"], 1, 20)
@@ -169,11 +175,7 @@ def test_three_processes_each_get_exactly_what_they_subscribed_and_the_third_rea
 def test_wildcard_and_exact_in_one_process_deliver_each_event_once(
     redis_target: RedisTarget, processes: list[ServerProcess]
 ) -> None:
-    both = serve(redis_target, processes, "rooms/*,rooms/a")
-    other = serve(redis_target, processes, "*")  # the firehose
-    publisher = serve(redis_target, processes)
-    for server in processes:
-        server.wait_ready()
+    both, other, publisher = start(redis_target, processes, "rooms/*,rooms/a", "*", "")  # other: the firehose
     publish(publisher, ["rooms/a"], 1, 30)
     publish(publisher, ["rooms/a", "rooms/c"], 31, 10)  # two topics, one event
     got = wait_for(both, 40)
@@ -187,10 +189,7 @@ def test_wildcard_and_exact_in_one_process_deliver_each_event_once(
 def test_a_subscription_made_before_a_remote_publish_gets_it(
     redis_target: RedisTarget, processes: list[ServerProcess]
 ) -> None:
-    listener = serve(redis_target, processes)
-    publisher = serve(redis_target, processes)
-    for server in processes:
-        server.wait_ready()
+    listener, publisher = start(redis_target, processes, "", "")
     for round_ in range(20):  # each round: subscribe (returns once effective), then publish elsewhere at once
         topic = f"race/{round_}"
         requests.post(f"{listener.url}/subscribe", json={"patterns": [topic], "name": topic}, timeout=10).raise_for_status()
@@ -208,11 +207,7 @@ def test_subscribers_arriving_while_events_flow_get_every_later_one_and_no_false
     # subscription returned nor count a gap that is not one.
     import gevent
 
-    exact = serve(redis_target, processes)
-    wild = serve(redis_target, processes)
-    publisher = serve(redis_target, processes)
-    for server in processes:
-        server.wait_ready()
+    exact, wild, publisher = start(redis_target, processes, "", "", "")
     started: list[int] = []  # the first number of each publish request sent
 
     def flow() -> None:
@@ -241,10 +236,7 @@ def test_subscribers_arriving_while_events_flow_get_every_later_one_and_no_false
 def test_catch_up_after_a_redis_blip_exactly_once(
     redis_target: RedisTarget, processes: list[ServerProcess], fault: str
 ) -> None:
-    listener = serve(redis_target, processes, "feed/*,solo")
-    publisher = serve(redis_target, processes)
-    for server in processes:
-        server.wait_ready()
+    listener, publisher = start(redis_target, processes, "feed/*,solo", "")
     publish(publisher, ["feed/x"], 1, 10)
     wait_for(listener, 10)
     origin = snapshot(listener)["origin"]
@@ -278,10 +270,7 @@ def test_catch_up_after_a_redis_blip_exactly_once(
 def test_a_burst_of_events_arrives_exactly_once_in_order(
     redis_target: RedisTarget, processes: list[ServerProcess]
 ) -> None:
-    listener = serve(redis_target, processes, "burst/*")
-    publisher = serve(redis_target, processes)
-    for server in processes:
-        server.wait_ready()
+    listener, publisher = start(redis_target, processes, "burst/*", "")
     for first in range(1, 3001, 500):  # many live messages queued on the listener's connection at once
         publish(publisher, ["burst/a"], first, 500)
     got = wait_for(listener, 3000, timeout=60)
@@ -297,10 +286,7 @@ def test_a_channel_s_master_killed_delivery_resumes_nothing_twice_anything_lost_
     import gevent
 
     cluster = redis_target.server
-    listener = serve(redis_target, processes, "feed/*,solo")
-    publisher = serve(redis_target, processes)
-    for server in processes:
-        server.wait_ready()
+    listener, publisher = start(redis_target, processes, "feed/*,solo", "")
     publish(publisher, ["feed/x"], 1, 10)
     wait_for(listener, 10)
     sent = [10]
@@ -354,10 +340,7 @@ def test_a_master_whose_replica_does_not_confirm_counts_the_writes_unreplicated(
     import signal
 
     cluster = redis_target.server
-    listener = serve(redis_target, processes, "solo")
-    publisher = serve(redis_target, processes)
-    for server in processes:
-        server.wait_ready()
+    listener, publisher = start(redis_target, processes, "solo", "")
     publish(publisher, ["solo"], 1, 5)
     wait_for(listener, 5)
     assert snapshot(publisher)["unreplicated"] == 0

@@ -31,7 +31,7 @@ def _write(client: Any, events: list[tuple[tuple[str, ...], int]], group_of: Any
     for topics, seq in events:
         names = channels_of_topics("app", topics)
         batch.add(names, message_tail(b"origin-1", seq, len(names), b"", b"", b"", b'{"u":1}', b'{"n":%d}' % seq))
-    for keys, argv in batch.calls():
+    for keys, argv, _ in batch.calls():
         client.eval(PUBLISH, len(keys), *keys, 100, TOPIC_TTL, *argv)
 
 
@@ -78,15 +78,16 @@ def test_groups_split_a_batch_into_one_call_per_slot_in_order() -> None:
     batch.add(names, b"t1")
     batch.add(channels_of_topics("app", ("rooms/b",)), b"t2")
     calls = batch.calls()
-    assert [keys[0] for keys, _ in calls] == ["app:t:{rooms/a}", "app:n:{rooms}", "app:n:{*}", "app:t:{rooms/b}"]
-    assert dict((keys[0], argv) for keys, argv in calls)["app:n:{rooms}"] == [1, 1, b"t1", 1, 1, b"t2"]
+    assert [keys[0] for keys, _, _ in calls] == ["app:t:{rooms/a}", "app:n:{rooms}", "app:n:{*}", "app:t:{rooms/b}"]
+    assert [writes for _, _, writes in calls] == [1, 2, 2, 1]
+    assert dict((keys[0], argv) for keys, argv, _ in calls)["app:n:{rooms}"] == [1, 1, b"t1", 1, 1, b"t2"]
     assert batch.calls() == []
     one = PublishBatch(lambda name: None)  # one Redis server: one call for the batch
     one.add(names, b"t1")
     one.add(channels_of_topics("app", ("news",)), b"t2")
-    [(keys, argv)] = one.calls()
+    [(keys, argv, writes)] = one.calls()
     assert keys[::3] == ["app:t:{rooms/a}", "app:n:{rooms}", "app:n:{*}", "app:t:{news}"]
-    assert argv == [3, 1, 2, 3, b"t1", 2, 4, 3, b"t2"]
+    assert argv == [3, 1, 2, 3, b"t1", 2, 4, 3, b"t2"] and writes == 5
 
 
 def test_an_entry_written_by_the_earlier_layout_is_read() -> None:

@@ -18,9 +18,9 @@ How interest is registered: the bus tells the backplane of every pattern added a
 (:class:`~flamigo_actors.runtime.subscriptions.InterestWatch`); the first local pattern of a
 channel makes this process listen to it, the last one gone makes it stop. Nothing is written
 to Redis per pattern beyond that: no registry, no notification to other processes.
-Publishers write to the namespace and firehose channels always: they only count (``INCR``)
+Publishers write to the namespace and firehose channels always: they only count (``INCRBY``)
 unless some process marked the channel wanted (a key refreshed while it listens), so a
-channel nobody listens to costs Redis one ``INCR`` per event, no memory.
+channel nobody listens to costs Redis two commands per batch of events, no memory.
 
 When a new interest becomes effective: ``Subscription.add`` returns once Redis has
 confirmed it (the channel marked wanted, its position noted, ``SSUBSCRIBE`` confirmed,
@@ -40,8 +40,20 @@ topic's slot (``RECOVER``); their other channels get the entry, with its positio
 second step; this process routes its own from the script's reply. Order between a
 recoverable event and other events of one publisher differs, as in the stream mode.
 
-Cost (see the README, "Interest-based backplane"): one script per channel per event
-(three for a topic of two or more segments), pipelined; reads only where wanted.
+Cost (see the README, "Interest-based backplane"): one script call per slot per batch
+(on one Redis server, one per batch: :class:`~.interest_keys.PublishBatch`), pipelined;
+reads only where wanted.
+
+Races, and why none loses an event or counts a false gap: a script runs alone in Redis,
+so the channel's mark (``BASELINE``, which also notes the counter) falls either before a
+batch's script (whose events are then stored and numbered after the noted counter) or
+after it (its events, counted only, are below the noted counter: not a gap). The mark is
+checked once per channel per batch for that reason: it cannot change during the script.
+Events stored between the mark and the ``SSUBSCRIBE``'s confirmation are read from the
+stream (the reader's catch-up), those also received live are skipped by counter and id.
+A batch retried after a lost link is numbered again: readers skip its events by origin
+and sequence number (``duplicates``). A script holds Redis for its batch (at most
+``batch`` events, 500: about 4 ms of Redis CPU here).
 """
 
 from __future__ import annotations
@@ -306,17 +318,19 @@ class _InterestSender(_Sender):
         """Write ``batch`` (at most one recoverable event, last); returns its positions."""
         bp = self.link
         pipes: dict[Any, Any] = {}
+        writes: dict[Any, int] = {}  # per node: events times channels (what `unreplicated` counts)
         events = PublishBatch(bp.nodes.script_group)
 
-        def pipe_of(name: str) -> tuple[Any, tuple[str, str]]:
+        def pipe_of(name: str, count: int) -> tuple[Any, tuple[str, str]]:
             node = bp.nodes.node_of(name)
             if node not in pipes:
                 pipes[node] = bp.nodes.client(node).pipeline(transaction=False)
+            writes[node] = writes.get(node, 0) + count
             return pipes[node], self._scripts(node)
 
         def queue() -> None:  # one script per slot for the events so far (one Redis server: one)
-            for keys, argv in events.calls():
-                pipe, (publish, _) = pipe_of(keys[0])
+            for keys, argv, count in events.calls():
+                pipe, (publish, _) = pipe_of(keys[0], count)
                 pipe.evalsha(publish, len(keys), *keys, bp.maxlen, TOPIC_TTL, *argv)
 
         recoverable = None
@@ -327,14 +341,14 @@ class _InterestSender(_Sender):
             queue()  # the events before it first: order per channel
             store, topic = doc.store, f"{bp.channel}:t:{{{doc.stream}}}"
             store.remember(seq, doc.original)
-            pipe, (_, recover) = pipe_of(topic)
+            pipe, (_, recover) = pipe_of(topic, 1)
             recoverable = (doc, seq, [n for n in names if n != topic], described, pipe, len(pipe.command_stack))
             head = b"%s\n%d\n%d\n%s" % (bp._origin, seq, len(names), doc.stream.encode())
             pipe.evalsha(recover, 6, *store._keys(doc.stream), topic, f"{topic}:c", f"{topic}:w",
                          new_epoch(), doc.doc, store.history, STREAM_TTL, bp.maxlen, TOPIC_TTL,
                          head, described + b"\n" + doc.event)
         queue()
-        replies = {id(pipe): self._execute(node, pipe) for node, pipe in pipes.items()}
+        replies = {id(pipe): self._execute(node, pipe, writes[node]) for node, pipe in pipes.items()}
         if recoverable is None:
             return []
         doc, seq, others, described, pipe, index = recoverable
@@ -342,21 +356,21 @@ class _InterestSender(_Sender):
         epoch = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
         if others:
             pipes.clear()
+            writes.clear()
             events.add(others, message_tail(bp._origin, seq, len(others) + 1, doc.stream.encode(), int(offset),
                                             epoch, described, doc.event))
             queue()
             for node, pipe in pipes.items():
-                self._execute(node, pipe)
+                self._execute(node, pipe, writes[node])
         return [(doc, seq, int(offset), epoch)]
 
-    def _execute(self, node: Any, pipe: Any) -> list[Any]:
+    def _execute(self, node: Any, pipe: Any, writes: int) -> list[Any]:
         """Run one node's pipeline; on a cluster master with replicas, wait for one of them to
         have it (``WAIT``): a master dying before that fails the write, which is then retried."""
         nodes = self.link.nodes
         wanted = nodes.replicas(node) if isinstance(nodes, ClusterNodes) else 0
         if not wanted:
             return list(pipe.execute())
-        writes = len(pipe.command_stack)
         pipe.execute_command("WAIT", 1, REPLICA_WAIT_MS)
         replies = list(pipe.execute())
         if replies[-1] < 1:

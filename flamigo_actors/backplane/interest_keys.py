@@ -174,7 +174,7 @@ class PublishBatch:
 
     def __init__(self, group_of: Any) -> None:
         self.group_of = group_of
-        self.groups: dict[Any, tuple[list[str], dict[str, int], list[Any]]] = {}
+        self.groups: dict[Any, tuple[list[str], dict[str, int], list[Any], list[int]]] = {}
 
     def add(self, names: list[str], tail: bytes) -> None:
         """One event, written to ``names`` (its channels), ``tail`` from :func:`message_tail`."""
@@ -184,19 +184,22 @@ class PublishBatch:
             group = group_of(name)
             found = groups.get(group)
             if found is None:
-                found = groups[group] = ([], {}, [])
-            keys, index, _ = found
+                found = groups[group] = ([], {}, [], [0])
+            keys, index, _, _ = found
             number = index.get(name)
             if number is None:
                 number = index[name] = len(index) + 1
                 keys += (name, f"{name}:c", f"{name}:w")
             numbers.setdefault(group, []).append(number)
         for group, mine in numbers.items():
-            groups[group][2].extend((len(mine), *mine, tail))
+            found = groups[group]
+            found[2].extend((len(mine), *mine, tail))
+            found[3][0] += len(mine)
 
-    def calls(self) -> list[tuple[list[str], list[Any]]]:
-        """``(keys, per-event args)`` of each script call (ARGV: maxlen, ttl, then these); empties the batch."""
-        calls = [(keys, argv) for keys, _, argv in self.groups.values()]
+    def calls(self) -> list[tuple[list[str], list[Any], int]]:
+        """``(keys, per-event args, writes)`` of each script call (ARGV: maxlen, ttl, then the args;
+        writes: events times their channels in the call); empties the batch."""
+        calls = [(keys, argv, writes[0]) for keys, _, argv, writes in self.groups.values()]
         self.groups = {}
         return calls
 
