@@ -229,7 +229,9 @@ def test_subscribers_arriving_while_events_flow_get_every_later_one_and_no_false
         assert got == list(range(got[0], 4001)), f"{name}: not every event once, in order"
         assert got[0] <= subscribed[name], f"{name} lost events published after it subscribed"
         stats = snapshot(server)
-        assert stats["missed"] == 0 and stats["duplicates"] == 0 and stats["resets"] == 0, stats
+        assert stats["missed"] == 0 and stats["duplicates"] == 0 and stats["resets"] == 0, (
+            {k: stats[k] for k in ("missed", "duplicates", "resets", "catchups", "reconnects")},
+            {k: v for k, v in snapshot(publisher).items() if k in ("sent", "failed", "reconnects", "last_error")})
 
 
 @pytest.mark.parametrize("fault", ["client_kill", "redis_restart"])
@@ -330,6 +332,53 @@ def test_a_channel_s_master_killed_delivery_resumes_nothing_twice_anything_lost_
     # Redis's side: the listener is subscribed on the promoted master.
     assert any(link["ssub"] != "0" for link in reader_links(redis_target, stats_l["origin"])
                if link["laddr"].endswith(f":{cluster.master_of('flamigo:n:{feed}')}"))
+
+
+@pytest.mark.parametrize("redis_target", [ON_A_CLUSTER], indirect=True)
+def test_a_channel_s_slot_resharded_while_a_publisher_sends_exactly_once_or_counted(
+    redis_target: RedisTarget, processes: list[ServerProcess]
+) -> None:
+    import gevent
+
+    cluster = redis_target.server
+    listener, publisher = start(redis_target, processes, "feed/*,solo", "")
+    publish(publisher, ["feed/x"], 1, 10)
+    wait_for(listener, 10)
+    sent = [10]
+    stop = False
+
+    def keep_publishing() -> None:
+        while not stop:
+            publish(publisher, ["feed/x"], sent[0] + 1, 5)
+            sent[0] += 5
+            gevent.sleep(0.05)
+
+    talking = gevent.spawn(keep_publishing)
+    gevent.sleep(0.5)
+    channel = "flamigo:n:{feed}"
+    target = next(p for p in sorted(cluster.master_ports()) if p != cluster.master_of(channel))
+    source = cluster.migrate_slot_of(channel, target)  # its stream, counter and mark move along
+    at_move = sent[0]
+    eventually(lambda: sent[0] >= at_move + 50, timeout=30)
+    stop = True
+    talking.join(10)
+
+    def settled() -> Any:
+        got = [n for _, t, n in received(listener) if t == ("feed/x",)]
+        return got if got and got[-1] == sent[0] else None
+
+    got = eventually(settled, timeout=30)
+    assert len(got) == len(set(got)), "an event reached the listener twice"
+    assert got == sorted(got), "out of order"
+    lost = set(range(1, sent[0] + 1)) - set(got)
+    stats_l, stats_p = snapshot(listener), snapshot(publisher)
+    assert len(lost) <= stats_p["failed"] + stats_l["missed"], (sorted(lost), stats_l, stats_p)
+    assert stats_l["resets"] == 0, stats_l
+    # The listener reads the channel on its new master now, and not on the old one.
+    assert f"127.0.0.1:{target}" in stats_l["nodes"], stats_l
+    assert any(link["ssub"] != "0" for link in reader_links(redis_target, stats_l["origin"])
+               if link["laddr"].endswith(f":{target}"))
+    assert cluster.master_of(channel) == target != source
 
 
 @pytest.mark.parametrize("redis_target", [ON_A_CLUSTER], indirect=True)
