@@ -10,10 +10,12 @@ so on a Redis Cluster every command and script touches ONE slot:
   its values number the entries, so a process sees any gap and counts it;
 * ``K:w``: "somebody listens": set (with :data:`WANT_TTL`, refreshed) by every process
   interested in ``K``. The publish script appends and publishes only while it exists,
-  so a topic nobody listens to costs Redis an ``INCR`` and an ``EXISTS``, no memory.
+  so a topic nobody listens to costs Redis an ``INCRBY`` and an ``EXISTS`` per batch, no memory.
 
-One script (:data:`PUBLISH`) writes every channel of an event that shares a slot (on one
-Redis server: all of them), the event's body passed once. Nothing is done per event to
+One script call (:data:`PUBLISH`, :class:`PublishBatch`) writes a batch's events to the
+channels of one slot (on one Redis server: to all their channels), each event's body
+passed once. An entry is its counter ``c`` and one field ``m``, the live message's tail
+(entries of an earlier version, one field each, are read too). Nothing is done per event to
 keep keys alive: a listener's :data:`BASELINE` and its refresh (every third of
 :data:`WANT_TTL`) give the stream and the counter :data:`TOPIC_TTL` again; a counter is
 given it when created, a stream when its first entry creates it. So while somebody
