@@ -3,6 +3,7 @@
     python scripts/bench_capacity.py            # both parts, full size (several minutes)
     python scripts/bench_capacity.py --quick    # small sizes, a smoke run (about a minute)
     python scripts/bench_capacity.py --parts backplane --modes stream,interest --procs 1,2,4
+    python scripts/bench_capacity.py --parts backplane --bp-pace 0.002   # a trickle: one event per write
     python scripts/bench_capacity.py --parts workers --conns 8000 --worker-counts 1,2,4
 
 Run from the repository root. Two parts, one run, side by side:
@@ -19,7 +20,10 @@ Run from the repository root. Two parts, one run, side by side:
   whatever the count of processes, so what grows with it is the backplane's
   cost. Every process
   publishes its share of the events to ``all``, and the events of ``p<i>``
-  are published by the next process along. Reported: events/s published and
+  are published by the next process along (all at once, written in batches;
+  ``--bp-pace S``: each publisher pauses S s after each event, so events are
+  written about one at a time, the costliest case of the interest mode's
+  per-batch script). Reported: events/s published and
   delivered end to end, deliveries (missing and duplicates: 0), Redis
   commands per event (``INFO commandstats`` before/after, by command), Redis
   CPU per event (``INFO cpu``), server CPU per event. A mode the server
@@ -287,7 +291,7 @@ def probe_setting(log_dir: Path) -> bool:
 
 
 def backplane_run(node: str, mode: str, procs: int, members: int, events: int, timeout: float, log_dir: Path,
-                  pass_mode: bool) -> dict[str, Any]:
+                  pass_mode: bool, pace: float = 0.0) -> dict[str, Any]:
     """One (mode, processes) run: subscribers on every process, every process publishing."""
     redis = bench.RedisProcess(log_dir)
     env = {"FLAMIGO_MAILBOX_MAX_DELIVERIES": str(events * 2), "FLAMIGO_OUTBOUND_MAX_MESSAGES": str(events * 2)}
@@ -315,10 +319,10 @@ def backplane_run(node: str, mode: str, procs: int, members: int, events: int, t
                        | {f"gen{i}": gen.pid for i, gen in enumerate(gens)})
         tell(gens, "go")
         share = shared // procs
-        requests = [(app.port, "/bench/fire", {"room": "all", "first": i * share, "count": share})
+        requests = [(app.port, "/bench/fire", {"room": "all", "first": i * share, "count": share, "pace": pace})
                     for i, app in enumerate(apps)]
-        requests += [(apps[(i + 1) % procs].port, "/bench/fire", {"room": f"p{i}", "first": 0, "count": own})
-                     for i in range(procs)]
+        requests += [(apps[(i + 1) % procs].port, "/bench/fire",
+                      {"room": f"p{i}", "first": 0, "count": own, "pace": pace}) for i in range(procs)]
         t0 = time.monotonic()
         statuses = post_all(requests)
         published_s = time.monotonic() - t0
@@ -341,7 +345,7 @@ def backplane_run(node: str, mode: str, procs: int, members: int, events: int, t
     redis_used = RedisMeter.delta(before, after)
     server_cpu = sum(v for k, v in used["cpu_s"].items() if k.startswith("server"))
     return {
-        "mode": mode, "procs": procs, "available": True, "members_per_room": members,
+        "mode": mode, "procs": procs, "available": True, "members_per_room": members, "pace_s": pace,
         "deliveries_per_event": members,
         "published": published, "expected": expected, "delivered": delivered,
         "missing": sum(d["missing"] for d in done), "duplicates": sum(d["duplicates"] for d in done),
@@ -372,7 +376,7 @@ def run_backplane(node: str, args: argparse.Namespace, log_dir: Path) -> list[di
                           "why": f"this flamigo_actors has no {BACKPLANE_ENV} setting (a bogus value starts)"}
             else:
                 result = backplane_run(node, mode, procs, args.members, args.bp_events, args.timeout,
-                                       log_dir / f"bp-{mode}-{procs}", has_setting)
+                                       log_dir / f"bp-{mode}-{procs}", has_setting, args.bp_pace)
             results.append(result)
             if result["available"]:
                 print(f"  {mode} x{procs}: {result['events_per_s']:.0f} events/s, "
@@ -678,6 +682,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--members", type=int, help="subscribers per room (backplane part): room 'all' has them "
                         "spread over the processes, each room 'p<i>' all on process i")
     parser.add_argument("--bp-events", type=int, help="events published per backplane run")
+    parser.add_argument("--bp-pace", type=float, default=0.0,
+                        help="seconds each publisher waits after each event (backplane part; 0: bursts, "
+                             "written in batches; 0.002: a trickle, about one event per write)")
     parser.add_argument("--worker-counts", default="1,2,4", help="--workers of the workers part")
     parser.add_argument("--conns", type=int, help="connections in the room (workers part)")
     parser.add_argument("--generators", type=int, help="generator processes, one source address each")
@@ -700,6 +707,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.conns = args.conns or (300 if q else 16000)
     args.events = args.events or (5 if q else 20)
     args.hold = args.hold if args.hold is not None else (1.0 if q else 5.0)
+    if args.bp_pace < 0:
+        parser.error("--bp-pace must be at least 0")
     if min(args.procs + args.worker_counts) < 1 or args.members < 1 or args.bp_events < 2 * max(args.procs):
         parser.error("--procs and --worker-counts must be at least 1, --members at least 1, "
                      "--bp-events at least twice the largest --procs")
@@ -733,7 +742,8 @@ def main(argv: list[str] | None = None) -> int:
     md = [f"Machine: {report['machine']['cores']} cores ({report['machine']['cpu']}); load "
           f"{report['load_before']} before, {report['load_after']} after"]
     if report["backplane"]:
-        md += ["", "Backplane throughput (events/s, Redis cost per event):", "",
+        paced = f", each publisher pausing {args.bp_pace * 1000:g} ms after each event" if args.bp_pace else ""
+        md += ["", f"Backplane throughput (events/s, Redis cost per event{paced}):", "",
                backplane_table(report["backplane"])]
     if report["workers"]:
         md += ["", f"{args.conns:,} connections in one room, {args.events} broadcasts posted at once:", "",

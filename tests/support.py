@@ -693,6 +693,36 @@ class RedisClusterServers:
         return {port: sum(1 for _ in self.node(port).scan_iter(match=pattern, count=1000))
                 for port in sorted(self.master_ports())}
 
+    def migrate_slot_of(self, key: str, to_port: int, *, pause: float = 0.5, timeout: float = 30.0) -> int:
+        """Move ``key``'s slot to the master on ``to_port`` while the cluster serves (as
+        ``redis-cli --cluster reshard`` does, for this one slot): ``SETSLOT IMPORTING`` /
+        ``MIGRATING``, ``MIGRATE`` its keys, ``SETSLOT NODE`` on every master; ``pause`` s
+        before the keys move and before the slot is handed over (writers meanwhile get
+        ``ASK``). Waits until every live node sees the new owner; returns the old one's port."""
+        import time as _time
+
+        slot, source = self.slot_of(key), self.master_of(key)
+        src, dst = self.node(source), self.node(to_port)
+        src_id, dst_id = (bytes(n.execute_command("CLUSTER", "MYID")).decode() for n in (src, dst))
+        dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        _time.sleep(pause)
+        while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            src.execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "KEYS", *keys)
+        _time.sleep(pause)
+        for port in [to_port, source] + sorted(self.master_ports() - {to_port, source}):
+            self.node(port).execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        self.wait_until(lambda: all(self._owner_seen_by(p, slot) == to_port for p in self.alive_ports()),
+                        timeout, f"slot {slot} served by {to_port} as every node sees it")
+        return source
+
+    def _owner_seen_by(self, port: int, slot: int) -> int | None:
+        try:
+            ranges = self.node(port).execute_command("CLUSTER", "SLOTS")
+        except Exception:  # noqa: BLE001 - not answering yet
+            return None
+        return next((int(r[2][1]) for r in ranges if int(r[0]) <= slot <= int(r[1])), None)
+
     def kill_master_of(self, key: str, timeout: float = 30.0) -> int:
         """SIGKILL the master of ``key``'s slot and wait until a replica serves the slot and
         every live node reports ``cluster_state:ok``; the killed port."""

@@ -61,6 +61,15 @@ def serve(target: RedisTarget, processes: list[ServerProcess], patterns: str = "
     return server
 
 
+def start(target: RedisTarget, processes: list[ServerProcess], *patterns: str) -> list[ServerProcess]:
+    """One server per entry of ``patterns`` (its listener's patterns at start, comma-separated;
+    "": none), all started at once and ready."""
+    servers = [serve(target, processes, p) for p in patterns]
+    for server in servers:
+        server.wait_ready()
+    return servers
+
+
 def publish(server: ServerProcess, topics: list[str], first: int, count: int) -> None:
     reply = requests.post(f"{server.url}/publish", json={"topics": topics, "first": first, "count": count}, timeout=10)
     assert reply.status_code == 200, reply.text
@@ -117,11 +126,8 @@ def wait_for(server: ServerProcess, count: int, timeout: float = 15.0) -> list[t
 def test_three_processes_each_get_exactly_what_they_subscribed_and_the_third_reads_nothing(
     redis_target: RedisTarget, processes: list[ServerProcess]
 ) -> None:
-    wild = serve(redis_target, processes, "rooms/*")  # subscribed before the backplane starts
-    exact = serve(redis_target, processes)
-    idle = serve(redis_target, processes)
-    for server in processes:
-        server.wait_ready()
+    # wild's pattern is subscribed before its backplane starts, exact's later (below).
+    wild, exact, idle = start(redis_target, processes, "rooms/*", "", "")
     requests.post(f"{exact.url}/subscribe", json={"patterns": ["rooms/a"]}, timeout=10).raise_for_status()
 
     publish(idle, ["rooms/a"], 1, 20)
@@ -156,6 +162,10 @@ def test_three_processes_each_get_exactly_what_they_subscribed_and_the_third_rea
     assert not redis_target.exists("flamigo:events")
     # A topic nobody listens to is only counted in Redis, never stored.
     assert not redis_target.exists("flamigo:t:{news}") and redis_target.exists("flamigo:t:{news}:c")
+    # Nothing is left forever, though no event refreshes a TTL: every key of a channel expires.
+    channel_keys = [(key, client.ttl(key)) for _, client in redis_target.masters()
+                    for pattern in ("flamigo:t:*", "flamigo:n:*") for key in client.scan_iter(pattern)]
+    assert len(channel_keys) >= 8 and all(ttl > 0 for _, ttl in channel_keys), channel_keys
     if redis_target.cluster:  # each reader is on the master of its channel's slot
         assert stats["wild"]["cluster"] is True
         for name, channel in (("wild", "flamigo:n:{rooms}"), ("exact", "flamigo:t:{rooms/a}")):
@@ -165,11 +175,7 @@ def test_three_processes_each_get_exactly_what_they_subscribed_and_the_third_rea
 def test_wildcard_and_exact_in_one_process_deliver_each_event_once(
     redis_target: RedisTarget, processes: list[ServerProcess]
 ) -> None:
-    both = serve(redis_target, processes, "rooms/*,rooms/a")
-    other = serve(redis_target, processes, "*")  # the firehose
-    publisher = serve(redis_target, processes)
-    for server in processes:
-        server.wait_ready()
+    both, other, publisher = start(redis_target, processes, "rooms/*,rooms/a", "*", "")  # other: the firehose
     publish(publisher, ["rooms/a"], 1, 30)
     publish(publisher, ["rooms/a", "rooms/c"], 31, 10)  # two topics, one event
     got = wait_for(both, 40)
@@ -183,10 +189,7 @@ def test_wildcard_and_exact_in_one_process_deliver_each_event_once(
 def test_a_subscription_made_before_a_remote_publish_gets_it(
     redis_target: RedisTarget, processes: list[ServerProcess]
 ) -> None:
-    listener = serve(redis_target, processes)
-    publisher = serve(redis_target, processes)
-    for server in processes:
-        server.wait_ready()
+    listener, publisher = start(redis_target, processes, "", "")
     for round_ in range(20):  # each round: subscribe (returns once effective), then publish elsewhere at once
         topic = f"race/{round_}"
         requests.post(f"{listener.url}/subscribe", json={"patterns": [topic], "name": topic}, timeout=10).raise_for_status()
@@ -196,14 +199,46 @@ def test_a_subscription_made_before_a_remote_publish_gets_it(
     assert Counter(name for name, _, _ in got) == {f"race/{r}": 1 for r in range(20)}
 
 
+def test_subscribers_arriving_while_events_flow_get_every_later_one_and_no_false_gap(
+    redis_target: RedisTarget, processes: list[ServerProcess]
+) -> None:
+    # Events are written in batches (one script per batch): a channel marked wanted between
+    # two batches, or while one is queued, must neither lose an event published after the
+    # subscription returned nor count a gap that is not one.
+    import gevent
+
+    exact, wild, publisher = start(redis_target, processes, "", "", "")
+    started: list[int] = []  # the first number of each publish request sent
+
+    def flow() -> None:
+        for first in range(1, 4001, 100):
+            started.append(first)
+            publish(publisher, ["flow/a"], first, 100)
+
+    publishing = gevent.spawn(flow)
+    eventually(lambda: len(started) >= 5, timeout=30)
+    subscribed = {}
+    for name, server, pattern in (("exact", exact, "flow/a"), ("wild", wild, "flow/*")):
+        requests.post(f"{server.url}/subscribe", json={"patterns": [pattern], "name": name},
+                      timeout=10).raise_for_status()
+        subscribed[name] = started[-1] + 100  # every request started after this must arrive whole
+    publishing.get(timeout=120)
+    for name, server in (("exact", exact), ("wild", wild)):
+        got = [n for _, _, n in eventually(lambda: (lambda g: g if g and g[-1][2] == 4000 else None)(
+            received(server)), timeout=30)]
+        assert got == list(range(got[0], 4001)), f"{name}: not every event once, in order"
+        assert got[0] <= subscribed[name], f"{name} lost events published after it subscribed"
+        stats = snapshot(server)
+        assert stats["missed"] == 0 and stats["duplicates"] == 0 and stats["resets"] == 0, (
+            {k: stats[k] for k in ("missed", "duplicates", "resets", "catchups", "reconnects")},
+            {k: v for k, v in snapshot(publisher).items() if k in ("sent", "failed", "reconnects", "last_error")})
+
+
 @pytest.mark.parametrize("fault", ["client_kill", "redis_restart"])
 def test_catch_up_after_a_redis_blip_exactly_once(
     redis_target: RedisTarget, processes: list[ServerProcess], fault: str
 ) -> None:
-    listener = serve(redis_target, processes, "feed/*,solo")
-    publisher = serve(redis_target, processes)
-    for server in processes:
-        server.wait_ready()
+    listener, publisher = start(redis_target, processes, "feed/*,solo", "")
     publish(publisher, ["feed/x"], 1, 10)
     wait_for(listener, 10)
     origin = snapshot(listener)["origin"]
@@ -237,10 +272,7 @@ def test_catch_up_after_a_redis_blip_exactly_once(
 def test_a_burst_of_events_arrives_exactly_once_in_order(
     redis_target: RedisTarget, processes: list[ServerProcess]
 ) -> None:
-    listener = serve(redis_target, processes, "burst/*")
-    publisher = serve(redis_target, processes)
-    for server in processes:
-        server.wait_ready()
+    listener, publisher = start(redis_target, processes, "burst/*", "")
     for first in range(1, 3001, 500):  # many live messages queued on the listener's connection at once
         publish(publisher, ["burst/a"], first, 500)
     got = wait_for(listener, 3000, timeout=60)
@@ -256,10 +288,7 @@ def test_a_channel_s_master_killed_delivery_resumes_nothing_twice_anything_lost_
     import gevent
 
     cluster = redis_target.server
-    listener = serve(redis_target, processes, "feed/*,solo")
-    publisher = serve(redis_target, processes)
-    for server in processes:
-        server.wait_ready()
+    listener, publisher = start(redis_target, processes, "feed/*,solo", "")
     publish(publisher, ["feed/x"], 1, 10)
     wait_for(listener, 10)
     sent = [10]
@@ -306,6 +335,53 @@ def test_a_channel_s_master_killed_delivery_resumes_nothing_twice_anything_lost_
 
 
 @pytest.mark.parametrize("redis_target", [ON_A_CLUSTER], indirect=True)
+def test_a_channel_s_slot_resharded_while_a_publisher_sends_exactly_once_or_counted(
+    redis_target: RedisTarget, processes: list[ServerProcess]
+) -> None:
+    import gevent
+
+    cluster = redis_target.server
+    listener, publisher = start(redis_target, processes, "feed/*,solo", "")
+    publish(publisher, ["feed/x"], 1, 10)
+    wait_for(listener, 10)
+    sent = [10]
+    stop = False
+
+    def keep_publishing() -> None:
+        while not stop:
+            publish(publisher, ["feed/x"], sent[0] + 1, 5)
+            sent[0] += 5
+            gevent.sleep(0.05)
+
+    talking = gevent.spawn(keep_publishing)
+    gevent.sleep(0.5)
+    channel = "flamigo:n:{feed}"
+    target = next(p for p in sorted(cluster.master_ports()) if p != cluster.master_of(channel))
+    source = cluster.migrate_slot_of(channel, target)  # its stream, counter and mark move along
+    at_move = sent[0]
+    eventually(lambda: sent[0] >= at_move + 50, timeout=30)
+    stop = True
+    talking.join(10)
+
+    def settled() -> Any:
+        got = [n for _, t, n in received(listener) if t == ("feed/x",)]
+        return got if got and got[-1] == sent[0] else None
+
+    got = eventually(settled, timeout=30)
+    assert len(got) == len(set(got)), "an event reached the listener twice"
+    assert got == sorted(got), "out of order"
+    lost = set(range(1, sent[0] + 1)) - set(got)
+    stats_l, stats_p = snapshot(listener), snapshot(publisher)
+    assert len(lost) <= stats_p["failed"] + stats_l["missed"], (sorted(lost), stats_l, stats_p)
+    assert stats_l["resets"] == 0, stats_l
+    # The listener reads the channel on its new master now, and not on the old one.
+    assert f"127.0.0.1:{target}" in stats_l["nodes"], stats_l
+    assert any(link["ssub"] != "0" for link in reader_links(redis_target, stats_l["origin"])
+               if link["laddr"].endswith(f":{target}"))
+    assert cluster.master_of(channel) == target != source
+
+
+@pytest.mark.parametrize("redis_target", [ON_A_CLUSTER], indirect=True)
 def test_a_master_whose_replica_does_not_confirm_counts_the_writes_unreplicated(
     redis_target: RedisTarget, processes: list[ServerProcess]
 ) -> None:
@@ -313,10 +389,7 @@ def test_a_master_whose_replica_does_not_confirm_counts_the_writes_unreplicated(
     import signal
 
     cluster = redis_target.server
-    listener = serve(redis_target, processes, "solo")
-    publisher = serve(redis_target, processes)
-    for server in processes:
-        server.wait_ready()
+    listener, publisher = start(redis_target, processes, "solo", "")
     publish(publisher, ["solo"], 1, 5)
     wait_for(listener, 5)
     assert snapshot(publisher)["unreplicated"] == 0

@@ -52,6 +52,13 @@ class ClusterNodes:
             return client.get_default_node().name
         return served[0].name
 
+    def script_group(self, key: str) -> Any:
+        """``key``'s slot: a script writes keys of one slot only."""
+        client = self.link.client
+        if client is None:
+            raise _unreachable("the cluster has not answered yet")
+        return client.keyslot(key)
+
     def replicas(self, node: Any) -> int:
         """Replicas connected to master ``node`` (its ``ROLE``, asked again every :data:`ROLE_TTL` seconds).
 

@@ -1,7 +1,7 @@
 """The interest-based backplane's Redis layout: channel names, scripts, messages, and the node seam.
 
 A *channel* ``K`` is one unit of interest. Its keys all carry the same hash tag,
-so every command and script touches ONE slot (Redis Cluster ready):
+so on a Redis Cluster every command and script touches ONE slot:
 
 * ``K``: a short stream (``XADD ... MAXLEN ~``) of the events written to it, what a
   process catches up from; and, under the same name, the *sharded* pub/sub channel
@@ -10,7 +10,19 @@ so every command and script touches ONE slot (Redis Cluster ready):
   its values number the entries, so a process sees any gap and counts it;
 * ``K:w``: "somebody listens": set (with :data:`WANT_TTL`, refreshed) by every process
   interested in ``K``. The publish script appends and publishes only while it exists,
-  so a topic nobody listens to costs Redis one ``INCR``, no memory.
+  so a topic nobody listens to costs Redis an ``INCRBY`` and an ``EXISTS`` per batch, no memory.
+
+One script call (:data:`PUBLISH`, :class:`PublishBatch`) writes a batch's events to the
+channels of one slot (on one Redis server: to all their channels), each event's body
+passed once. An entry is its counter ``c`` and one field ``m``, the live message's tail
+(entries of an earlier version, one field each, are read too). Nothing is done per event to
+keep keys alive: a listener's :data:`BASELINE` and its refresh (every third of
+:data:`WANT_TTL`) give the stream and the counter :data:`TOPIC_TTL` again; a counter is
+given it when created, a stream when its first entry creates it. So while somebody
+listens the channel's keys never expire; once nobody does they go within
+:data:`TOPIC_TTL` (a counter nobody listens to restarts from 1 then: nobody has a
+position in it). A process away for longer than that finds its channels' counters
+restarted (a ``reset``, logged) rather than a counted gap.
 
 Channels of an app on ``<channel>`` (``FLAMIGO_REDIS_CHANNEL``):
 
@@ -37,6 +49,7 @@ from .recovery_redis import HISTORY_LUA
 __all__ = [
     "FIREHOSE",
     "PUBLISH",
+    "PublishBatch",
     "RECOVER",
     "BASELINE",
     "TOPIC_TTL",
@@ -46,12 +59,14 @@ __all__ = [
     "SingleNode",
     "channel_of_pattern",
     "channels_of_topics",
+    "message_tail",
     "parse_entry",
     "parse_message",
 ]
 
 TOPIC_TTL = 3600
-"""Seconds a channel's stream and counter live after its last event."""
+"""Seconds a channel's stream and counter live after the last listener marked it (or a counter
+nobody listens to, after it was created)."""
 
 WANT_TTL = 600
 """Seconds a channel's "somebody listens" key lives unless refreshed (every third of it)."""
@@ -59,47 +74,136 @@ WANT_TTL = 600
 FIREHOSE = WILDCARD
 """The namespace of patterns beginning with ``*``: every event is written to it."""
 
-# KEYS: stream, counter, want. ARGV: maxlen, ttl, origin, seq, copies, identity, event, pt, po, pe.
-# The live message: id, counter, origin, seq, copies, pt, po, pe, identity, event, one per line
-# (orjson escapes newlines: the last two never hold one).
+# Writes a batch of events to their channels, in order. KEYS: three per channel (stream, counter,
+# want). ARGV: maxlen, ttl, then per event: its count k of channels here, their k numbers (1-based,
+# into KEYS by threes) and the message's tail (see message_tail). Per channel, once per batch:
+# INCRBY its counter by its events (the TTL set when this creates it: the listeners' BASELINE and
+# refresh keep it alive) and EXISTS its want key (a script runs alone: it cannot change meanwhile).
+# Per event and wanted channel: XADD (NOMKSTREAM: a stream has its TTL already; the entry that
+# creates it sets it) with the entry's number, and SPUBLISH "<id>\n<number>\n<tail>".
 PUBLISH = """
-local c = redis.call('INCR', KEYS[2])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-if redis.call('EXISTS', KEYS[3]) == 0 then return c end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'c', c, 'o', ARGV[3], 's', ARGV[4],
-  'n', ARGV[5], 'pt', ARGV[8], 'po', ARGV[9], 'pe', ARGV[10], 'i', ARGV[6], 'e', ARGV[7])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('SPUBLISH', KEYS[1], id .. '\\n' .. c .. '\\n' .. ARGV[3] .. '\\n' .. ARGV[4] .. '\\n' .. ARGV[5]
-  .. '\\n' .. ARGV[8] .. '\\n' .. ARGV[9] .. '\\n' .. ARGV[10] .. '\\n' .. ARGV[6] .. '\\n' .. ARGV[7])
-return c
+local ttl, argc = ARGV[2], #ARGV
+local count, at = {}, {}
+local i = 3
+while i <= argc do
+  local k = tonumber(ARGV[i])
+  for j = i + 1, i + k do
+    local ch = tonumber(ARGV[j])
+    count[ch] = (count[ch] or 0) + 1
+  end
+  i = i + k + 2
+end
+for ch, n in pairs(count) do
+  local c = redis.call('INCRBY', KEYS[3 * ch - 1], n)
+  if c == n then redis.call('EXPIRE', KEYS[3 * ch - 1], ttl) end
+  if redis.call('EXISTS', KEYS[3 * ch]) == 1 then at[ch] = c - n end
+end
+i = 3
+while i <= argc do
+  local k = tonumber(ARGV[i])
+  local tail = ARGV[i + k + 1]
+  for j = i + 1, i + k do
+    local ch = tonumber(ARGV[j])
+    local c = at[ch]
+    if c then
+      c = c + 1
+      at[ch] = c
+      local key = KEYS[3 * ch - 2]
+      local id = redis.call('XADD', key, 'NOMKSTREAM', 'MAXLEN', '~', ARGV[1], '*', 'c', c, 'm', tail)
+      if not id then
+        id = redis.call('XADD', key, 'MAXLEN', '~', ARGV[1], '*', 'c', c, 'm', tail)
+        redis.call('EXPIRE', key, ttl)
+      end
+      redis.call('SPUBLISH', key, id .. '\\n' .. c .. '\\n' .. tail)
+    end
+  end
+  i = i + k + 2
+end
+return 1
 """
 
 # A recoverable topic's event: the recovery store's offset, epoch and history (as its own
 # script, backplane/recovery_redis.py) and the topic's channel, in one step on one slot.
 # KEYS: epoch, offset, history, stream, counter, want.
-# ARGV: new epoch, doc, history length, history ttl, maxlen, ttl, origin, seq, copies, identity, event, stream name.
+# ARGV: new epoch, doc, history length, history ttl, maxlen, ttl, tail head (origin, seq, copies,
+# stream name: the tail up to the position), tail end (identity, event).
 RECOVER = HISTORY_LUA + """local c = redis.call('INCR', KEYS[5])
-redis.call('EXPIRE', KEYS[5], ARGV[6])
+if c == 1 then redis.call('EXPIRE', KEYS[5], ARGV[6]) end
 if redis.call('EXISTS', KEYS[6]) == 1 then
-  local id = redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'c', c, 'o', ARGV[7], 's', ARGV[8],
-    'n', ARGV[9], 'pt', ARGV[12], 'po', offset, 'pe', epoch, 'i', ARGV[10], 'e', ARGV[11])
-  redis.call('EXPIRE', KEYS[4], ARGV[6])
-  redis.call('SPUBLISH', KEYS[4], id .. '\\n' .. c .. '\\n' .. ARGV[7] .. '\\n' .. ARGV[8] .. '\\n' .. ARGV[9]
-    .. '\\n' .. ARGV[12] .. '\\n' .. offset .. '\\n' .. epoch .. '\\n' .. ARGV[10] .. '\\n' .. ARGV[11])
+  local m = ARGV[7] .. '\\n' .. offset .. '\\n' .. epoch .. '\\n' .. ARGV[8]
+  local id = redis.call('XADD', KEYS[4], 'NOMKSTREAM', 'MAXLEN', '~', ARGV[5], '*', 'c', c, 'm', m)
+  if not id then
+    id = redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'c', c, 'm', m)
+    redis.call('EXPIRE', KEYS[4], ARGV[6])
+  end
+  redis.call('SPUBLISH', KEYS[4], id .. '\\n' .. c .. '\\n' .. m)
 end
 return {offset, epoch}
 """
 
-# Interest in a channel begins: mark it wanted, and return where it stands (counter, last id):
-# every event written after this is appended and published, numbered from counter + 1.
-# KEYS: stream, counter, want. ARGV: want ttl.
+# Interest in a channel begins (or goes on: the same script refreshes it): mark it wanted, keep
+# its stream and counter alive another TTL, and return where it stands (counter, last id): every
+# event written after this is appended and published, numbered from counter + 1.
+# KEYS: stream, counter, want. ARGV: want ttl, ttl.
 BASELINE = """
 redis.call('SET', KEYS[3], '1', 'EX', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local id = '0-0'
 if last[1] then id = last[1][1] end
 return {tonumber(redis.call('GET', KEYS[2]) or '0'), id}
 """
+
+
+def message_tail(origin: bytes, seq: int, copies: int, pt: bytes, po: Any, pe: Any, identity: bytes,
+                 event: bytes) -> bytes:
+    """What a channel's entry holds besides its counter (its ``m`` field; the live message is
+    ``<id>\\n<counter>\\n`` and this): made once per event, whatever its count of channels."""
+    return b"%s\n%d\n%d\n%s\n%s\n%s\n%s\n%s" % (origin, seq, copies, pt, _b(po), _b(pe), identity, event)
+
+
+def _b(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+class PublishBatch:
+    """Events to write with :data:`PUBLISH`, grouped into one script call per group of keys
+    (``group_of``: :meth:`Nodes.script_group`; on one Redis server one call for the whole batch).
+    Pure: the caller sends the calls, in order, each group's on its own node's pipeline."""
+
+    __slots__ = ("group_of", "groups")
+
+    def __init__(self, group_of: Any) -> None:
+        self.group_of = group_of
+        self.groups: dict[Any, tuple[list[str], dict[str, int], list[Any], list[int]]] = {}
+
+    def add(self, names: list[str], tail: bytes) -> None:
+        """One event, written to ``names`` (its channels), ``tail`` from :func:`message_tail`."""
+        groups, group_of = self.groups, self.group_of
+        numbers: dict[Any, list[int]] = {}
+        for name in names:
+            group = group_of(name)
+            found = groups.get(group)
+            if found is None:
+                found = groups[group] = ([], {}, [], [0])
+            keys, index, _, _ = found
+            number = index.get(name)
+            if number is None:
+                number = index[name] = len(index) + 1
+                keys += (name, f"{name}:c", f"{name}:w")
+            numbers.setdefault(group, []).append(number)
+        for group, mine in numbers.items():
+            found = groups[group]
+            found[2].extend((len(mine), *mine, tail))
+            found[3][0] += len(mine)
+
+    def calls(self) -> list[tuple[list[str], list[Any], int]]:
+        """``(keys, per-event args, writes)`` of each script call (ARGV: maxlen, ttl, then the args;
+        writes: events times their channels in the call); empties the batch."""
+        calls = [(keys, argv, writes[0]) for keys, _, argv, writes in self.groups.values()]
+        self.groups = {}
+        return calls
 
 
 def channel_of_pattern(channel: str, pattern: str) -> str:
@@ -145,7 +249,10 @@ def parse_message(data: bytes) -> Message:
 
 
 def parse_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> Message:
-    """A stream entry (``XRANGE``)."""
+    """A stream entry (``XRANGE``): its counter and tail, or (written by an earlier version) one field each."""
+    tail = fields.get(b"m")
+    if tail is not None:
+        return Message([entry_id, fields[b"c"], *tail.split(b"\n", 7)])
     return Message([entry_id, fields[b"c"], fields[b"o"], fields[b"s"], fields[b"n"], fields[b"pt"],
                     fields[b"po"], fields[b"pe"], fields[b"i"], fields[b"e"]])
 
@@ -155,6 +262,10 @@ class Nodes(Protocol):
 
     def node_of(self, key: str) -> Any:
         """A hashable name of the node holding ``key``'s slot."""
+        ...
+
+    def script_group(self, key: str) -> Any:
+        """Keys of one group may be written by one script: their slot on a cluster, anything on one server."""
         ...
 
     def client(self, node: Any) -> Any:
@@ -178,6 +289,9 @@ class SingleNode:
 
     def node_of(self, key: str) -> Any:
         return None
+
+    def script_group(self, key: str) -> Any:
+        return None  # one server: a script may touch any key
 
     def client(self, node: Any) -> Any:
         return self.link.client

@@ -141,8 +141,15 @@ class NodeReader:
     def _take_baselines(self, states: list[tuple[str, _Channel]]) -> None:
         pipe = self.bp.nodes.client(self.node).pipeline(transaction=False)
         for name, _ in states:
-            self._baseline(keys=[name, f"{name}:c", f"{name}:w"], args=[self.bp.want_ttl], client=pipe)
-        for (name, state), (counter, last_id) in zip(states, pipe.execute()):
+            self._baseline(keys=[name, f"{name}:c", f"{name}:w"], args=[self.bp.want_ttl, TOPIC_TTL],
+                           client=pipe)
+        before = [(state.last_c, state.last_id) for _, state in states]
+        for (name, state), was, (counter, last_id) in zip(states, before, pipe.execute()):
+            if (state.last_c, state.last_id) != was:
+                # Taken from meanwhile (the reading greenlet had subscribed it already, e.g. a
+                # first interest while the reader connects): the state is newer than this
+                # baseline, which must neither move it back nor count a reset.
+                continue
             if state.last_c is None:
                 state.last_c, state.last_id = int(counter), bytes(last_id)
             elif int(counter) < state.last_c:

@@ -24,7 +24,7 @@ from flamigo_actors import ClientMessageEvent, publish
 
 
 def create_app(config: dict[str, Any] | None = None) -> Any:
-    """The demo app with ``POST /bench/fire`` ``{"room", "first", "count"}`` added."""
+    """The demo app with ``POST /bench/fire`` ``{"room", "first", "count", "pace"}`` added."""
     app = create_demo_app(config)
 
     @app.post("/bench/fire")
@@ -33,12 +33,17 @@ def create_app(config: dict[str, Any] | None = None) -> Any:
             return jsonify({"error": "loopback only"}), 403
         body = request.get_json(silent=True) or {}
         room, first, count = body.get("room"), body.get("first", 0), body.get("count")
-        if not isinstance(room, str) or not isinstance(first, int) or not isinstance(count, int) or count < 0:
-            return jsonify({"error": "body must be {room: str, first: int, count: int >= 0}"}), 400
+        pace = body.get("pace", 0)
+        if not isinstance(room, str) or not isinstance(first, int) or not isinstance(count, int) or count < 0 \
+                or not isinstance(pace, (int, float)) or pace < 0:
+            return jsonify({"error": "body must be {room: str, first: int, count: int >= 0, pace: seconds >= 0 "
+                                     "(optional)}"}), 400
         topics = (room_topic(room),)
         for k in range(first, first + count):
             publish(ClientMessageEvent(topics, "chat:message", {"room": room, "user": "bench", "text": f"e{k}"}))
-            if k % 64 == 63:
+            if pace:
+                gevent.sleep(pace)  # a trickle: the backplane writes about one event at a time
+            elif k % 64 == 63:
                 gevent.sleep(0)  # let the bus and the backplane's sender run: a burst, not a stall
         return jsonify({"room": room, "published": count}), 202
 
