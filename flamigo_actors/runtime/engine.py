@@ -39,6 +39,7 @@ import sys
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import gevent
@@ -46,6 +47,7 @@ import pykka
 from gevent import monkey
 from greenlet import getcurrent
 from greenlet import greenlet as RawGreenlet
+from pykka._envelope import Envelope
 
 __all__ = [
     "FlamigoActor",
@@ -254,6 +256,35 @@ class FlamigoActor(pykka.ThreadingActor):
             runner = _free_runners.pop() if _free_runners else RawGreenlet(_runner_main, hub)
             self._runner = runner
             hub.loop.run_callback(runner.switch, self)
+
+    def run_here(self, message: Any, on_yield: Callable[[], Any]) -> bool:
+        """Handle ``message`` in the calling greenlet if the actor is idle; False (nothing done) if not.
+
+        The caller becomes the actor's runner for this one run: the message
+        goes into the mailbox and the mailbox is drained here, in the
+        actor's own context, exactly as a pooled runner would have drained
+        it next (so everything told meanwhile, e.g. by a strategy that
+        yields, is handled after it, in order, and :meth:`idle` is False
+        throughout). What it saves is the hand-over: a hub callback and two
+        greenlet switches per message. ``on_yield`` is called from the hub
+        if the run yields (a strategy that blocks), so the caller can hand
+        its own work (reading the socket) to another greenlet meanwhile.
+
+        Raises:
+            pykka.ActorDeadError: the actor has stopped (as ``tell`` would).
+        """
+        if self._runner is not None or not self._set_up or not self._patched:
+            return False
+        if self.actor_stopped.is_set():
+            raise pykka.ActorDeadError(f"{self} not found")
+        self._runner = getcurrent()  # claimed first: the put below wakes no runner
+        self.actor_inbox.put(Envelope(message))
+        guard = gevent.get_hub().loop.run_callback(on_yield)  # runs only if we yield
+        try:
+            self._context.run(self._drain)  # type: ignore[union-attr]
+        finally:
+            guard.stop()
+        return True
 
     def _drain(self) -> None:
         # Pykka's actor loop, run until the mailbox is empty instead of forever.

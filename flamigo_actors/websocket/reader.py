@@ -21,7 +21,9 @@ import logging
 from time import perf_counter
 from typing import Any, Protocol
 
+import gevent
 import pykka
+from gevent.event import AsyncResult
 
 from .actor import Close, ConnectionActor, Inbound
 from .lifecycle import Lifecycle
@@ -37,6 +39,7 @@ class ReaderConnection(Protocol):
 
     hub: Any
     ref: Any
+    actor: Any
     transport: Any
     client: Any
     stats: Any
@@ -55,12 +58,76 @@ class ReaderConnection(Protocol):
 
 def read(conn: ReaderConnection) -> tuple[int, str]:
     """Start the connection's actor and read until the connection ends; return why."""
+    try:
+        conn.ref = ConnectionActor.start(conn)
+    except pykka.ActorDeadError:
+        return 1011, "internal error"
+    except Exception:
+        _log.exception("connection %s: reader failed", conn.client.conn_id)
+        conn.close(1011, "internal error", flush=False)
+        return 1011, "internal error"
+    readers = _Readers(conn)
+    ended = _reading(conn, readers)
+    if ended is not None:
+        return ended
+    try:  # another greenlet reads now: wait for its end
+        assert readers.ended is not None
+        return readers.ended.get()  # type: ignore[no-any-return]
+    except BaseException:  # the handler itself was killed: so is the reading
+        if readers.greenlet is not None:
+            readers.greenlet.kill(block=False)
+        raise
+
+
+class _Readers:
+    """Who reads next when a request handled in the reader's greenlet yields.
+
+    The reader handles a request itself when the actor is idle and nothing
+    else has arrived (:meth:`~flamigo_actors.runtime.engine.FlamigoActor.run_here`).
+    If its strategy blocks, reading must not wait for it (heartbeats, the
+    client's close, further requests queued behind it): the hub then calls
+    :meth:`take_over`, and a new greenlet goes on reading while the first
+    one finishes the actor's work. The greenlet that handed over then ends
+    (the handler's own one waits for :attr:`ended`, as ``read`` returns why
+    the connection ended), so a connection keeps at most one reading
+    greenlet, whatever its strategies do.
+    """
+
+    __slots__ = ("conn", "took_over", "greenlet", "ended")
+
+    def __init__(self, conn: ReaderConnection) -> None:
+        self.conn = conn
+        self.took_over = False
+        self.greenlet: gevent.Greenlet | None = None
+        self.ended: AsyncResult | None = None
+
+    def take_over(self) -> None:
+        # Called from the hub: the run in the reading greenlet yielded.
+        self.took_over = True
+        if self.ended is None:
+            self.ended = AsyncResult()
+        self.greenlet = gevent.spawn(self._read_on)
+
+    def _read_on(self) -> None:
+        ended = _reading(self.conn, self)
+        if ended is not None and self.ended is not None:
+            self.ended.set(ended)
+
+
+def _reading(conn: ReaderConnection, readers: _Readers) -> tuple[int, str] | None:
+    """Read until the connection ends and return why; ``None`` once another greenlet reads."""
     hub = conn.hub
     code, reason = 1006, "connection lost"
     try:
-        conn.ref = ConnectionActor.start(conn)
-        receive = conn.transport.receive
-        tell = conn.ref.tell
+        ref = conn.ref
+        actor = conn.actor
+        transport = conn.transport
+        receive = transport.receive
+        # Only a transport that can tell whether more has arrived gets the
+        # inline path: with more requests here, the mailbox batches their replies.
+        has_buffered = getattr(transport, "has_buffered", None)
+        run_here = actor.run_here if actor is not None and has_buffered is not None else None
+        tell = ref.tell
         client = conn.client
         stats = conn.stats
         slots = conn.slots
@@ -93,11 +160,19 @@ def read(conn: ReaderConnection) -> tuple[int, str]:
                 conn.reader_paused = False
             else:
                 slots.acquire()
-            if instruments is None:
-                tell(Inbound(binary, data, limited))
-            else:  # metrics: when it entered the mailbox, for the mailbox wait histogram
-                inbound = Inbound(binary, data, limited)
+            inbound = Inbound(binary, data, limited)
+            if instruments is not None:  # metrics: when it entered the mailbox, for the mailbox wait histogram
                 inbound.queued_at = perf_counter()
+            if run_here is not None and not has_buffered():  # type: ignore[misc]
+                # One request in flight: handle it here if the actor is idle
+                # (the mailbox would run it next anyway), with no hand-over.
+                if run_here(inbound, readers.take_over):
+                    if readers.took_over:  # it yielded: another greenlet reads now
+                        readers.took_over = False
+                        return None
+                else:
+                    tell(inbound)
+            else:
                 tell(inbound)
             if limited and conn.limited_in_a_row >= close_after:
                 raise CloseRequired(1008, "rate limit exceeded")

@@ -84,6 +84,7 @@ class SocketTransport(MessageReader):
         rfile = handler.rfile
         self._buf = b""  # bytes received and not yet parsed, from _pos on
         self._pos = 0
+        self._wait: Any = None  # with _event and _recv: set when we read the socket ourselves
         sock = _plain_socket(rfile)
         if sock is not None:
             # Our own receive buffer: one recv per burst, the frame parsed in
@@ -125,6 +126,16 @@ class SocketTransport(MessageReader):
         buf = self._buf
         pos = self._pos
         size = len(buf)
+        if pos == size and self._wait is not None:  # nothing here: wait for the next burst
+            try:
+                buf = self._fill(_RECV_SIZE)
+            except OSError as err:
+                raise ConnectionEnded(1006, f"connection lost ({err.strerror or err})") from None
+            if not buf:
+                raise ConnectionEnded(1006, "connection lost")
+            self._buf = buf
+            pos = self._pos = 0
+            size = len(buf)
         if size - pos >= 6:
             b0 = buf[pos]
             length = buf[pos + 1] - 0x80  # negative: unmasked (the general path refuses it)
