@@ -140,3 +140,18 @@ def test_frames_of_every_size_parsed_in_place_arrive_whole_and_in_order(server: 
     error, echo = ws.recv_json(), ws.recv_json()
     assert error["topic"] == "error" and echo["ackId"] == 1
     ws.close()
+
+
+def test_a_client_gone_during_a_blocking_request_ends_the_connection_at_once(server: LiveServer) -> None:
+    gates = server.app.extensions["gates"]
+    ws, conn = connect(server)
+    eventually(conn.actor.idle)
+    ws.send_json({"topic": "app::test:hold", "payload": {"gate": "d"}, "ackId": "held"})
+    eventually(lambda: gates.waiting.get("d") == 1)
+    assert run_in_reader(conn)
+    ws.drop()  # a network drop: the reader that took over sees it, not the held strategy
+    eventually(lambda: not conn.lifecycle.accepting)  # closing while the strategy still holds
+    assert gates.waiting.get("d") == 1 and not gates.get("d").is_set()
+    gates.open("d")
+    eventually(lambda: not server.flamigo.connections)
+    assert conn.client.close_code == 1006

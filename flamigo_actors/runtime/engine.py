@@ -167,6 +167,32 @@ def _runner_main(actor: Drainable) -> None:
             return
 
 
+# Runs in a calling greenlet (run_here) that have not yielded yet, and the
+# libev prepare watcher that tells them when they do: it runs when the loop
+# is about to poll, i.e. only once some greenlet gave control back to the
+# hub. A hub callback would do too, but a pending callback makes the loop
+# poll without blocking once more per request, a system call each time.
+_inline_runs: list[Callable[[], Any]] = []
+_watch: Any = None
+
+
+def _yield_watch() -> Any:
+    global _watch
+    if _watch is None:
+        _watch = gevent.get_hub().loop.prepare(ref=False)
+    return _watch
+
+
+def _inline_run_yielded() -> None:
+    # Called from the hub: every run in progress has yielded (it was not its
+    # caller that gave control back, or the loop would not be polling).
+    _yield_watch().stop()
+    runs = list(_inline_runs)
+    _inline_runs.clear()
+    for on_yield in runs:
+        on_yield()
+
+
 class Mailbox:
     """An actor's inbox under gevent: a FIFO whose ``put`` wakes the actor.
 
@@ -279,11 +305,20 @@ class FlamigoActor(pykka.ThreadingActor):
             raise pykka.ActorDeadError(f"{self} not found")
         self._runner = getcurrent()  # claimed first: the put below wakes no runner
         self.actor_inbox.put(Envelope(message))
-        guard = gevent.get_hub().loop.run_callback(on_yield)  # runs only if we yield
+        watched = _inline_runs
+        watched.append(on_yield)
+        if len(watched) == 1:
+            _yield_watch().start(_inline_run_yielded)
         try:
             self._context.run(self._drain)  # type: ignore[union-attr]
         finally:
-            guard.stop()
+            if watched:  # not yielded (the usual case): ours is the last one
+                if watched[-1] is on_yield:
+                    watched.pop()
+                elif on_yield in watched:
+                    watched.remove(on_yield)
+                if not watched:
+                    _yield_watch().stop()
         return True
 
     def _drain(self) -> None:

@@ -8,22 +8,30 @@ connection look dead), and tell the actor. When the actor has
 ``FLAMIGO_MAX_PENDING_REQUESTS`` requests waiting, the reader stops reading
 (``reader_paused``) so TCP pushes back on the client.
 
+One request in flight (the actor idle, nothing else received yet) is not
+told but run right here, as the actor's runner for that one run
+(:meth:`~flamigo_actors.runtime.engine.FlamigoActor.run_here`): the same
+mailbox, the same order, one message at a time, minus the hand-over to
+another greenlet. A strategy that yields there hands reading to a new
+greenlet (see :class:`_Readers`), so a blocked strategy never stops reading.
+
 When the peer closes, or breaks a rule, the requests it sent before still get
 their replies, in order, before the close frame (bounded by the strategy time
-limit plus ``FLAMIGO_CLOSE_TIMEOUT``). :func:`read` returns the
-``(code, reason)`` the connection ended with; it reports into the
-connection's lifecycle and never raises.
+limit plus ``FLAMIGO_CLOSE_TIMEOUT``). :func:`read` reports the
+``(code, reason)`` the connection ended with to its ``on_end`` as soon as
+reading ends; it reports into the connection's lifecycle and never raises.
 """
 
 from __future__ import annotations
 
 import logging
 from time import perf_counter
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import gevent
 import pykka
-from gevent.event import AsyncResult
+from gevent.event import Event
 
 from .actor import Close, ConnectionActor, Inbound
 from .lifecycle import Lifecycle
@@ -56,23 +64,29 @@ class ReaderConnection(Protocol):
     def close(self, code: int, reason: str, *, flush: bool) -> None: ...
 
 
-def read(conn: ReaderConnection) -> tuple[int, str]:
-    """Start the connection's actor and read until the connection ends; return why."""
+def read(conn: ReaderConnection, on_end: Callable[[int, str], None]) -> None:
+    """Start the connection's actor and read until the connection ends.
+
+    ``on_end(code, reason)`` is called once, by the greenlet that read last,
+    as soon as reading ends (even while a strategy that took the reading
+    greenlet over still runs); ``read`` returns after it.
+    """
     try:
         conn.ref = ConnectionActor.start(conn)
     except pykka.ActorDeadError:
-        return 1011, "internal error"
+        on_end(1011, "internal error")
+        return
     except Exception:
         _log.exception("connection %s: reader failed", conn.client.conn_id)
         conn.close(1011, "internal error", flush=False)
-        return 1011, "internal error"
-    readers = _Readers(conn)
-    ended = _reading(conn, readers)
-    if ended is not None:
-        return ended
-    try:  # another greenlet reads now: wait for its end
+        on_end(1011, "internal error")
+        return
+    readers = _Readers(conn, on_end)
+    if readers.read():
+        return
+    try:  # another greenlet reads now: wait until it has ended the connection
         assert readers.ended is not None
-        return readers.ended.get()  # type: ignore[no-any-return]
+        readers.ended.wait()
     except BaseException:  # the handler itself was killed: so is the reading
         if readers.greenlet is not None:
             readers.greenlet.kill(block=False)
@@ -88,30 +102,38 @@ class _Readers:
     client's close, further requests queued behind it): the hub then calls
     :meth:`take_over`, and a new greenlet goes on reading while the first
     one finishes the actor's work. The greenlet that handed over then ends
-    (the handler's own one waits for :attr:`ended`, as ``read`` returns why
-    the connection ended), so a connection keeps at most one reading
+    (the handler's own one waits for :attr:`ended`: the server closes the
+    socket once it returns), so a connection keeps at most one reading
     greenlet, whatever its strategies do.
     """
 
-    __slots__ = ("conn", "took_over", "greenlet", "ended")
+    __slots__ = ("conn", "on_end", "took_over", "greenlet", "ended")
 
-    def __init__(self, conn: ReaderConnection) -> None:
+    def __init__(self, conn: ReaderConnection, on_end: Callable[[int, str], None]) -> None:
         self.conn = conn
+        self.on_end = on_end
         self.took_over = False
         self.greenlet: gevent.Greenlet | None = None
-        self.ended: AsyncResult | None = None
+        self.ended: Event | None = None
 
     def take_over(self) -> None:
         # Called from the hub: the run in the reading greenlet yielded.
         self.took_over = True
         if self.ended is None:
-            self.ended = AsyncResult()
-        self.greenlet = gevent.spawn(self._read_on)
+            self.ended = Event()
+        self.greenlet = gevent.spawn(self.read)
 
-    def _read_on(self) -> None:
+    def read(self) -> bool:
+        """Read until the connection ends (then report it: True) or another greenlet reads (False)."""
         ended = _reading(self.conn, self)
-        if ended is not None and self.ended is not None:
-            self.ended.set(ended)
+        if ended is None:
+            return False
+        try:
+            self.on_end(*ended)
+        finally:
+            if self.ended is not None:
+                self.ended.set()
+        return True
 
 
 def _reading(conn: ReaderConnection, readers: _Readers) -> tuple[int, str] | None:

@@ -63,6 +63,8 @@ _RECV_SIZE = 65536
 """Bytes asked for per ``recv`` (a pipelining client's burst in one system call)."""
 _MAX_RECV = 1 << 20
 """Most bytes asked for at once while a large frame arrives."""
+_RECEIVED = bytearray(_RECV_SIZE)
+_RECEIVED_VIEW = memoryview(_RECEIVED)
 
 
 class SocketTransport(MessageReader):
@@ -91,6 +93,7 @@ class SocketTransport(MessageReader):
             # place, and we know whether more requests are already here.
             self._buf = _take_buffered(rfile)
             self._wait, self._event, self._recv = sock._wait, sock._read_event, sock.recv
+            self._recv_into = sock.recv_into
             super().__init__(self._read_exactly, self._read_some)
         else:
             # TLS and the like: decrypted bytes may wait in the TLS layer while
@@ -202,7 +205,13 @@ class SocketTransport(MessageReader):
         # raised exception each time; strace -c of rt1x1 showed 2 recvfrom
         # per request before). Raises socket.timeout past the socket's timeout.
         self._wait(self._event)
-        return self._recv(min(max(wanted, _RECV_SIZE), _MAX_RECV))  # type: ignore[no-any-return]
+        if wanted > _RECV_SIZE:  # a large frame: straight into its own bytes
+            return self._recv(min(wanted, _MAX_RECV))  # type: ignore[no-any-return]
+        # Into one shared buffer, then copied out: recv(65536) would allocate
+        # and shrink 64 KiB per call (about 0.9 µs more than this, measured).
+        # Shared safely: nothing yields between the recv and the copy.
+        received = self._recv_into(_RECEIVED)
+        return _RECEIVED_VIEW[:received].tobytes()
 
     # -- writing -------------------------------------------------------------
 
