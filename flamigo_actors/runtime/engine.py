@@ -19,6 +19,13 @@ refs and futures, and swaps two internals for cheaper gevent-native ones:
   enters, so context variables set by ``on_start`` (the Flask app context,
   :func:`current_actor`) hold for its whole life, as with one greenlet.
 
+A caller that has a message for an idle actor may also handle it itself,
+in its own greenlet (:meth:`FlamigoActor.run_here`: the connection's reader
+with one request in flight): it becomes the actor's runner for that one run,
+so the order and the one-at-a-time rule are the mailbox's, and nothing is
+handed to another greenlet. A libev prepare watcher tells the caller when
+such a run yields (so the reader can hand reading to another greenlet).
+
 The same pooled runners drain domain actors' activations (anything
 :class:`Drainable`, handed over by :func:`wake`): an idle one of those holds
 no greenlet either.

@@ -8,6 +8,17 @@ to the socket where they could interleave with a half-written message. The
 RFC 6455 parsing and building itself lives in
 :mod:`flamigo_actors.websocket.framing`; this module adds the socket I/O.
 
+Over a plain socket the transport keeps its own receive buffer: it waits
+until the socket is readable, takes what has arrived with one ``recv``, and
+parses a whole unfragmented frame of up to 64 KiB in place (anything else,
+or a frame not all here yet, goes through the general parser, which checks
+every rule). :meth:`SocketTransport.has_buffered` tells the reader whether
+more has arrived than it has parsed, i.e. whether the client has more
+requests in flight. Bytes already buffered by the handshake (frames sent
+with the upgrade request) are taken over first. TLS sockets keep the
+handler's buffered reader (decrypted bytes may wait inside the TLS layer
+while the socket looks quiet) and always report more as possibly buffered.
+
 Everything else in the package speaks to a
 :class:`~flamigo_actors.websocket.framing.Transport` (receive a message, try a
 non-blocking send, send all, close, abort), so swapping gevent-websocket for
