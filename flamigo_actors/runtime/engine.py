@@ -185,8 +185,9 @@ _watch: Any = None
 
 def _yield_watch() -> Any:
     global _watch
-    if _watch is None:
-        _watch = gevent.get_hub().loop.prepare(ref=False)
+    loop = gevent.get_hub().loop
+    if _watch is None or _watch.loop is not loop:  # (a hub destroyed and made anew)
+        _watch = loop.prepare(ref=False)
     return _watch
 
 
