@@ -1,4 +1,4 @@
-"""The reader waits for readable bytes before it reads (transport's ``_read_when_readable``).
+"""The reader waits for readable bytes before it reads (``SocketTransport._fill``).
 
 The change must lose nothing: bytes that arrived with the upgrade request
 (already in the handler's buffer when the reader starts), requests pipelined

@@ -19,6 +19,13 @@ refs and futures, and swaps two internals for cheaper gevent-native ones:
   enters, so context variables set by ``on_start`` (the Flask app context,
   :func:`current_actor`) hold for its whole life, as with one greenlet.
 
+A caller that has a message for an idle actor may also handle it itself,
+in its own greenlet (:meth:`FlamigoActor.run_here`: the connection's reader
+with one request in flight): it becomes the actor's runner for that one run,
+so the order and the one-at-a-time rule are the mailbox's, and nothing is
+handed to another greenlet. A libev prepare watcher tells the caller when
+such a run yields (so the reader can hand reading to another greenlet).
+
 The same pooled runners drain domain actors' activations (anything
 :class:`Drainable`, handed over by :func:`wake`): an idle one of those holds
 no greenlet either.
@@ -39,6 +46,7 @@ import sys
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import gevent
@@ -46,6 +54,7 @@ import pykka
 from gevent import monkey
 from greenlet import getcurrent
 from greenlet import greenlet as RawGreenlet
+from pykka._envelope import Envelope
 
 __all__ = [
     "FlamigoActor",
@@ -165,6 +174,33 @@ def _runner_main(actor: Drainable) -> None:
             return
 
 
+# Runs in a calling greenlet (run_here) that have not yielded yet, and the
+# libev prepare watcher that tells them when they do: it runs when the loop
+# is about to poll, i.e. only once some greenlet gave control back to the
+# hub. A hub callback would do too, but a pending callback makes the loop
+# poll without blocking once more per request, a system call each time.
+_inline_runs: list[Callable[[], Any]] = []
+_watch: Any = None
+
+
+def _yield_watch() -> Any:
+    global _watch
+    loop = gevent.get_hub().loop
+    if _watch is None or _watch.loop is not loop:  # (a hub destroyed and made anew)
+        _watch = loop.prepare(ref=False)
+    return _watch
+
+
+def _inline_run_yielded() -> None:
+    # Called from the hub: every run in progress has yielded (it was not its
+    # caller that gave control back, or the loop would not be polling).
+    _yield_watch().stop()
+    runs = list(_inline_runs)
+    _inline_runs.clear()
+    for on_yield in runs:
+        on_yield()
+
+
 class Mailbox:
     """An actor's inbox under gevent: a FIFO whose ``put`` wakes the actor.
 
@@ -254,6 +290,44 @@ class FlamigoActor(pykka.ThreadingActor):
             runner = _free_runners.pop() if _free_runners else RawGreenlet(_runner_main, hub)
             self._runner = runner
             hub.loop.run_callback(runner.switch, self)
+
+    def run_here(self, message: Any, on_yield: Callable[[], Any]) -> bool:
+        """Handle ``message`` in the calling greenlet if the actor is idle; False (nothing done) if not.
+
+        The caller becomes the actor's runner for this one run: the message
+        goes into the mailbox and the mailbox is drained here, in the
+        actor's own context, exactly as a pooled runner would have drained
+        it next (so everything told meanwhile, e.g. by a strategy that
+        yields, is handled after it, in order, and :meth:`idle` is False
+        throughout). What it saves is the hand-over: a hub callback and two
+        greenlet switches per message. ``on_yield`` is called from the hub
+        if the run yields (a strategy that blocks), so the caller can hand
+        its own work (reading the socket) to another greenlet meanwhile.
+
+        Raises:
+            pykka.ActorDeadError: the actor has stopped (as ``tell`` would).
+        """
+        if self._runner is not None or not self._set_up or not self._patched:
+            return False
+        if self.actor_stopped.is_set():
+            raise pykka.ActorDeadError(f"{self} not found")
+        self._runner = getcurrent()  # claimed first: the put below wakes no runner
+        self.actor_inbox.put(Envelope(message))
+        watched = _inline_runs
+        watched.append(on_yield)
+        if len(watched) == 1:
+            _yield_watch().start(_inline_run_yielded)
+        try:
+            self._context.run(self._drain)  # type: ignore[union-attr]
+        finally:
+            if watched:  # not yielded (the usual case): ours is the last one
+                if watched[-1] is on_yield:
+                    watched.pop()
+                elif on_yield in watched:
+                    watched.remove(on_yield)
+                if not watched:
+                    _yield_watch().stop()
+        return True
 
     def _drain(self) -> None:
         # Pykka's actor loop, run until the mailbox is empty instead of forever.

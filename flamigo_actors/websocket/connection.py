@@ -107,8 +107,7 @@ class Connection:
     def run(self) -> None:
         """Serve the connection until it ends (runs in the handler's greenlet)."""
         self.hub.register(self)
-        code, reason = read(self)
-        self._end(code, reason)
+        read(self, self._end)  # _end runs as soon as reading ends
 
     def send_text(self, payload: bytes) -> None:
         """Write a text frame carrying ``payload`` (a reply, an error, the heartbeat's pong)."""

@@ -98,9 +98,12 @@ class Request:
         return f"Request(topic={self.topic!r}, ack_id={self.ack_id!r})"
 
 
+_ACK_TYPES = frozenset((str, int, float))
+
+
 def _valid_ack(value: Any) -> bool:
-    # bool is an int subclass in Python but not a JSON number.
-    return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+    # The exact types JSON decodes to: bool (an int subclass) is not a JSON number.
+    return type(value) in _ACK_TYPES
 
 
 def parse(frame: str | bytes | bytearray, *, binary: bool = False) -> Request:

@@ -8,20 +8,30 @@ connection look dead), and tell the actor. When the actor has
 ``FLAMIGO_MAX_PENDING_REQUESTS`` requests waiting, the reader stops reading
 (``reader_paused``) so TCP pushes back on the client.
 
+One request in flight (the actor idle, nothing else received yet) is not
+told but run right here, as the actor's runner for that one run
+(:meth:`~flamigo_actors.runtime.engine.FlamigoActor.run_here`): the same
+mailbox, the same order, one message at a time, minus the hand-over to
+another greenlet. A strategy that yields there hands reading to a new
+greenlet (see :class:`_Readers`), so a blocked strategy never stops reading.
+
 When the peer closes, or breaks a rule, the requests it sent before still get
 their replies, in order, before the close frame (bounded by the strategy time
-limit plus ``FLAMIGO_CLOSE_TIMEOUT``). :func:`read` returns the
-``(code, reason)`` the connection ended with; it reports into the
-connection's lifecycle and never raises.
+limit plus ``FLAMIGO_CLOSE_TIMEOUT``). :func:`read` reports the
+``(code, reason)`` the connection ended with to its ``on_end`` as soon as
+reading ends; it reports into the connection's lifecycle and never raises.
 """
 
 from __future__ import annotations
 
 import logging
 from time import perf_counter
+from collections.abc import Callable
 from typing import Any, Protocol
 
+import gevent
 import pykka
+from gevent.event import Event
 
 from .actor import Close, ConnectionActor, Inbound
 from .lifecycle import Lifecycle
@@ -37,6 +47,7 @@ class ReaderConnection(Protocol):
 
     hub: Any
     ref: Any
+    actor: Any
     transport: Any
     client: Any
     stats: Any
@@ -53,14 +64,92 @@ class ReaderConnection(Protocol):
     def close(self, code: int, reason: str, *, flush: bool) -> None: ...
 
 
-def read(conn: ReaderConnection) -> tuple[int, str]:
-    """Start the connection's actor and read until the connection ends; return why."""
+def read(conn: ReaderConnection, on_end: Callable[[int, str], None]) -> None:
+    """Start the connection's actor and read until the connection ends.
+
+    ``on_end(code, reason)`` is called once, by the greenlet that read last,
+    as soon as reading ends (even while a strategy that took the reading
+    greenlet over still runs); ``read`` returns after it.
+    """
+    try:
+        conn.ref = ConnectionActor.start(conn)
+    except pykka.ActorDeadError:
+        on_end(1011, "internal error")
+        return
+    except Exception:
+        _log.exception("connection %s: reader failed", conn.client.conn_id)
+        conn.close(1011, "internal error", flush=False)
+        on_end(1011, "internal error")
+        return
+    readers = _Readers(conn, on_end)
+    if readers.read():
+        return
+    try:  # another greenlet reads now: wait until it has ended the connection
+        assert readers.ended is not None
+        readers.ended.wait()
+    except BaseException:  # the handler itself was killed: so is the reading
+        if readers.greenlet is not None:
+            readers.greenlet.kill(block=False)
+        raise
+
+
+class _Readers:
+    """Who reads next when a request handled in the reader's greenlet yields.
+
+    The reader handles a request itself when the actor is idle and nothing
+    else has arrived (:meth:`~flamigo_actors.runtime.engine.FlamigoActor.run_here`).
+    If its strategy blocks, reading must not wait for it (heartbeats, the
+    client's close, further requests queued behind it): the hub then calls
+    :meth:`take_over`, and a new greenlet goes on reading while the first
+    one finishes the actor's work. The greenlet that handed over then ends
+    (the handler's own one waits for :attr:`ended`: the server closes the
+    socket once it returns), so a connection keeps at most one reading
+    greenlet, whatever its strategies do.
+    """
+
+    __slots__ = ("conn", "on_end", "took_over", "greenlet", "ended")
+
+    def __init__(self, conn: ReaderConnection, on_end: Callable[[int, str], None]) -> None:
+        self.conn = conn
+        self.on_end = on_end
+        self.took_over = False
+        self.greenlet: gevent.Greenlet | None = None
+        self.ended: Event | None = None
+
+    def take_over(self) -> None:
+        # Called from the hub: the run in the reading greenlet yielded.
+        self.took_over = True
+        if self.ended is None:
+            self.ended = Event()
+        self.greenlet = gevent.spawn(self.read)
+
+    def read(self) -> bool:
+        """Read until the connection ends (then report it: True) or another greenlet reads (False)."""
+        ended = _reading(self.conn, self)
+        if ended is None:
+            return False
+        try:
+            self.on_end(*ended)
+        finally:
+            if self.ended is not None:
+                self.ended.set()
+        return True
+
+
+def _reading(conn: ReaderConnection, readers: _Readers) -> tuple[int, str] | None:
+    """Read until the connection ends and return why; ``None`` once another greenlet reads."""
     hub = conn.hub
     code, reason = 1006, "connection lost"
     try:
-        conn.ref = ConnectionActor.start(conn)
-        receive = conn.transport.receive
-        tell = conn.ref.tell
+        ref = conn.ref
+        actor = conn.actor
+        transport = conn.transport
+        receive = transport.receive
+        # Only a transport that can tell whether more has arrived gets the
+        # inline path: with more requests here, the mailbox batches their replies.
+        has_buffered = getattr(transport, "has_buffered", None)
+        run_here = actor.run_here if actor is not None and has_buffered is not None else None
+        tell = ref.tell
         client = conn.client
         stats = conn.stats
         slots = conn.slots
@@ -93,11 +182,19 @@ def read(conn: ReaderConnection) -> tuple[int, str]:
                 conn.reader_paused = False
             else:
                 slots.acquire()
-            if instruments is None:
-                tell(Inbound(binary, data, limited))
-            else:  # metrics: when it entered the mailbox, for the mailbox wait histogram
-                inbound = Inbound(binary, data, limited)
+            inbound = Inbound(binary, data, limited)
+            if instruments is not None:  # metrics: when it entered the mailbox, for the mailbox wait histogram
                 inbound.queued_at = perf_counter()
+            if run_here is not None and not has_buffered():  # type: ignore[misc]
+                # One request in flight: handle it here if the actor is idle
+                # (the mailbox would run it next anyway), with no hand-over.
+                if run_here(inbound, readers.take_over):
+                    if readers.took_over:  # it yielded: another greenlet reads now
+                        readers.took_over = False
+                        return None
+                else:
+                    tell(inbound)
+            else:
                 tell(inbound)
             if limited and conn.limited_in_a_row >= close_after:
                 raise CloseRequired(1008, "rate limit exceeded")
