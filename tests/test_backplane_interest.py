@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import psutil
@@ -120,6 +121,51 @@ def wait_for(server: ServerProcess, count: int, timeout: float = 15.0) -> list[t
         return got if len(got) >= count else None
 
     return list(eventually(enough, timeout=timeout))
+
+
+@contextmanager
+def feeding(listener: ServerProcess, publisher: ServerProcess) -> Iterator[list[int]]:
+    """``feed/x`` gets 10 events, then 5 every 50 ms from a greenlet while the block runs.
+
+    Yields the count sent so far (a one-item list, kept current); on a normal
+    exit it waits for 50 more to be sent (the block's disruption ridden
+    through), and always stops the publishing greenlet.
+    """
+    import gevent
+
+    publish(publisher, ["feed/x"], 1, 10)
+    wait_for(listener, 10)
+    sent = [10]
+    stop = False
+
+    def keep_publishing() -> None:  # the publisher goes on through the disruption (publish never waits for Redis)
+        while not stop:
+            publish(publisher, ["feed/x"], sent[0] + 1, 5)
+            sent[0] += 5
+            gevent.sleep(0.05)
+
+    talking = gevent.spawn(keep_publishing)
+    gevent.sleep(0.5)
+    try:
+        yield sent
+        at_end = sent[0]
+        eventually(lambda: sent[0] >= at_end + 50, timeout=30)
+    finally:
+        stop = True
+        talking.join(10)
+
+
+def fed(listener: ServerProcess, sent: list[int]) -> tuple[list[int], set[int]]:
+    """Once the last ``feed/x`` event arrived: what the listener got (each once, in order), and what it lacks."""
+
+    def settled() -> Any:  # everything after the disruption arrived; what was before it arrived or is counted
+        got = [n for _, t, n in received(listener) if t == ("feed/x",)]
+        return got if got and got[-1] == sent[0] else None
+
+    got = eventually(settled, timeout=30)
+    assert len(got) == len(set(got)), "an event reached the listener twice"
+    assert got == sorted(got), "out of order"
+    return got, set(range(1, sent[0] + 1)) - set(got)
 
 
 @pytest.mark.parametrize("redis_target", ["single", ON_A_CLUSTER], indirect=True)
@@ -285,39 +331,13 @@ def test_a_burst_of_events_arrives_exactly_once_in_order(
 def test_a_channel_s_master_killed_delivery_resumes_nothing_twice_anything_lost_counted(
     redis_target: RedisTarget, processes: list[ServerProcess]
 ) -> None:
-    import gevent
-
     cluster = redis_target.server
     listener, publisher = start(redis_target, processes, "feed/*,solo", "")
-    publish(publisher, ["feed/x"], 1, 10)
-    wait_for(listener, 10)
-    sent = [10]
-    stop = False
-
-    def keep_publishing() -> None:  # the publisher goes on through the failover (publish never waits for Redis)
-        while not stop:
-            publish(publisher, ["feed/x"], sent[0] + 1, 5)
-            sent[0] += 5
-            gevent.sleep(0.05)
-
-    talking = gevent.spawn(keep_publishing)
-    gevent.sleep(0.5)
-    killed = cluster.kill_master_of("flamigo:n:{feed}")
-    eventually(lambda: snapshot(listener)["connected"] and snapshot(publisher)["connected"], timeout=30)
-    at_failover = sent[0]
-    eventually(lambda: sent[0] >= at_failover + 50, timeout=30)
-    stop = True
-    talking.join(10)
+    with feeding(listener, publisher) as sent:
+        killed = cluster.kill_master_of("flamigo:n:{feed}")
+        eventually(lambda: snapshot(listener)["connected"] and snapshot(publisher)["connected"], timeout=30)
     publish(publisher, ["solo"], 1, 5)  # and a channel of another slot still works
-
-    def settled() -> Any:  # everything after the failover arrived; what was before it arrived or is counted
-        got = [n for _, t, n in received(listener) if t == ("feed/x",)]
-        return got if got and got[-1] == sent[0] else None
-
-    got = eventually(settled, timeout=30)
-    assert len(got) == len(set(got)), "an event reached the listener twice"
-    assert got == sorted(got), "out of order"
-    lost = set(range(1, sent[0] + 1)) - set(got)
+    got, lost = fed(listener, sent)
     stats_l, stats_p = snapshot(listener), snapshot(publisher)
     # Never silent: what the listener lacks is counted by the publisher (failed, unreplicated)
     # or the listener (missed).
@@ -338,39 +358,13 @@ def test_a_channel_s_master_killed_delivery_resumes_nothing_twice_anything_lost_
 def test_a_channel_s_slot_resharded_while_a_publisher_sends_exactly_once_or_counted(
     redis_target: RedisTarget, processes: list[ServerProcess]
 ) -> None:
-    import gevent
-
     cluster = redis_target.server
     listener, publisher = start(redis_target, processes, "feed/*,solo", "")
-    publish(publisher, ["feed/x"], 1, 10)
-    wait_for(listener, 10)
-    sent = [10]
-    stop = False
-
-    def keep_publishing() -> None:
-        while not stop:
-            publish(publisher, ["feed/x"], sent[0] + 1, 5)
-            sent[0] += 5
-            gevent.sleep(0.05)
-
-    talking = gevent.spawn(keep_publishing)
-    gevent.sleep(0.5)
     channel = "flamigo:n:{feed}"
-    target = next(p for p in sorted(cluster.master_ports()) if p != cluster.master_of(channel))
-    source = cluster.migrate_slot_of(channel, target)  # its stream, counter and mark move along
-    at_move = sent[0]
-    eventually(lambda: sent[0] >= at_move + 50, timeout=30)
-    stop = True
-    talking.join(10)
-
-    def settled() -> Any:
-        got = [n for _, t, n in received(listener) if t == ("feed/x",)]
-        return got if got and got[-1] == sent[0] else None
-
-    got = eventually(settled, timeout=30)
-    assert len(got) == len(set(got)), "an event reached the listener twice"
-    assert got == sorted(got), "out of order"
-    lost = set(range(1, sent[0] + 1)) - set(got)
+    with feeding(listener, publisher) as sent:
+        target = next(p for p in sorted(cluster.master_ports()) if p != cluster.master_of(channel))
+        source = cluster.migrate_slot_of(channel, target)  # its stream, counter and mark move along
+    got, lost = fed(listener, sent)
     stats_l, stats_p = snapshot(listener), snapshot(publisher)
     assert len(lost) <= stats_p["failed"] + stats_l["missed"], (sorted(lost), stats_l, stats_p)
     assert stats_l["resets"] == 0, stats_l
