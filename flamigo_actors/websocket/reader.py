@@ -73,13 +73,8 @@ def read(conn: ReaderConnection, on_end: Callable[[int, str], None]) -> None:
     """
     try:
         conn.ref = ConnectionActor.start(conn)
-    except pykka.ActorDeadError:
-        on_end(1011, "internal error")
-        return
-    except Exception:
-        _log.exception("connection %s: reader failed", conn.client.conn_id)
-        conn.close(1011, "internal error", flush=False)
-        on_end(1011, "internal error")
+    except Exception as error:
+        on_end(*_failed(conn, error))
         return
     readers = _Readers(conn, on_end)
     if readers.read():
@@ -205,13 +200,19 @@ def _reading(conn: ReaderConnection, readers: _Readers) -> tuple[int, str] | Non
     except CloseRequired as required:
         code, reason = required.code, required.reason
         _close_in_turn(conn, code, reason, code, reason)
-    except pykka.ActorDeadError:
-        code, reason = 1011, "internal error"
-    except Exception:
-        _log.exception("connection %s: reader failed", conn.client.conn_id)
-        code, reason = 1011, "internal error"
-        conn.close(code, reason, flush=False)
+    except Exception as error:
+        code, reason = _failed(conn, error)
     return code, reason
+
+
+def _failed(conn: ReaderConnection, error: Exception) -> tuple[int, str]:
+    """Why the connection ends when starting or reading fails. The actor already stopped:
+    its stop or failure cleaned the connection up; anything else is a bug here (logged),
+    and the connection is closed now."""
+    if not isinstance(error, pykka.ActorDeadError):
+        _log.error("connection %s: reader failed", conn.client.conn_id, exc_info=error)
+        conn.close(1011, "internal error", flush=False)
+    return 1011, "internal error"
 
 
 def _close_in_turn(
