@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from flamigo_actors.backplane.resp import RespReader, command, write
+from flamigo_actors.backplane.resp import RespReader, command, command_head, with_last, write
 from tests.support import RedisServer
 
 PROTOCOLS = [2, 3]
@@ -39,6 +39,19 @@ def both(pool: Any, *args: Any) -> tuple[Any, Any]:
     finally:
         pool.release(ours)
         pool.release(theirs)
+
+
+def test_a_command_head_completed_is_the_whole_command_and_redis_runs_it(pool: Any) -> None:
+    head = command_head("SET", "spliced")
+    for value in (b"", b"v", b"line\r\nbreak", b"$3\r\nfoo", bytes(range(256)) * 3):
+        assert with_last(head, value) == command("SET", "spliced", value)
+        conn = pool.get_connection()
+        try:
+            write(conn, with_last(head, value) + command("GET", "spliced"))
+            replies = RespReader(conn)
+            assert replies.read() == b"OK" and replies.read() == value
+        finally:
+            pool.release(conn)
 
 
 def test_replies_parse_as_redis_py_parses_them(pool: Any) -> None:

@@ -46,7 +46,7 @@ import gevent
 from gevent.event import Event
 from greenlet import getcurrent
 
-from .resp import RespReader, command, write
+from .resp import RespReader, command, command_head, with_last, write
 
 __all__ = ["ACK_READ_DELAY", "InboxReader", "InboxWriter", "NodeWriters"]
 
@@ -71,8 +71,8 @@ def _publish(target: str, document: bytes) -> bytes:
     if head is None:
         if len(_PUBLISH_HEADS) > 10_000:
             _PUBLISH_HEADS.clear()
-        head = _PUBLISH_HEADS[target] = command("PUBLISH", target, "")[:-6]
-    return b"%s$%d\r\n%s\r\n" % (head, len(document), document)
+        head = _PUBLISH_HEADS[target] = command_head("PUBLISH", target)
+    return with_last(head, document)
 _XADD_HEADS: dict[tuple[str, int], bytes] = {}
 
 
@@ -82,8 +82,8 @@ def _xadd(target: str, document: bytes, maxlen: int) -> bytes:
     if head is None:
         if len(_XADD_HEADS) > 10_000:
             _XADD_HEADS.clear()
-        head = _XADD_HEADS[(target, maxlen)] = command("XADD", target, "MAXLEN", "~", maxlen, "*", "m", "")[:-6]
-    return b"%s$%d\r\n%s\r\n" % (head, len(document), document)
+        head = _XADD_HEADS[(target, maxlen)] = command_head("XADD", target, "MAXLEN", "~", maxlen, "*", "m")
+    return with_last(head, document)
 
 
 class InboxWriter:
@@ -343,7 +343,7 @@ class InboxReader:
         link = calls.link
         block_ms = max(1, int(link.block * 1000))
         # (made once: only the last entry id changes from one read to the next)
-        xread = command("XREAD", "COUNT", calls.batch, "BLOCK", block_ms, "STREAMS", calls.inbox, "")[:-6]
+        xread = command_head("XREAD", "COUNT", calls.batch, "BLOCK", block_ms, "STREAMS", calls.inbox)
         refreshed = 0.0
         conn: Any = None
         replies: Any = None
@@ -365,8 +365,7 @@ class InboxReader:
                     if time.monotonic() - refreshed > calls.inbox_ttl / 4:
                         commands += [_SKIP_REPLY, command("EXPIRE", calls.inbox, int(calls.inbox_ttl))]
                         refreshed = time.monotonic()
-                    last_id = self.last_id
-                    commands.append(b"%s$%d\r\n%s\r\n" % (xread, len(last_id), last_id))
+                    commands.append(with_last(xread, self.last_id))
                     write(conn, b"".join(commands))
                     reply = replies.read()
                 except link.link_errors as err:

@@ -39,7 +39,7 @@ from .resp import RespReader, command, write
 
 __all__ = ["ReplySubscriber", "replies_of"]
 
-_PING = b"*1\r\n$4\r\nPING\r\n"
+_PING = command("PING")
 
 _log = logging.getLogger("flamigo_actors.actors.redis")
 

@@ -1,7 +1,8 @@
 """Redis's wire format (RESP) on a raw redis-py connection: commands written, replies read.
 
-:func:`command` makes one command's bytes (constant parts can be made once and the
-variable part spliced in); :func:`write` sends bytes in one ``send`` when they fit.
+:func:`command` makes one command's bytes; :func:`command_head` makes all of it but its
+last argument once, and :func:`with_last` splices that argument in per call;
+:func:`write` sends bytes in one ``send`` when they fit.
 
 :class:`RespReader` is the read side of the domain actors' latency path: the inbox
 reader's ``XREAD`` answers (:mod:`.inbox_io`) and the reply subscriber's pub/sub
@@ -33,7 +34,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-__all__ = ["RespReader", "command", "write"]
+__all__ = ["RespReader", "command", "command_head", "with_last", "write"]
 
 _CRLF = b"\r\n"
 _READ_SIZE = 65536
@@ -49,6 +50,17 @@ def command(*args: Any) -> bytes:
             arg = b"%d" % arg
         out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
     return b"".join(out)
+
+
+def command_head(*args: Any) -> bytes:
+    """The bytes of command ``args`` plus one more argument, up to that argument
+    (:func:`with_last` completes them): made once for a command sent many times."""
+    return command(*args, "")[:-6]  # (the empty argument's own bytes: "$0\r\n\r\n")
+
+
+def with_last(head: bytes, last: bytes) -> bytes:
+    """The command :func:`command_head` began, with ``last`` as its last argument."""
+    return b"%s$%d\r\n%s\r\n" % (head, len(last), last)
 
 
 def write(conn: Any, data: bytes) -> None:
