@@ -74,14 +74,27 @@ WANT_TTL = 600
 FIREHOSE = WILDCARD
 """The namespace of patterns beginning with ``*``: every event is written to it."""
 
+_APPEND = """
+local function append(key, maxlen, ttl, c, tail)
+  local id = redis.call('XADD', key, 'NOMKSTREAM', 'MAXLEN', '~', maxlen, '*', 'c', c, 'm', tail)
+  if not id then
+    id = redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'c', c, 'm', tail)
+    redis.call('EXPIRE', key, ttl)
+  end
+  redis.call('SPUBLISH', key, id .. '\\n' .. c .. '\\n' .. tail)
+end
+"""
+"""Lua defining ``append(key, maxlen, ttl, c, tail)``: a channel's entry ``c``/``m`` appended
+(NOMKSTREAM: a stream has its TTL already; the entry that creates it sets it) and published
+live as ``<id>\\n<c>\\n<tail>``. The start of :data:`PUBLISH` and of :data:`RECOVER`'s own part."""
+
 # Writes a batch of events to their channels, in order. KEYS: three per channel (stream, counter,
 # want). ARGV: maxlen, ttl, then per event: its count k of channels here, their k numbers (1-based,
 # into KEYS by threes) and the message's tail (see message_tail). Per channel, once per batch:
 # INCRBY its counter by its events (the TTL set when this creates it: the listeners' BASELINE and
 # refresh keep it alive) and EXISTS its want key (a script runs alone: it cannot change meanwhile).
-# Per event and wanted channel: XADD (NOMKSTREAM: a stream has its TTL already; the entry that
-# creates it sets it) with the entry's number, and SPUBLISH "<id>\n<number>\n<tail>".
-PUBLISH = """
+# Per event and wanted channel: append (above) with the entry's number.
+PUBLISH = _APPEND + """
 local ttl, argc = ARGV[2], #ARGV
 local count, at = {}, {}
 local i = 3
@@ -108,13 +121,7 @@ while i <= argc do
     if c then
       c = c + 1
       at[ch] = c
-      local key = KEYS[3 * ch - 2]
-      local id = redis.call('XADD', key, 'NOMKSTREAM', 'MAXLEN', '~', ARGV[1], '*', 'c', c, 'm', tail)
-      if not id then
-        id = redis.call('XADD', key, 'MAXLEN', '~', ARGV[1], '*', 'c', c, 'm', tail)
-        redis.call('EXPIRE', key, ttl)
-      end
-      redis.call('SPUBLISH', key, id .. '\\n' .. c .. '\\n' .. tail)
+      append(KEYS[3 * ch - 2], ARGV[1], ttl, c, tail)
     end
   end
   i = i + k + 2
@@ -127,16 +134,10 @@ return 1
 # KEYS: epoch, offset, history, stream, counter, want.
 # ARGV: new epoch, doc, history length, history ttl, maxlen, ttl, tail head (origin, seq, copies,
 # stream name: the tail up to the position), tail end (identity, event).
-RECOVER = HISTORY_LUA + """local c = redis.call('INCR', KEYS[5])
+RECOVER = HISTORY_LUA + _APPEND + """local c = redis.call('INCR', KEYS[5])
 if c == 1 then redis.call('EXPIRE', KEYS[5], ARGV[6]) end
 if redis.call('EXISTS', KEYS[6]) == 1 then
-  local m = ARGV[7] .. '\\n' .. offset .. '\\n' .. epoch .. '\\n' .. ARGV[8]
-  local id = redis.call('XADD', KEYS[4], 'NOMKSTREAM', 'MAXLEN', '~', ARGV[5], '*', 'c', c, 'm', m)
-  if not id then
-    id = redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'c', c, 'm', m)
-    redis.call('EXPIRE', KEYS[4], ARGV[6])
-  end
-  redis.call('SPUBLISH', KEYS[4], id .. '\\n' .. c .. '\\n' .. m)
+  append(KEYS[4], ARGV[5], ARGV[6], c, ARGV[7] .. '\\n' .. offset .. '\\n' .. epoch .. '\\n' .. ARGV[8])
 end
 return {offset, epoch}
 """
