@@ -98,6 +98,11 @@ def reader_links(target: RedisTarget, origin: str) -> list[dict[str, str]]:
     return [fields for fields in client_list(target) if fields.get("name") == f"flamigo-interest-{origin}"]
 
 
+def listens_on(target: RedisTarget, origin: str, port: int) -> bool:
+    """Whether the process has a sharded subscription on the master at ``port``, as Redis lists it."""
+    return any(link["ssub"] != "0" for link in reader_links(target, origin) if link["laddr"].endswith(f":{port}"))
+
+
 def reader_link(target: RedisTarget, origin: str) -> dict[str, str]:
     """The process's pub/sub connection (the only one), as Redis lists it."""
     found = reader_links(target, origin)
@@ -155,8 +160,8 @@ def feeding(listener: ServerProcess, publisher: ServerProcess) -> Iterator[list[
         talking.join(10)
 
 
-def fed(listener: ServerProcess, sent: list[int]) -> tuple[list[int], set[int]]:
-    """Once the last ``feed/x`` event arrived: what the listener got (each once, in order), and what it lacks."""
+def fed(listener: ServerProcess, sent: list[int]) -> set[int]:
+    """Once the last ``feed/x`` event arrived, each once and in order: what the listener lacks."""
 
     def settled() -> Any:  # everything after the disruption arrived; what was before it arrived or is counted
         got = [n for _, t, n in received(listener) if t == ("feed/x",)]
@@ -165,7 +170,7 @@ def fed(listener: ServerProcess, sent: list[int]) -> tuple[list[int], set[int]]:
     got = eventually(settled, timeout=30)
     assert len(got) == len(set(got)), "an event reached the listener twice"
     assert got == sorted(got), "out of order"
-    return got, set(range(1, sent[0] + 1)) - set(got)
+    return set(range(1, sent[0] + 1)) - set(got)
 
 
 @pytest.mark.parametrize("redis_target", ["single", ON_A_CLUSTER], indirect=True)
@@ -337,7 +342,7 @@ def test_a_channel_s_master_killed_delivery_resumes_nothing_twice_anything_lost_
         killed = cluster.kill_master_of("flamigo:n:{feed}")
         eventually(lambda: snapshot(listener)["connected"] and snapshot(publisher)["connected"], timeout=30)
     publish(publisher, ["solo"], 1, 5)  # and a channel of another slot still works
-    got, lost = fed(listener, sent)
+    lost = fed(listener, sent)
     stats_l, stats_p = snapshot(listener), snapshot(publisher)
     # Never silent: what the listener lacks is counted by the publisher (failed, unreplicated)
     # or the listener (missed).
@@ -350,8 +355,7 @@ def test_a_channel_s_master_killed_delivery_resumes_nothing_twice_anything_lost_
     assert new_master in stats_l["nodes"] and f"127.0.0.1:{killed}" not in stats_l["nodes"], stats_l
     eventually(lambda: [n for _, t, n in received(listener) if t == ("solo",)] == [1, 2, 3, 4, 5], timeout=15)
     # Redis's side: the listener is subscribed on the promoted master.
-    assert any(link["ssub"] != "0" for link in reader_links(redis_target, stats_l["origin"])
-               if link["laddr"].endswith(f":{cluster.master_of('flamigo:n:{feed}')}"))
+    assert listens_on(redis_target, stats_l["origin"], cluster.master_of("flamigo:n:{feed}"))
 
 
 @pytest.mark.parametrize("redis_target", [ON_A_CLUSTER], indirect=True)
@@ -364,14 +368,13 @@ def test_a_channel_s_slot_resharded_while_a_publisher_sends_exactly_once_or_coun
     with feeding(listener, publisher) as sent:
         target = next(p for p in sorted(cluster.master_ports()) if p != cluster.master_of(channel))
         source = cluster.migrate_slot_of(channel, target)  # its stream, counter and mark move along
-    got, lost = fed(listener, sent)
+    lost = fed(listener, sent)
     stats_l, stats_p = snapshot(listener), snapshot(publisher)
     assert len(lost) <= stats_p["failed"] + stats_l["missed"], (sorted(lost), stats_l, stats_p)
     assert stats_l["resets"] == 0, stats_l
     # The listener reads the channel on its new master now, and not on the old one.
     assert f"127.0.0.1:{target}" in stats_l["nodes"], stats_l
-    assert any(link["ssub"] != "0" for link in reader_links(redis_target, stats_l["origin"])
-               if link["laddr"].endswith(f":{target}"))
+    assert listens_on(redis_target, stats_l["origin"], target)
     assert cluster.master_of(channel) == target != source
 
 

@@ -52,14 +52,21 @@ def run_in_reader(conn: Any) -> bool:
     return isinstance(conn.actor._runner, gevent.Greenlet)
 
 
+def held_in_reader(server: LiveServer, gate: str, room: str | None = None) -> tuple[RawWs, Any]:
+    """A connection whose request "held" waits at ``gate``, run in the reader's greenlet."""
+    gates = server.app.extensions["gates"]
+    ws, conn = connect(server, room)
+    eventually(conn.actor.idle)
+    ws.send_json({"topic": "app::test:hold", "payload": {"gate": gate}, "ackId": "held"})
+    eventually(lambda: gates.waiting.get(gate) == 1)
+    assert run_in_reader(conn), "the request should run in the reader's greenlet"
+    return ws, conn
+
+
 def test_a_blocking_request_run_by_the_reader_hands_reading_over(server: LiveServer) -> None:
     flamigo = server.flamigo
     gates = server.app.extensions["gates"]
-    ws, conn = connect(server, room="tea")
-    eventually(conn.actor.idle)
-    ws.send_json({"topic": "app::test:hold", "payload": {"gate": "g"}, "ackId": "held"})
-    eventually(lambda: gates.waiting.get("g") == 1)
-    assert run_in_reader(conn), "the request should run in the reader's greenlet"
+    ws, conn = held_in_reader(server, "g", room="tea")
     assert not conn.actor.idle()
     # Reading goes on meanwhile: the heartbeat is answered at once ...
     ws.send(frame(0x1, PING))  # the canonical bytes: the reader answers it itself
@@ -101,11 +108,7 @@ def test_a_connection_keeps_one_reading_greenlet_however_often_it_hands_over(ser
 
 def test_the_clients_close_during_a_blocking_request_comes_after_its_reply(server: LiveServer) -> None:
     gates = server.app.extensions["gates"]
-    ws, conn = connect(server)
-    eventually(conn.actor.idle)
-    ws.send_json({"topic": "app::test:hold", "payload": {"gate": "c"}, "ackId": "held"})
-    eventually(lambda: gates.waiting.get("c") == 1)
-    assert run_in_reader(conn)
+    ws, conn = held_in_reader(server, "c")
     ws.send(frame(OP_CLOSE, close_payload(1000)))
     gevent.sleep(0.1)
     gates.open("c")
@@ -144,11 +147,7 @@ def test_frames_of_every_size_parsed_in_place_arrive_whole_and_in_order(server: 
 
 def test_a_client_gone_during_a_blocking_request_ends_the_connection_at_once(server: LiveServer) -> None:
     gates = server.app.extensions["gates"]
-    ws, conn = connect(server)
-    eventually(conn.actor.idle)
-    ws.send_json({"topic": "app::test:hold", "payload": {"gate": "d"}, "ackId": "held"})
-    eventually(lambda: gates.waiting.get("d") == 1)
-    assert run_in_reader(conn)
+    ws, conn = held_in_reader(server, "d")
     ws.drop()  # a network drop: the reader that took over sees it, not the held strategy
     eventually(lambda: not conn.lifecycle.accepting)  # closing while the strategy still holds
     assert gates.waiting.get("d") == 1 and not gates.get("d").is_set()
